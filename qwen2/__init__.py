@@ -1,0 +1,7 @@
+"""Qwen2.5 from scratch: model, config, checkpoint loading, tokenizer and sampler."""
+
+from .config import Qwen2Config
+from .model import KVCache, Qwen2
+from .weights import CheckpointError, load_model, save_model
+
+__all__ = ["Qwen2Config", "Qwen2", "KVCache", "load_model", "save_model", "CheckpointError"]

@@ -1,0 +1,250 @@
+"""Qwen2 / Qwen2.5 in plain PyTorch, top to bottom: config, RMSNorm, RoPE, KV cache, attention,
+MLP, block, model.
+
+A decoder-only transformer. Each of the L blocks does
+    x = x + Attention(RMSNorm(x))      # tokens look at earlier tokens
+    x = x + MLP(RMSNorm(x))            # each token is transformed on its own
+and a final RMSNorm + linear "LM head" turns every position into logits over the vocabulary.
+Qwen2 specifics: grouped-query attention (few key/value heads shared by many query heads) with a
+bias on q/k/v, rotary position embeddings in the "rotate half" layout, SwiGLU MLP, RMSNorm computed
+in fp32, and (for the small models) an LM head tied to the token embedding.
+
+Parameter names are exactly Hugging Face's (`model.layers.0.self_attn.q_proj.weight`, ...), so an
+official checkpoint loads with a plain `load_state_dict` (see weights.py).
+
+Padding convention: batches are left-padded, `attention_mask` is 1 on real tokens, and positions
+count real tokens only (as transformers' `generate` does). `forward` returns logits; log-probs,
+losses and activation checkpointing belong to the trainer (grpo/).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import Qwen2Config
+
+__all__ = ["Qwen2Config", "RMSNorm", "KVCache", "Attention", "MLP", "Block", "Qwen2Model", "Qwen2"]
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, with the statistics in fp32 even for bf16 activations."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_cos_sin(position_ids: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos/sin tables for rotary embeddings at the given positions, each (B, T, head_dim).
+
+    Pair i of a head rotates by angle position * theta^(-2i/head_dim): low dimensions spin fast,
+    high ones slowly. Computed in fp32 (positions up to 32k lose precision in bf16), then cast.
+    """
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim)
+    angles = position_ids.float()[..., None] * inv_freq  # (B, T, D/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (B, T, D): "rotate half" layout, as in HF
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate each (x_i, x_{i+D/2}) pair of x (B, H, T, D) by its position's angle."""
+    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+
+
+class KVCache:
+    """Preallocated keys/values of every layer, passed to `forward` (not stored on the modules).
+
+    Shape (layers, B, kv_heads, max_len, head_dim). All rows share one write position `length`
+    (prompts are left-padded), `key_mask` remembers which cached positions are real tokens and
+    `num_real` how many real tokens each row has seen (its next position id).
+    """
+
+    def __init__(self, config: Qwen2Config, batch_size: int, max_len: int, *, dtype: torch.dtype, device: torch.device | str):
+        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.key_mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+        self.num_real = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write this step's k/v (B, Hkv, T, D) of one layer; return all cached k/v so far."""
+        end = self.length + k.shape[2]
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def select(self, rows: Tensor) -> None:
+        """Keep only `rows` (a LongTensor of batch indices, repeats allowed), in that order.
+
+        Used to drop finished rows and to fan one prefilled prompt out to G samples.
+        """
+        # Copy only the filled part into a fresh buffer, so memory follows the live rows.
+        k, v = self.k, self.v
+        self.k = torch.zeros((k.shape[0], len(rows), *k.shape[2:]), dtype=k.dtype, device=k.device)
+        self.v = torch.zeros_like(self.k)
+        self.k[:, :, :, :self.length] = k[:, rows, :, :self.length]
+        self.v[:, :, :, :self.length] = v[:, rows, :, :self.length]
+        self.key_mask = self.key_mask[rows]
+        self.num_real = self.num_real[rows]
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention: H query heads share Hkv key/value heads (H/Hkv each)."""
+
+    def __init__(self, config: Qwen2Config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        C, q_dim, kv_dim = config.hidden_size, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(C, q_dim, bias=True)
+        self.k_proj = nn.Linear(C, kv_dim, bias=True)
+        self.v_proj = nn.Linear(C, kv_dim, bias=True)
+        self.o_proj = nn.Linear(q_dim, C, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D), S = cached + T
+        # mask None means plain causal attention over x itself (no padding, no cache).
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*D)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        C, Fdim = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(C, Fdim, bias=False)
+        self.up_proj = nn.Linear(C, Fdim, bias=False)
+        self.down_proj = nn.Linear(Fdim, C, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with residual connections."""
+
+    def __init__(self, config: Qwen2Config, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen2Model(nn.Module):
+    """Embedding + blocks + final norm: token ids (B, T) -> hidden states (B, T, C)."""
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
+                position_ids: Tensor | None = None) -> Tensor:
+        B, T = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        attention_mask = attention_mask.bool()
+        if position_ids is None:
+            # Position = number of real tokens before this one; pads get 0 (their output is unused).
+            seen = cache.num_real[:, None] if cache is not None else 0
+            position_ids = (seen + attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        mask = self._attention_mask(attention_mask, cache)
+        x = self.embed_tokens(input_ids)  # (B, T, C)
+        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.length += T
+            cache.num_real += attention_mask.sum(-1)
+        return self.norm(x)
+
+    @staticmethod
+    def _attention_mask(attention_mask: Tensor, cache: KVCache | None) -> Tensor | None:
+        """Boolean (B, 1, T, S) mask, True = may attend; None when plain causal attention suffices."""
+        B, T = attention_mask.shape
+        if cache is None and bool(attention_mask.all()):
+            return None  # SDPA's is_causal fast path
+        if cache is not None:
+            start = cache.length
+            cache.key_mask[:, start:start + T] = attention_mask
+            keys = cache.key_mask[:, :start + T]  # (B, S)
+        else:
+            start, keys = 0, attention_mask
+        S = keys.shape[1]
+        q_pos = torch.arange(start, start + T, device=keys.device)
+        causal = q_pos[:, None] >= torch.arange(S, device=keys.device)  # (T, S)
+        mask = causal & keys[:, None, :]  # (B, T, S)
+        # A left-pad query sees no real key; letting it see itself keeps SDPA free of NaNs (0/0),
+        # which would otherwise leak into later layers through 0 * NaN. Its output is never used.
+        mask |= q_pos[:, None] == torch.arange(S, device=keys.device)
+        return mask[:, None]  # (B, 1, T, S)
+
+
+class Qwen2(nn.Module):
+    """Qwen2ForCausalLM: hidden states -> logits over the vocabulary."""
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.config = config
+        self.model = Qwen2Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
+                position_ids: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
+        """Logits (B, T, vocab); with logits_to_keep=n only for the last n positions (B, n, vocab)."""
+        h = self.model(input_ids, attention_mask, cache, position_ids)
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        return self.lm_head(h)
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        p = self.lm_head.weight
+        return KVCache(self.config, batch_size, max_len, dtype=p.dtype, device=p.device)
+
+    def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None) -> None:
+        """Random init (normal for linears/embedding, ones for norms), for tests and tiny models."""
+        for name, p in self.named_parameters():
+            with torch.no_grad():
+                if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
+                    p.fill_(1.0)
+                elif name.endswith(".bias"):
+                    p.zero_()
+                else:
+                    p.normal_(0.0, std, generator=generator)

@@ -1,0 +1,156 @@
+"""Load and save Hugging Face format Qwen2 checkpoints (config.json + safetensors).
+
+Loading builds the model on the meta device (no memory), checks every tensor name and shape from
+the safetensors headers before reading any data, then fills the model shard by shard with
+`load_state_dict(assign=True)`, so at no point are two copies of the weights held.
+
+Saving writes `config.json` and `model.safetensors`, or `model-0000i-of-0000n.safetensors` shards
+plus `model.safetensors.index.json` above `max_shard_size`: the layout transformers reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .config import Qwen2Config
+from .model import Qwen2
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be loaded; the message says why and what to do."""
+
+
+def _checkpoint_files(path: Path) -> list[Path]:
+    index = path / INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = [path / name for name in sorted(set(weight_map.values()))]
+        for f in files:
+            if not f.is_file():
+                raise CheckpointError(f"shard {f.name} is listed in {INDEX_FILE} but missing from {path}: re-run python download.py")
+        return files
+    if (path / SINGLE_FILE).is_file():
+        return [path / SINGLE_FILE]
+    raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {path}: run python download.py (only safetensors checkpoints are supported)")
+
+
+def _read_header(file: Path) -> dict[str, torch.Size]:
+    """Tensor name -> shape from a safetensors header, checking the file holds all the bytes it declares."""
+    try:
+        with open(file, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n > file.stat().st_size - 8:
+                raise ValueError(f"header length {n} exceeds the file size")
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        end = max((t["data_offsets"][1] for t in header.values()), default=0)
+    except (ValueError, KeyError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file} is not a valid safetensors file ({e}): delete it and re-run python download.py") from None
+    if file.stat().st_size < 8 + n + end:
+        raise CheckpointError(f"{file} is truncated ({file.stat().st_size} bytes, header needs {8 + n + end}): delete it and re-run python download.py")
+    return {name: torch.Size(t["shape"]) for name, t in header.items()}
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Qwen2:
+    """Load a Hugging Face Qwen2 checkpoint directory. dtype=None keeps the stored dtype."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory {path} not found: run python download.py (or pass a Hugging Face checkpoint directory)")
+    config = Qwen2Config.from_json(path / "config.json")
+    files = _checkpoint_files(path)
+
+    with torch.device("meta"):
+        model = Qwen2(config)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight")  # the head *is* the embedding; tied checkpoints omit it
+
+    # Check names and shapes of everything before reading a single weight.
+    found: dict[str, torch.Size] = {}
+    for f in files:
+        found.update(_read_header(f))
+    if config.tie_word_embeddings:
+        found.pop("lm_head.weight", None)  # some exporters write the tied copy anyway
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") + ": is it a complete Qwen2 checkpoint matching its config.json?")
+    if unexpected:
+        raise CheckpointError(f"checkpoint {path} has unexpected tensor {unexpected[0]}" + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "") + ": is it a Qwen2 checkpoint matching its config.json?")
+    for name, shape in expected.items():
+        if found[name] != shape:
+            raise CheckpointError(f"tensor {name} has shape {tuple(found[name])} in the checkpoint but the config needs {tuple(shape)}: config.json and weights do not match")
+
+    for f in files:
+        try:
+            with safe_open(f, framework="pt", device="cpu") as st:
+                shard = {}
+                for name in st.keys():
+                    if name in expected:
+                        shard[name] = st.get_tensor(name).to(device=device, dtype=dtype or None)
+        except SafetensorError as e:
+            raise CheckpointError(f"{f} is corrupt ({e}): delete it and re-run python download.py") from None
+        model.load_state_dict(shard, strict=False, assign=True)
+        del shard
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    if dtype is not None:
+        model.config.torch_dtype = str(dtype).removeprefix("torch.")
+    return model
+
+
+def _parse_size(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    s = size.strip().upper()
+    for unit, mult in sorted(units.items(), key=lambda u: -len(u[0])):
+        if s.endswith(unit):
+            return int(float(s[: -len(unit)]) * mult)
+    return int(s)
+
+
+def save_model(model: Qwen2, path: str | os.PathLike, max_shard_size: int | str = "5GB") -> None:
+    """Write `model` as a Hugging Face checkpoint directory (config.json + safetensors)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight")
+    config = model.config.to_dict()
+    config["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    limit = _parse_size(max_shard_size)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    # Remove files of an earlier save with another layout, which would confuse loaders.
+    for old in list(path.glob("model*.safetensors")) + [path / INDEX_FILE]:
+        old.unlink(missing_ok=True)
+    if len(shards) == 1:
+        save_file(shards[0], path / SINGLE_FILE, metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, path / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (path / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
