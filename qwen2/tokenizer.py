@@ -128,7 +128,8 @@ QWEN25_ADDED_TOKENS: list[tuple[str, bool]] = [
 # runs, *single* digits (so "123" is always 1,2,3 -- handy for arithmetic),
 # punctuation runs, newlines, and whitespace.
 QWEN2_SPLIT_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
+    r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -158,7 +159,7 @@ def _as_id_list(value: Any) -> list[int]:
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
 
 
-def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False) -> str:
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False):
     # Same as transformers: plain json.dumps. Jinja's built-in tojson would
     # HTML-escape '<', '>', '&' and '\'' -- a different prompt than training.
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
@@ -348,10 +349,12 @@ class Tokenizer:
         config = dict(self.config)
         if self.chat_template is not None:
             config["chat_template"] = self.chat_template
-        (out_dir / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+        (out_dir / TOKENIZER_CONFIG_FILE).write_text(text, encoding="utf-8")
 
     def __repr__(self) -> str:
-        return f"Tokenizer({self.name!r}, vocab_size={self.vocab_size}, eos={self.eos_token_id}, pad={self.pad_token_id})"
+        ids = f"vocab_size={self.vocab_size}, eos={self.eos_token_id}, pad={self.pad_token_id}"
+        return f"Tokenizer({self.name!r}, {ids})"
 
 
 def _qwen2_pipeline(bpe: models.BPE) -> tokenizers.Tokenizer:
@@ -389,7 +392,9 @@ def train_bpe_tokenizer(
     """
     n_added = len(QWEN25_ADDED_TOKENS)
     if vocab_size < 256 + n_added:
-        raise ValueError(f"vocab_size={vocab_size} is too small: need at least {256 + n_added} (256 bytes + {n_added} added tokens)")
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: pass at least {256 + n_added} (256 bytes + {n_added} added tokens)"
+        )
     tok = _qwen2_pipeline(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - n_added,

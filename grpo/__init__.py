@@ -1,0 +1,1 @@
+"""GRPO training pieces: advantages, per-token log-probs, the clipped policy loss."""

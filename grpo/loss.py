@@ -1,0 +1,148 @@
+"""The GRPO policy loss: PPO-style clipped surrogate, three aggregations, optional KL.
+
+Per completion token t of episode i (advantage A_i, shared by all its tokens):
+
+    ratio_t = pi(tok_t) / pi_old(tok_t) = exp(logp_t - old_logp_t)
+    loss_t  = -min(ratio_t * A_i, clip(ratio_t, 1 - eps_low, 1 + eps_high) * A_i)
+              + beta * k3(pi || pi_ref)_t
+
+The min makes the objective pessimistic: once the ratio has moved past the clip
+edge *in the direction the advantage rewards* (above 1 + eps_high for A > 0, below
+1 - eps_low for A < 0) the term is constant and its gradient is zero, so one batch
+cannot push the policy arbitrarily far. Moves in the other direction are never
+clipped. eps_high > eps_low is DAPO's "clip-higher": it leaves more room to raise
+the probability of unlikely-but-good tokens, which fights entropy collapse.
+
+Aggregation -- how token losses become one number (it decides how much each
+token weighs):
+  * "token_mean" (DAPO, default): sum over all completion tokens / number of
+    completion tokens in the batch. Every token weighs the same, so long answers
+    are not under-weighted.
+  * "seq_mean_token_mean" (original GRPO): average within each sequence, then over
+    sequences. A token in a short answer weighs more than one in a long answer.
+  * "seq_mean_token_sum_norm" (Dr. GRPO): each sequence's token *sum* divided by a
+    constant (the generation budget ``max_tokens``), then averaged over sequences.
+    No length-dependent normaliser, so no length bias.
+
+Micro-batching. Normalisers are *arguments* (num_tokens, num_sequences, max_tokens)
+so each micro-batch can be divided by the counts of the WHOLE batch. Every
+aggregation is then a plain sum over micro-batches:
+
+    sum_k policy_loss(micro_k, num_tokens=N_all, num_sequences=B_all, ...)[0]
+        == policy_loss(full_batch)[0]
+
+and so are the gradients: call ``backward()`` on each micro-batch loss (no extra
+division by the number of micro-batches) and the accumulated gradient is exactly the
+full-batch gradient. Left at None, they default to the counts of this call.
+
+Simplification: the KL term uses the k3 estimator (below) on the sampled tokens only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+
+
+def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Per-token k3 estimate of KL(pi || pi_ref) from tokens sampled from pi.
+
+    With d = ref_logp - logp:  k3 = exp(d) - d - 1  (Schulman, "Approximating KL
+    divergence"). It is unbiased, always >= 0 (since e^x >= 1 + x), and lower-variance
+    than -d. Its gradient w.r.t. logp is 1 - exp(d).
+    """
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.28,
+    aggregation: str = "token_mean",
+    ref_logp: Tensor | None = None,
+    beta: float = 0.0,
+    num_sequences: int | None = None,
+    num_tokens: int | None = None,
+    max_tokens: int | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """Clipped GRPO loss of one (micro-)batch.
+
+    Args:
+        logp: (B, T) log-probs of the completion tokens under the current policy (with grad).
+        old_logp: (B, T) the same under the policy that sampled them (no grad).
+        advantages: (B,) one advantage per sequence.
+        mask: (B, T) 1 for completion tokens (including a generated eos), 0 for padding.
+        eps_low, eps_high: clip range [1 - eps_low, 1 + eps_high] for the ratio.
+        aggregation: one of ``AGGREGATIONS`` (see module docstring).
+        ref_logp: (B, T) log-probs under the frozen reference model; needed if beta > 0.
+        beta: weight of the k3 KL penalty (0 = no KL, the default, as in DAPO/Dr. GRPO).
+        num_sequences: sequences in the whole batch (default: B of this call).
+        num_tokens: completion tokens in the whole batch (default: mask.sum() of this call).
+        max_tokens: Dr. GRPO's constant normaliser, the generation budget
+            (default: T of this call -- pass it explicitly when micro-batching).
+
+    Returns:
+        loss: scalar tensor; summing it over micro-batches gives the full-batch loss.
+        stats: python floats over this call's completion tokens: ``loss``,
+            ``clip_frac_low`` / ``clip_frac_high`` (fraction of tokens whose gradient the
+            clip zeroed: ratio < 1 - eps_low with A < 0 / ratio > 1 + eps_high with A > 0),
+            ``ratio_mean``, and ``kl`` when ``ref_logp`` is given.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
+    if beta > 0 and ref_logp is None:
+        raise ValueError("beta > 0 needs ref_logp")
+
+    mask = mask.bool()
+    adv = advantages.to(logp.dtype).unsqueeze(1)  # (B, 1), broadcast over tokens
+
+    # Zero the log-ratio at padding *before* exp: padded log-probs are arbitrary, and
+    # exp(large) = inf would turn into NaN gradients even if masked afterwards.
+    log_ratio = torch.where(mask, logp - old_logp, torch.zeros_like(logp))  # (B, T)
+    ratio = torch.exp(log_ratio)  # (B, T)
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)  # (B, T)
+    per_token = -torch.minimum(ratio * adv, clipped * adv)  # (B, T)
+
+    kl = None
+    if ref_logp is not None:
+        # Same padding guard as above: k3 of (0, 0) is 0.
+        kl = k3_kl(torch.where(mask, logp, 0.0), torch.where(mask, ref_logp, 0.0))  # (B, T)
+        if beta != 0.0:
+            per_token = per_token + beta * kl
+
+    per_token = per_token * mask  # (B, T), exact zeros at padding
+    B, T = logp.shape
+    if aggregation == "token_mean":
+        denom = num_tokens if num_tokens is not None else mask.sum()
+        loss = per_token.sum() / denom
+    elif aggregation == "seq_mean_token_mean":
+        n = num_sequences if num_sequences is not None else B
+        seq_len = mask.sum(dim=1).clamp(min=1)  # (B,); clamp: an empty row contributes 0
+        loss = (per_token.sum(dim=1) / seq_len).sum() / n
+    else:  # seq_mean_token_sum_norm
+        n = num_sequences if num_sequences is not None else B
+        budget = max_tokens if max_tokens is not None else T
+        loss = (per_token.sum(dim=1) / budget).sum() / n
+
+    with torch.no_grad():
+        n_tok = mask.sum().clamp(min=1)
+
+        def frac(x: Tensor) -> float:
+            return ((x & mask).sum() / n_tok).item()
+
+        stats = {
+            "loss": loss.item(),
+            "clip_frac_low": frac((ratio < 1.0 - eps_low) & (adv < 0)),
+            "clip_frac_high": frac((ratio > 1.0 + eps_high) & (adv > 0)),
+            "ratio_mean": ((ratio * mask).sum() / n_tok).item(),
+        }
+        if kl is not None:
+            stats["kl"] = ((kl * mask).sum() / n_tok).item()
+    return loss, stats

@@ -1,0 +1,152 @@
+"""Batched autoregressive sampling with a KV cache, shaped for GRPO rollouts.
+
+`generate(model, prompts, max_new_tokens)` takes token-id lists of different lengths and returns
+each row's completion. What makes it fast on GRPO batches:
+  1. Prefill once per distinct prompt: all distinct prompts go through one batched, left-padded
+     forward; the cache is then fanned out to the G rows that share a prompt (KVCache.select).
+  2. Decode one token per step for every live row, reading keys/values from the cache.
+  3. Finished rows leave the batch: every `compact_every` steps (one host sync), rows that hit a
+     stop token are dropped from the cache, so a step costs what the live rows cost.
+Sampling is a chain of small pure functions (temperature, top-k, top-p) with an explicit
+torch.Generator, so a seed reproduces a run exactly; temperature 0 means greedy (argmax).
+
+Simplifications: one shared budget `max_new_tokens` for all rows; prompts are left-padded rather
+than packed (padding costs only prefill work, once per distinct prompt).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .model import Qwen2
+
+
+@dataclass
+class GenerationOutput:
+    tokens: list[list[int]]  # completion tokens of each row, the stop token included when hit
+    finished: list[bool]  # True when the row hit a stop token within the budget
+    logprobs: list[list[float]] | None = field(default=None)  # log p(token) under logits / temperature
+
+
+# --- sampling: pure functions on a (B, V) logits tensor ----------------------------------------
+
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """Keep the k largest logits of each row, set the rest to -inf (k <= 0: no-op)."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filter: keep the smallest set of top tokens whose probability sums to >= p."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    # Drop a token when the tokens ranked above it already reach p (the top token always stays).
+    drop_sorted = probs.cumsum(-1) - probs >= p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                generator: torch.Generator | None = None) -> Tensor:
+    """One token id per row (B,) from logits (B, V). temperature 0 = argmax."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = top_p_filter(top_k_filter(logits.float() / temperature, top_k), top_p)
+    probs = logits.softmax(-1)
+    # Exponential race: argmax(p_i / E_i) with E_i ~ Exp(1) is an exact draw from p, without
+    # torch.multinomial's host sync on GPUs.
+    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / race).argmax(-1)
+
+
+def token_logprob(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
+    """log p(token) under softmax(logits / temperature): the distribution the trainer scores."""
+    scaled = logits.float() / (temperature if temperature > 0 else 1.0)
+    return scaled.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """Token lists -> left-padded ids (B, P) and attention mask (B, P)."""
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), P), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if len(p):
+            ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, P - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+# --- the decode loop ------------------------------------------------------------------------------
+
+@torch.no_grad()
+def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, temperature: float = 1.0,
+             top_p: float = 1.0, top_k: int = 0, stop_token_ids: Sequence[int] = (),
+             generator: torch.Generator | None = None, return_logprobs: bool = False, pad_token_id: int = 0,
+             compact_every: int = 8, progress: bool = False) -> GenerationOutput:
+    """Sample a completion for every prompt (token-id lists; repeat a prompt G times for G samples)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
+    device = model.lm_head.weight.device
+    N = len(prompts)
+
+    # 1. Prefill each distinct prompt once, then fan its cache out to the rows that share it.
+    distinct: dict[tuple[int, ...], int] = {}
+    row_to_prompt = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], device=device)
+    ids, mask = left_pad(list(distinct), pad_token_id, device)
+    cache = model.new_cache(len(distinct), ids.shape[1] + max_new_tokens)
+    logits = model(ids, mask, cache=cache, logits_to_keep=1)[:, -1]  # (U, V)
+    cache.select(row_to_prompt)
+    logits = logits[row_to_prompt]  # (N, V)
+
+    # Output buffers live on the device and are read back once at the end.
+    out = torch.full((N, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    out_lp = torch.zeros((N, max_new_tokens), dtype=torch.float32, device=device) if return_logprobs else None
+    stops = torch.tensor(list(stop_token_ids), dtype=torch.long, device=device)
+    done = torch.zeros(N, dtype=torch.bool, device=device)  # indexed by output row
+    live = torch.arange(N, device=device)  # output row of each batch row still in the cache
+    steps = range(max_new_tokens)
+    if progress:
+        from tqdm.auto import tqdm
+        steps = tqdm(steps, desc="generate", leave=False)
+
+    for t in steps:
+        # 2. Sample this step's token for every live row.
+        tok = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+        out[live, t] = tok
+        if out_lp is not None:
+            out_lp[live, t] = token_logprob(logits, tok, temperature)
+        done[live] |= torch.isin(tok, stops)
+        if t == max_new_tokens - 1:
+            break
+        # 3. Every few steps, drop finished rows (one host sync); between compactions finished rows
+        #    keep decoding harmlessly: whatever follows their stop token is cut off below.
+        if (t + 1) % compact_every == 0:
+            keep = (~done[live]).nonzero()[:, 0]
+            if len(keep) == 0:
+                break
+            if len(keep) < len(live):
+                cache.select(keep)
+                live, tok = live[keep], tok[keep]
+        logits = model(tok[:, None], cache=cache, logits_to_keep=1)[:, -1]
+
+    # Cut each row after its first stop token.
+    out_cpu, done_cpu = out.cpu(), done.cpu()
+    lp_cpu = out_lp.cpu() if out_lp is not None else None
+    stop_set = set(stop_token_ids)
+    tokens, logprobs = [], []
+    for i in range(N):
+        row = out_cpu[i].tolist()
+        end = next((j + 1 for j, x in enumerate(row) if x in stop_set), max_new_tokens) if done_cpu[i] else max_new_tokens
+        tokens.append(row[:end])
+        if lp_cpu is not None:
+            logprobs.append(lp_cpu[i, :end].tolist())
+    return GenerationOutput(tokens, done_cpu.tolist(), logprobs if return_logprobs else None)

@@ -1,0 +1,148 @@
+"""The clipped GRPO loss: hand-computed values, the six clip cases, k3 KL, aggregations."""
+
+import math
+
+import pytest
+import torch
+
+from grpo.loss import AGGREGATIONS, k3_kl, policy_loss
+
+EPS_LOW, EPS_HIGH = 0.2, 0.28  # clip range [0.8, 1.28]
+
+
+# ---------------------------------------------------------------- the six clip cases
+# One token, old_logp = 0, logp = log(r)  => ratio = r.  loss = -min(r*A, clip(r)*A).
+# The gradient w.r.t. logp is d(-r*A)/dlogp = -r*A when the unclipped term wins, else 0.
+CLIP_CASES = [
+    # (A, ratio, expected loss, gradient flows?)
+    (+1.0, 0.5, -0.5, True),    # A>0, below: min(0.5, 0.8) = 0.5 unclipped -> can still raise
+    (+1.0, 1.1, -1.1, True),    # A>0, inside
+    (+1.0, 1.5, -1.28, False),  # A>0, above: min(1.5, 1.28) = 1.28 clipped -> no push further
+    (-1.0, 0.5, 0.8, False),    # A<0, below: min(-0.5, -0.8) = -0.8 clipped -> no push further
+    (-1.0, 1.1, 1.1, True),     # A<0, inside
+    (-1.0, 1.5, 1.5, True),     # A<0, above: min(-1.5, -1.28) = -1.5 unclipped -> can lower
+]
+
+
+@pytest.mark.parametrize("A,r,expected,has_grad", CLIP_CASES)
+def test_six_clip_cases(A, r, expected, has_grad):
+    logp = torch.tensor([[math.log(r)]], requires_grad=True)
+    loss, stats = policy_loss(
+        logp, torch.zeros(1, 1), torch.tensor([A]), torch.ones(1, 1),
+        eps_low=EPS_LOW, eps_high=EPS_HIGH,
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    g = logp.grad.item()
+    if has_grad:
+        assert g == pytest.approx(-r * A, rel=1e-6)
+    else:
+        assert g == 0.0
+    # the clip stats count exactly the tokens whose gradient was zeroed
+    assert stats["clip_frac_high"] == (1.0 if (A > 0 and r > 1 + EPS_HIGH) else 0.0)
+    assert stats["clip_frac_low"] == (1.0 if (A < 0 and r < 1 - EPS_LOW) else 0.0)
+    assert stats["ratio_mean"] == pytest.approx(r, rel=1e-6)
+
+
+# ---------------------------------------------------------------- aggregations
+def _two_sequences():
+    """Sequence 0: 3 tokens, ratios [1.0, 1.1, 0.9], A = +1 -> token losses [-1, -1.1, -0.9]
+    Sequence 1: 1 token (then 2 padding), ratio 1.2, A = -2 (1.2 inside the clip range)
+                -> token loss -(1.2 * -2) = +2.4
+    Padding log-probs are garbage (1e4) on purpose: they must not leak (no inf/NaN)."""
+    logp = torch.log(torch.tensor([[1.0, 1.1, 0.9], [1.2, 1.0, 1.0]]))
+    logp[1, 1:] = 1e4
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    return logp.requires_grad_(), torch.zeros(2, 3), torch.tensor([1.0, -2.0]), mask
+
+
+@pytest.mark.parametrize(
+    "aggregation,kwargs,expected",
+    [
+        # all 4 tokens equally: (-1 - 1.1 - 0.9 + 2.4) / 4 = -0.6 / 4
+        ("token_mean", {}, -0.15),
+        # whole batch had 8 tokens (this is one micro-batch): -0.6 / 8
+        ("token_mean", {"num_tokens": 8}, -0.075),
+        # per-sequence means: -3/3 = -1 and 2.4/1 = 2.4; mean over 2 sequences
+        ("seq_mean_token_mean", {}, 0.7),
+        ("seq_mean_token_mean", {"num_sequences": 4}, 0.35),
+        # per-sequence sums / budget 4: -3/4, 2.4/4; mean over 2 sequences
+        ("seq_mean_token_sum_norm", {"max_tokens": 4}, -0.075),
+        # default budget = T = 3: (-3/3 + 2.4/3) / 2
+        ("seq_mean_token_sum_norm", {}, -0.1),
+    ],
+)
+def test_aggregations_hand_computed(aggregation, kwargs, expected):
+    logp, old, adv, mask = _two_sequences()
+    loss, stats = policy_loss(logp, old, adv, mask, aggregation=aggregation, **kwargs)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert stats["loss"] == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(logp.grad).all()
+    assert logp.grad[1, 1:].eq(0).all()  # padding gets no gradient
+
+
+def test_default_aggregation_is_token_mean():
+    logp, old, adv, mask = _two_sequences()
+    assert policy_loss(logp, old, adv, mask)[0].item() == pytest.approx(-0.15, rel=1e-5)
+
+
+def test_unknown_aggregation_lists_valid_ones():
+    logp, old, adv, mask = _two_sequences()
+    with pytest.raises(ValueError) as e:
+        policy_loss(logp, old, adv, mask, aggregation="sum")
+    for name in AGGREGATIONS:
+        assert name in str(e.value)
+
+
+# ---------------------------------------------------------------- k3 KL
+def test_k3_value_hand_computed():
+    # d = ref - logp:  d = ln 2 -> 2 - 0.693147 - 1 = 0.306853
+    #                  d = 0    -> 0
+    #                  d = -1   -> e^-1 + 1 - 1 = 0.367879
+    logp = torch.tensor([0.0, -0.5, 1.0])
+    ref = torch.tensor([math.log(2.0), -0.5, 0.0])
+    torch.testing.assert_close(k3_kl(logp, ref), torch.tensor([0.306853, 0.0, 0.367879]))
+
+
+def test_k3_nonnegative_and_gradient_matches_analytic():
+    torch.manual_seed(0)
+    logp = torch.randn(50, requires_grad=True)
+    ref = torch.randn(50)
+    kl = k3_kl(logp, ref)
+    assert (kl >= 0).all()
+    kl.sum().backward()
+    # d/dlogp [e^(ref-logp) - (ref-logp) - 1] = -e^(ref-logp) + 1
+    torch.testing.assert_close(logp.grad, 1 - torch.exp(ref - logp.detach()))
+
+
+def test_kl_term_in_loss():
+    # ratio 1 and A = 0 -> the policy term is 0, the loss is beta * mean k3.
+    # Tokens: d = ln 2 (k3 0.306853) and d = -1 (k3 0.367879); third token is padding.
+    logp = torch.tensor([[0.0, 1.0, 5.0]], requires_grad=True)
+    ref = torch.tensor([[math.log(2.0), 0.0, -50.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    loss, stats = policy_loss(
+        logp, logp.detach(), torch.zeros(1), mask, ref_logp=ref, beta=0.1
+    )
+    kl_mean = (0.306853 + 0.367879) / 2
+    assert loss.item() == pytest.approx(0.1 * kl_mean, rel=1e-5)
+    assert stats["kl"] == pytest.approx(kl_mean, rel=1e-5)
+    loss.backward()
+    # token_mean over 2 tokens: grad = beta * (1 - e^d) / 2 ; padding: 0
+    expected = torch.tensor([[0.1 * (1 - 2.0) / 2, 0.1 * (1 - math.exp(-1)) / 2, 0.0]])
+    torch.testing.assert_close(logp.grad, expected)
+
+
+def test_kl_logged_but_not_added_when_beta_zero():
+    logp = torch.tensor([[0.0]])
+    loss, stats = policy_loss(logp, logp, torch.zeros(1), torch.ones(1, 1),
+                              ref_logp=torch.tensor([[math.log(2.0)]]))
+    assert loss.item() == 0.0
+    assert stats["kl"] == pytest.approx(0.306853, rel=1e-5)
+
+
+def test_beta_without_reference_raises():
+    logp, old, adv, mask = _two_sequences()
+    with pytest.raises(ValueError):
+        policy_loss(logp, old, adv, mask, beta=0.1)
