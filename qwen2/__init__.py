@@ -3,6 +3,7 @@
 from .config import Qwen2Config
 from .model import KVCache, Qwen2
 from .sampler import GenerationOutput, generate
+from .tokenizer import Tokenizer
 from .weights import CheckpointError, load_model, save_model
 
-__all__ = ["Qwen2Config", "Qwen2", "KVCache", "load_model", "save_model", "CheckpointError", "generate", "GenerationOutput"]
+__all__ = ["Qwen2Config", "Qwen2", "KVCache", "load_model", "save_model", "CheckpointError", "generate", "GenerationOutput", "Tokenizer"]

@@ -213,8 +213,9 @@ class Tokenizer:
         eos = _token_content(self.config.get("eos_token"))
         # eos: the token that ends the assistant's turn (<|im_end|> for Instruct models).
         self.eos_token_id: int | None = self._lookup(eos, "eos_token") if eos else (gen_eos[0] if gen_eos else None)
-        # pad: fills batches to equal length; Qwen uses <|endoftext|>, never eos,
-        # so a padded position can't be mistaken for the end of an answer.
+        # pad: fills batches to equal length (Qwen: <|endoftext|>). In -Instruct
+        # models it differs from eos <|im_end|>, so padding never looks like a
+        # finished answer; still, always mask padded positions out.
         pad = _token_content(self.config.get("pad_token"))
         gen_pad = self.generation_config.get("pad_token_id")
         if pad:
