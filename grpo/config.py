@@ -1,0 +1,221 @@
+"""Training configuration: `config.yaml` -> typed dataclasses, with `--set section.key=value` overrides.
+
+Every section is a dataclass whose defaults are the recipe for Qwen2.5-3B-Instruct on GSM8K.
+Unknown keys and values of the wrong type are rejected with the list of valid choices, so a typo
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    path: str = "checkpoints/Qwen2.5-3B-Instruct"  # HF-format directory written by download.py
+    dtype: str = "bfloat16"  # bfloat16 | float32 (training and sampling dtype of the weights)
+    device: str = "auto"  # auto = cuda when available, else cpu
+    activation_checkpointing: bool = True  # recompute each block in backward: far less activation memory
+
+
+@dataclass
+class DataConfig:
+    train_file: str = "datasets/gsm8k/train.jsonl"
+    test_file: str = "datasets/gsm8k/test.jsonl"
+    template: str = "think"  # prompt format: think | reasoning | chinese (see data/prompts.py)
+    max_prompt_tokens: int = 320  # longer prompts are skipped; GSM8K chat prompts are ~150-250 tokens
+
+
+@dataclass
+class RolloutConfig:
+    # 16 questions x 8 samples = 128 episodes a step: enough groups for a stable gradient while one
+    # step's generation stays around a minute on a 24-80 GB card.
+    prompts_per_step: int = 16
+    group_size: int = 8  # G samples per question; advantages are relative within the group
+    # GSM8K solutions of a 3B instruct model run 150-300 tokens; 512 leaves room and keeps the
+    # KV cache of 128 rows small. Rows that hit the budget count as truncated.
+    max_new_tokens: int = 512
+    temperature: float = 1.0  # the loss scores tokens at this same temperature
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@dataclass
+class RewardConfig:
+    # Weighted reward functions from data/rewards.py; each part is logged on its own.
+    weights: dict[str, float] = field(default_factory=lambda: {"format": 0.1, "correctness": 1.0})
+
+
+@dataclass
+class GRPOConfig:
+    epsilon_low: float = 0.2  # PPO clip below 1
+    epsilon_high: float = 0.28  # DAPO clip-higher: more room for low-probability tokens to grow
+    aggregation: str = "token_mean"  # token_mean (DAPO) | seq_mean_token_mean (GRPO) | seq_mean_token_sum_norm (Dr. GRPO)
+    beta: float = 0.0  # k3 KL weight to the frozen initial model; 0 = no reference model (DAPO)
+    scale_by_std: bool = True  # divide advantages by the group std (False: Dr. GRPO)
+    updates_per_batch: int = 1  # mu: optimizer updates on each rollout batch (PPO epochs)
+    micro_batch_size: int = 8  # episodes per forward/backward; gradients accumulate exactly
+    skip_truncated: bool = False  # overlong filtering: drop episodes that hit max_new_tokens
+    logprob_chunk: int = 256  # positions per chunk when turning hidden states into log-probs
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    offload: bool = False  # the 24 GB switch: fp32 master weights and Adam moments in CPU memory
+    grad_clip: float = 1.0
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.8  # cosine decays from lr to lr * min_lr_ratio (not to zero)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    seed: int = 0
+    out_dir: str = "runs/gsm8k"
+    eval_every: int = 25  # greedy pass@1 on a fixed test subset (0 = never)
+    eval_size: int = 200
+    save_every: int = 25
+    keep_checkpoints: int = 2  # keep the last K checkpoints
+    samples_per_step: int = 4  # completions written to samples.jsonl each step
+    progress: bool = True  # tqdm bars for rollout and update
+    tensorboard: bool = False  # log to TensorBoard when installed
+    wandb: bool = False  # log to Weights & Biases when installed
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    """A bad configuration key or value; the message lists the valid choices."""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotated type, allowing int -> float."""
+    origin = typing.get_origin(tp)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        ktp, vtp = typing.get_args(tp)
+        return {_coerce(k, ktp, where): _coerce(v, vtp, f"{where}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where} = {value!r} has the wrong type (expected {tp})")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{where} = {value!r} has the wrong type (expected {getattr(tp, '__name__', tp)})")
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"unknown config key {path!r}; valid keys{' in ' + where if where else ''}: {', '.join(names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, path)
+        else:
+            kwargs[key] = _coerce(value, tp, path)
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    from data.rewards import REWARD_FUNCTIONS
+    from grpo.loss import AGGREGATIONS
+
+    checks = [
+        (cfg.model.dtype in ("bfloat16", "float32", "float16"), "model.dtype must be bfloat16, float32 or float16"),
+        (cfg.grpo.aggregation in AGGREGATIONS, f"grpo.aggregation must be one of {', '.join(AGGREGATIONS)}"),
+        (cfg.rollout.group_size >= 2, "rollout.group_size must be >= 2 (advantages compare samples of a group)"),
+        (cfg.rollout.prompts_per_step >= 1, "rollout.prompts_per_step must be >= 1"),
+        (cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"),
+        (cfg.rollout.temperature > 0, "rollout.temperature must be > 0 for training (the loss needs a sampling distribution)"),
+        (0 < cfg.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]"),
+        (cfg.grpo.micro_batch_size >= 1, "grpo.micro_batch_size must be >= 1"),
+        (cfg.grpo.updates_per_batch >= 1, "grpo.updates_per_batch must be >= 1"),
+        (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (0 <= cfg.optim.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]"),
+        (cfg.train.steps >= 1, "train.steps must be >= 1"),
+        (cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    for name in cfg.reward.weights:
+        if name not in REWARD_FUNCTIONS:
+            raise ConfigError(f"unknown reward {name!r} in reward.weights; valid: {', '.join(REWARD_FUNCTIONS)}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'optim.lr=3e-6' -> (['optim', 'lr'], 3e-06); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    parsed = yaml.safe_load(value) if value.strip() else ""
+    # YAML 1.1 reads 3e-6 as a string; accept it as the number it obviously is.
+    if isinstance(parsed, str):
+        try:
+            parsed = float(parsed) if any(c in parsed for c in ".eE") else parsed
+        except ValueError:
+            pass
+    return key.strip().split("."), parsed
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML file (or the defaults when None) and apply `section.key=value` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found (pass --config with an existing YAML file)")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text}: {k} is not a section")
+        node[keys[-1]] = value
+    cfg = _build(Config, raw, "")
+    _validate(cfg)
+    return cfg

@@ -1,0 +1,74 @@
+"""Train a Qwen2.5 model on GSM8K with GRPO.
+
+    python train.py                                   # config.yaml
+    python train.py --set optim.offload=true          # 24 GB cards: AdamW state in CPU memory
+    python train.py --config configs/tiny.yaml        # the offline CPU recipe
+    python train.py --resume runs/gsm8k               # continue from the last checkpoint
+    python train.py --dry-run                         # memory plan only: does it fit the card?
+
+Logs one line per step, writes metrics.jsonl, samples.jsonl and checkpoints into train.out_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from grpo.config import ConfigError, load_config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="YAML config file (default: config.yaml; with --resume: the run's own config)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override one config value, e.g. --set rollout.group_size=16 (repeatable)")
+    ap.add_argument("--resume", metavar="DIR", help="run directory (or one checkpoint directory) to continue from")
+    ap.add_argument("--dry-run", action="store_true", help="print the memory plan for this config and exit")
+    ap.add_argument("--card-gb", type=float, default=None, help="with --dry-run: GPU size in GB (default: the visible GPU, else 24)")
+    ap.add_argument("--stop-after", type=int, default=None, metavar="N",
+                    help="stop (with a checkpoint) after N steps of this run, e.g. to fit a job time limit")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config_path = args.config
+    if config_path is None and args.resume:
+        from grpo.checkpoint import latest_checkpoint
+
+        # Resume with the configuration the run was started with (plus any --set).
+        saved = json.loads((latest_checkpoint(args.resume) / "trainer_state.json").read_text())["config"]
+        resumed = Path(args.resume) / ".resume_config.yaml"
+        import yaml
+
+        resumed.write_text(yaml.safe_dump(saved))
+        config_path = resumed
+    elif config_path is None:
+        config_path = "config.yaml" if Path("config.yaml").is_file() else None
+    cfg = load_config(config_path, args.overrides)
+
+    if args.dry_run:
+        from grpo.memory import format_plan, plan_memory
+
+        print(format_plan(plan_memory(cfg), cfg, card_gb=args.card_gb))
+        return 0
+
+    from grpo.trainer import Trainer
+
+    trainer = Trainer(cfg, resume=args.resume)
+    try:
+        trainer.run(stop_after=args.stop_after)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        # Bad input: one line with the cause and what to do, no traceback.
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
