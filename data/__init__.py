@@ -1,0 +1,27 @@
+"""Data side of the trainer: problems in, prompts out, completions scored.
+
+    gsm8k.py      load GSM8K JSONL into `Problem(question, answer, solution)`
+    prompts.py    prompt templates and `build_messages(question, template)`
+    rewards.py    rule-based rewards (format, tag_count, integer, correctness)
+    synthetic.py  tiny arithmetic word problems for the offline CPU recipe
+
+Downloading the real files is `download.py` at the repository root.
+"""
+
+from data.gsm8k import Problem, load_gsm8k
+from data.prompts import TEMPLATES, build_messages, template_tags
+from data.rewards import REWARD_FUNCTIONS, combined_reward, gsm8k_reward
+from data.synthetic import format_completion, make_problems
+
+__all__ = [
+    "Problem",
+    "load_gsm8k",
+    "TEMPLATES",
+    "build_messages",
+    "template_tags",
+    "REWARD_FUNCTIONS",
+    "combined_reward",
+    "gsm8k_reward",
+    "make_problems",
+    "format_completion",
+]

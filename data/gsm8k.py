@@ -1,0 +1,96 @@
+"""Load GSM8K word problems from JSONL into small `Problem` records.
+
+Each GSM8K line is `{"question": ..., "answer": ...}` where `answer` is the
+worked solution followed by `#### <number>`, e.g.
+
+    "Natalia sold 48/2 = <<48/2=24>>24 clips in May. ... #### 72"
+
+We split that into the reasoning text (`solution`) and the gold number
+(`answer`, thousands commas removed: "1,080" -> "1080"). The Chinese
+translation written by `download.py --dataset gsm8k_zh` uses the same two
+fields, so the same loader reads it.
+
+Simplifications: the whole file is read into memory (GSM8K is ~5 MB), and
+the `<<48/2=24>>` calculator annotations are kept in `solution`; call
+`strip_calculator_annotations` if you want them gone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# The gold answer after "####" must look like a plain number once commas are
+# removed. GSM8K only has integers (some negative); decimals are allowed for
+# other datasets in the same format.
+_GOLD_RE = re.compile(r"-?\d+(?:\.\d+)?")
+# GSM8K solutions carry calculator calls like <<48/2=24>>; no nesting occurs.
+_CALCULATOR_RE = re.compile(r"<<[^<>]*>>")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One word problem: the question, its gold number and the worked solution."""
+
+    question: str
+    answer: str  # normalised gold number, e.g. "1080" or "-7"
+    solution: str  # reasoning text that came before "####"
+
+
+def split_solution(answer_field: str) -> tuple[str, str]:
+    """Split a GSM8K `answer` field into (solution text, normalised gold number).
+
+    Raises ValueError (without location; `parse_line` adds it) when there is
+    no `####` or the text after it is not a number.
+    """
+    if "####" not in answer_field:
+        raise ValueError("answer has no '####' separator before the final number")
+    solution, _, gold = answer_field.rpartition("####")
+    gold = gold.strip().replace(",", "")
+    if not _GOLD_RE.fullmatch(gold):
+        raise ValueError(f"text after '####' is {gold[:40]!r}, not a number")
+    return solution.strip(), gold
+
+
+def parse_line(line: str, where: str = "<string>") -> Problem:
+    """Parse one JSONL line; `where` (e.g. "train.jsonl:12") prefixes errors."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: not valid JSON ({err.msg}); fix or delete the line") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object with 'question' and 'answer'")
+    for key in ("question", "answer"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise ValueError(f"{where}: missing or empty string field {key!r}")
+    try:
+        solution, gold = split_solution(row["answer"])
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    return Problem(question=row["question"].strip(), answer=gold, solution=solution)
+
+
+def load_gsm8k(path: str | Path) -> list[Problem]:
+    """Read every problem of a GSM8K-format JSONL file (blank lines are skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        dataset = "gsm8k_zh" if "gsm8k_zh" in path.parts else "gsm8k"
+        raise FileNotFoundError(
+            f"GSM8K file {path} not found: run python download.py --dataset {dataset} "
+            "(or place train.jsonl/test.jsonl there by hand)"
+        )
+    problems = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                problems.append(parse_line(line, where=f"{path}:{number}"))
+    if not problems:
+        raise ValueError(f"{path}: file has no problems; re-download it with python download.py")
+    return problems
+
+
+def strip_calculator_annotations(solution: str) -> str:
+    """Remove GSM8K's `<<48/2=24>>` calculator calls, leaving readable prose."""
+    return _CALCULATOR_RE.sub("", solution)

@@ -1,0 +1,73 @@
+"""Prompt templates: how a GSM8K question becomes chat messages.
+
+A template is plain data: a system prompt that asks for reasoning inside one
+tag pair and the final number inside another, plus the names of those tags
+so `data.rewards` can check the same format the prompt asked for:
+
+    build_messages("Tom has 3 apples...", "think")
+    -> [{"role": "system", "content": "...<think>...<answer>..."},
+        {"role": "user", "content": "Tom has 3 apples..."}]
+
+The messages are then rendered with the model's chat template by the
+tokenizer code. Simplification: one fixed system prompt per template, no
+few-shot examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A system prompt plus the (reasoning tag, answer tag) it asks for."""
+
+    system: str
+    tags: tuple[str, str]
+
+
+THINK_SYSTEM = (
+    "You are a helpful assistant that solves math word problems. "
+    "First think step by step inside <think> </think> tags, then write only the "
+    "final number inside <answer> </answer> tags, like this:\n"
+    "<think>\n...\n</think>\n<answer>\n42\n</answer>"
+)
+
+REASONING_SYSTEM = (
+    "Respond in the following format:\n"
+    "<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>\n"
+    "Put your step-by-step reasoning in <reasoning> and only the final number in <answer>."
+)
+
+CHINESE_SYSTEM = (
+    "你是一个擅长解答数学应用题的助手。"
+    "请先在 <think> </think> 标签内一步一步地推理，"
+    "然后在 <answer> </answer> 标签内只写出最终的数字答案，格式如下：\n"
+    "<think>\n...\n</think>\n<answer>\n42\n</answer>"
+)
+
+TEMPLATES: dict[str, PromptTemplate] = {
+    "think": PromptTemplate(system=THINK_SYSTEM, tags=("think", "answer")),
+    "reasoning": PromptTemplate(system=REASONING_SYSTEM, tags=("reasoning", "answer")),
+    "chinese": PromptTemplate(system=CHINESE_SYSTEM, tags=("think", "answer")),
+}
+
+
+def get_template(template: str) -> PromptTemplate:
+    """Look a template up by name, with a one-line error listing valid names."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown prompt template {template!r}: choose one of {', '.join(TEMPLATES)}")
+    return TEMPLATES[template]
+
+
+def template_tags(template: str) -> tuple[str, str]:
+    """The (reasoning, answer) tag names the rewards must look for with `template`."""
+    return get_template(template).tags
+
+
+def build_messages(question: str, template: str = "think") -> list[dict]:
+    """Turn a question into [system, user] chat messages for `template`."""
+    return [
+        {"role": "system", "content": get_template(template).system},
+        {"role": "user", "content": question},
+    ]

@@ -1,0 +1,186 @@
+"""Rule-based rewards that score a GSM8K completion against the gold number.
+
+GRPO needs no learned reward model here: a completion is scored by rules.
+Each reward is a pure function `(completion, answer) -> float`:
+
+    format       1.0 if the text is exactly <think>...</think> <answer>...</answer>
+    tag_count    0.25 for each of the four tags that appears exactly once
+                 (a softer shaping signal, like open-r1's "tag_count"/willccbb's "xmlcount")
+    integer      1.0 if the <answer> content is a plain integer
+    correctness  1.0 if the <answer> content equals the gold number
+
+`combined_reward` weights and sums them; `gsm8k_reward` is the default recipe
+(format 0.1 + correctness 1.0, so a perfect completion scores 1.1). Tag names
+are a parameter so the "reasoning" prompt template (<reasoning>/<answer>) works.
+
+Safety: completions come from a model and can be huge or adversarial
+('<think>' * 100000). Every check is linear time: tags are counted with
+str.count, the answer is cut out with str.find, the only regexes have no
+ambiguous nested quantifiers, and number parsing is capped at
+MAX_NUMBER_CHARS. Numbers are compared exactly with Fraction, never floats.
+
+Simplifications: no partial credit for "almost right" numbers, no units
+("18 dollars" is not a number), no LaTeX (\\boxed{18}).
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from functools import lru_cache
+from typing import Callable, Sequence
+
+DEFAULT_TAGS: tuple[str, str] = ("think", "answer")
+GSM8K_WEIGHTS: dict[str, float] = {"format": 0.1, "correctness": 1.0}
+# Longest answer content we try to read as a number. "-1,234,567.89" is 13
+# characters; anything far longer is not a GSM8K answer, so skip the work.
+MAX_NUMBER_CHARS = 64
+
+# A cleaned-up number: optional minus, digits, optional decimal part. The
+# literal "." separates the two digit runs, so there is exactly one way to
+# match and no backtracking blow-up.
+_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
+# integer_reward: digits only (an optional minus), no "$", commas or decimals.
+_INTEGER_RE = re.compile(r"-?\d+")
+
+
+@lru_cache(maxsize=None)
+def format_pattern(tags: tuple[str, str] = DEFAULT_TAGS) -> re.Pattern:
+    """Regex for the strict layout `<r>...</r> <a>...</a>` (whitespace around allowed).
+
+    The lazy `.*?` groups could backtrack quadratically on text with many
+    closing tags, so `has_strict_format` first checks that every tag occurs
+    exactly once; then each `.*?` has a single place to stop and the match is
+    linear.
+    """
+    reasoning, answer = (re.escape(tag) for tag in tags)
+    return re.compile(rf"\s*<{reasoning}>.*?</{reasoning}>\s*<{answer}>.*?</{answer}>\s*", re.DOTALL)
+
+
+FORMAT_RE = format_pattern(DEFAULT_TAGS)
+
+
+def _tag_strings(tags: Sequence[str]) -> tuple[str, str, str, str]:
+    """('think', 'answer') -> ('<think>', '</think>', '<answer>', '</answer>')."""
+    if len(tags) != 2 or not all(isinstance(t, str) and t and not set(t) & set("<>/ ") for t in tags):
+        raise ValueError(f"tags must be two bare tag names like ('think', 'answer'), got {tags!r}")
+    reasoning, answer = tags
+    return f"<{reasoning}>", f"</{reasoning}>", f"<{answer}>", f"</{answer}>"
+
+
+# ---------------------------------------------------------------- parsing helpers
+
+
+def extract_answer(completion: str, tag: str = "answer") -> str | None:
+    """Text inside the last `<tag>...</tag>`, or None when there is no closed pair."""
+    open_tag, close_tag = f"<{tag}>", f"</{tag}>"
+    start = completion.rfind(open_tag)
+    if start < 0:
+        return None
+    start += len(open_tag)
+    end = completion.find(close_tag, start)
+    return None if end < 0 else completion[start:end]
+
+
+def parse_number(text: str) -> Fraction | None:
+    """Read '$1,000', ' 18.0 ', '1000.' or '-3.5' as an exact Fraction; None if not a number."""
+    text = text.strip()
+    if len(text) > MAX_NUMBER_CHARS:
+        return None
+    cleaned = text.replace("$", "").replace(",", "").replace(" ", "")
+    if cleaned.endswith("."):  # "The answer is 18." style trailing period
+        cleaned = cleaned[:-1]
+    if not _NUMBER_RE.fullmatch(cleaned):
+        return None
+    return Fraction(cleaned)  # exact: Fraction("18.0") == Fraction("18")
+
+
+def answers_match(predicted: str, gold: str) -> bool:
+    """True when `predicted` is a number equal to the gold number."""
+    gold_value = parse_number(gold)
+    if gold_value is None:
+        raise ValueError(
+            f"gold answer {gold[:40]!r} is not a number: pass the normalised GSM8K number (Problem.answer)"
+        )
+    predicted_value = parse_number(predicted)
+    return predicted_value is not None and predicted_value == gold_value
+
+
+def has_strict_format(completion: str, tags: Sequence[str] = DEFAULT_TAGS) -> bool:
+    """True when the completion is exactly `<r>...</r>` then `<a>...</a>`, each tag once."""
+    if any(completion.count(tag) != 1 for tag in _tag_strings(tags)):
+        return False  # also what keeps the regex below linear
+    return format_pattern(tuple(tags)).fullmatch(completion) is not None
+
+
+# ---------------------------------------------------------------- reward functions
+
+
+def format_reward(completion: str, answer: str, tags: Sequence[str] = DEFAULT_TAGS) -> float:
+    """1.0 for the strict `<think>...</think><answer>...</answer>` layout, else 0.0."""
+    return 1.0 if has_strict_format(completion, tags) else 0.0
+
+
+def tag_count_reward(completion: str, answer: str, tags: Sequence[str] = DEFAULT_TAGS) -> float:
+    """0.25 for each of the four tags that appears exactly once (0.0 to 1.0)."""
+    return sum(0.25 for tag in _tag_strings(tags) if completion.count(tag) == 1)
+
+
+def integer_reward(completion: str, answer: str, tags: Sequence[str] = DEFAULT_TAGS) -> float:
+    """1.0 when the answer-tag content is a plain integer like '42' or '-7'."""
+    _tag_strings(tags)  # validate tags, same error as the other rewards
+    content = extract_answer(completion, tags[1])
+    if content is None or len(content) > MAX_NUMBER_CHARS:
+        return 0.0
+    return 1.0 if _INTEGER_RE.fullmatch(content.strip()) else 0.0
+
+
+def correctness_reward(completion: str, answer: str, tags: Sequence[str] = DEFAULT_TAGS) -> float:
+    """1.0 when the answer-tag content equals the gold number `answer`."""
+    _tag_strings(tags)  # validate tags, same error as the other rewards
+    content = extract_answer(completion, tags[1])
+    matched = answers_match("" if content is None else content, answer)  # validates gold even if no answer
+    return 1.0 if matched else 0.0
+
+
+RewardFn = Callable[..., float]
+REWARD_FUNCTIONS: dict[str, RewardFn] = {
+    "format": format_reward,
+    "tag_count": tag_count_reward,
+    "integer": integer_reward,
+    "correctness": correctness_reward,
+}
+
+
+def combined_reward(
+    completion: str,
+    answer: str,
+    weights: dict[str, float],
+    tags: Sequence[str] = DEFAULT_TAGS,
+) -> dict[str, float | bool]:
+    """Weighted sum of the named rewards.
+
+    Returns each weighted part under its name, the total under "reward", and
+    "correct" (is the answer right?) for accuracy, whatever the weights.
+    """
+    unknown = sorted(set(weights) - set(REWARD_FUNCTIONS))
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        raise ValueError(f"unknown reward {names}: valid names are {', '.join(REWARD_FUNCTIONS)}")
+    parts: dict[str, float | bool] = {
+        name: weight * REWARD_FUNCTIONS[name](completion, answer, tags=tags) for name, weight in weights.items()
+    }
+    parts["reward"] = sum(parts.values())
+    parts["correct"] = correctness_reward(completion, answer, tags=tags) == 1.0
+    return parts
+
+
+def gsm8k_reward(completion: str, answer: str, tags: Sequence[str] = DEFAULT_TAGS) -> dict[str, float | bool]:
+    """Default recipe: {"reward": format + answer, "format": 0 or 0.1, "answer": 0 or 1, "correct": bool}."""
+    parts = combined_reward(completion, answer, GSM8K_WEIGHTS, tags)
+    return {
+        "reward": parts["reward"],
+        "format": parts["format"],
+        "answer": parts["correctness"],
+        "correct": parts["correct"],
+    }

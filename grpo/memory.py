@@ -1,0 +1,129 @@
+"""Memory planner behind `python train.py --dry-run`: bytes on the GPU and in CPU memory.
+
+Exact for the tensors whose size is known up front (weights, gradients, optimizer state, the
+rollout KV cache, sampler logits); an estimate for activations, which depend on kernels.
+A step has two phases that never overlap, so the GPU peak is the larger of
+    rollout:  weights + optimizer state on the GPU + KV cache + sampler logits
+    training: weights + gradients + optimizer state on the GPU + activations + one log-prob chunk
+(gradients are freed between steps, the KV cache after the rollout).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from qwen2 import Qwen2, Qwen2Config
+
+from .config import Config
+from .optim import optimizer_state_bytes
+
+GB = 1e9
+
+
+@dataclass
+class Item:
+    name: str
+    gpu: int  # bytes on the training device
+    cpu: int  # bytes in host memory
+    phase: str  # "both", "rollout" or "training"
+
+
+def model_config_for(cfg: Config) -> Qwen2Config:
+    """The checkpoint's own config.json when downloaded, else the real shapes by name."""
+    path = Path(cfg.model.path)
+    if (path / "config.json").is_file():
+        return Qwen2Config.from_json(path / "config.json")
+    return Qwen2Config.from_name(path.name)
+
+
+def kv_cache_bytes(mc: Qwen2Config, rows: int, length: int, dtype_bytes: int) -> int:
+    """KVCache: k and v (layers, rows, kv_heads, length, head_dim) + key mask + per-row counters."""
+    kv = 2 * mc.num_hidden_layers * rows * mc.num_key_value_heads * length * mc.head_dim * dtype_bytes
+    return kv + rows * length + rows * 8
+
+
+def activation_bytes(mc: Qwen2Config, tokens: int, dtype_bytes: int, checkpointing: bool) -> int:
+    """Estimate of what autograd keeps for backward over `tokens` = micro-batch x sequence length.
+
+    Per token and block: two RMSNorms (fp32 input and normalised copy + output), q/k/v before and
+    after RoPE, attention output, and the MLP's gate, up, silu and product (F wide each). With
+    checkpointing only each block's input is kept, plus one block's activations while it is
+    recomputed in backward.
+    """
+    C, F, kv, b = mc.hidden_size, mc.intermediate_size, mc.num_key_value_heads * mc.head_dim, dtype_bytes
+    norms = 2 * (4 * C + 4 * C + b * C)
+    attn = b * (2 * (C + kv) + 2 * kv + 2 * C)
+    mlp = 4 * b * F
+    per_block = tokens * (norms + attn + mlp)
+    if checkpointing:
+        return mc.num_hidden_layers * tokens * C * b + per_block
+    return mc.num_hidden_layers * per_block
+
+
+def plan_memory(cfg: Config, model_config: Qwen2Config | None = None) -> list[Item]:
+    mc = model_config or model_config_for(cfg)
+    b = torch.finfo(getattr(torch, cfg.model.dtype)).bits // 8
+    n = mc.num_params
+    on_gpu = torch.device("cuda")
+    with torch.device("meta"):
+        params = list(Qwen2(mc).to(getattr(torch, cfg.model.dtype)).parameters())
+    opt = optimizer_state_bytes(params, offload=cfg.optim.offload, device=on_gpu)
+    rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    seq = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    mb_tokens = cfg.grpo.micro_batch_size * seq
+    chunk = cfg.grpo.micro_batch_size * min(cfg.grpo.logprob_chunk, seq) * mc.vocab_size * (b + 4 + 4)
+
+    def split(nbytes: int, where_cpu: bool) -> tuple[int, int]:
+        return (0, nbytes) if where_cpu else (nbytes, 0)
+
+    items = [Item("weights", n * b, 0, "both")]
+    if cfg.grpo.beta > 0:
+        items.append(Item("reference model (beta > 0)", n * b, 0, "both"))
+    items += [
+        Item("gradients", n * b, 0, "training"),
+        Item("fp32 master weights", *split(opt["master"], cfg.optim.offload), "both"),
+        Item("Adam moments (fp32 x2)", *split(opt["exp_avg"] + opt["exp_avg_sq"], cfg.optim.offload), "both"),
+    ]
+    if opt["scratch"] or opt["staging"]:
+        items.append(Item("optimizer transfer buffers", 0, opt["scratch"] + opt["staging"], "training"))
+    items += [
+        Item(f"rollout KV cache ({rows} rows x {seq} tokens)", kv_cache_bytes(mc, rows, seq, b), 0, "rollout"),
+        Item("sampler logits", rows * mc.vocab_size * (b + 4), 0, "rollout"),
+        Item(f"activations ({cfg.grpo.micro_batch_size} x {seq} tokens, checkpointing "
+             f"{'on' if cfg.model.activation_checkpointing else 'off'})",
+             activation_bytes(mc, mb_tokens, b, cfg.model.activation_checkpointing), 0, "training"),
+        Item(f"log-prob chunk ({cfg.grpo.logprob_chunk} positions)", chunk, 0, "training"),
+    ]
+    return items
+
+
+def peak_gpu(items: list[Item]) -> int:
+    return max(sum(i.gpu for i in items if i.phase in ("both", phase)) for phase in ("rollout", "training"))
+
+
+def format_plan(items: list[Item], cfg: Config, card_gb: float | None = None) -> str:
+    if card_gb is None:
+        card_gb = torch.cuda.get_device_properties(0).total_memory / GB if torch.cuda.is_available() else 24.0
+    mc = model_config_for(cfg)
+    lines = [f"memory plan: {Path(cfg.model.path).name} ({mc.num_params / 1e9:.2f}B params, {cfg.model.dtype}), "
+             f"optim.offload={str(cfg.optim.offload).lower()}", f"{'':52s} {'GPU GB':>8s} {'CPU GB':>8s}"]
+    for i in items:
+        lines.append(f"  {i.name:50s} {i.gpu / GB:8.2f} {i.cpu / GB:8.2f}")
+    peak = peak_gpu(items)
+    act_off = [i for i in items if i.name.startswith("activations")]
+    lines.append(f"  {'GPU peak (larger of rollout and training phase)':50s} {peak / GB:8.2f} {sum(i.cpu for i in items) / GB:8.2f}")
+    # ~1.5 GB goes to the CUDA context and allocator fragmentation.
+    budget = card_gb - 1.5
+    if peak / GB <= budget:
+        lines.append(f"fits a {card_gb:.0f} GB card ({budget - peak / GB:.1f} GB to spare after ~1.5 GB CUDA overhead)")
+        return "\n".join(lines)
+    lines.append(f"does NOT fit a {card_gb:.0f} GB card (needs {peak / GB:.1f} GB + ~1.5 GB CUDA overhead). Try, in order:")
+    if not cfg.optim.offload:
+        lines.append("  --set optim.offload=true          (moves master weights and Adam moments to CPU memory)")
+    if not cfg.model.activation_checkpointing and act_off:
+        lines.append("  --set model.activation_checkpointing=true")
+    lines.append("  a smaller grpo.micro_batch_size, rollout.prompts_per_step or rollout.max_new_tokens")
+    return "\n".join(lines)

@@ -1,0 +1,276 @@
+"""Rewards and prompt templates, scored against real GSM8K fixture rows."""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from data.gsm8k import load_gsm8k
+from data.prompts import TEMPLATES, build_messages, template_tags
+from data.rewards import (
+    GSM8K_WEIGHTS,
+    MAX_NUMBER_CHARS,
+    REWARD_FUNCTIONS,
+    answers_match,
+    combined_reward,
+    correctness_reward,
+    extract_answer,
+    format_reward,
+    gsm8k_reward,
+    integer_reward,
+    parse_number,
+    tag_count_reward,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "gsm8k"
+PROBLEMS = load_gsm8k(FIXTURES / "train_sample.jsonl") + load_gsm8k(FIXTURES / "test_sample.jsonl")
+PERFECT = GSM8K_WEIGHTS["format"] + GSM8K_WEIGHTS["correctness"]  # 1.1
+
+
+def completion(reasoning: str, answer: str) -> str:
+    return f"<think>\n{reasoning}\n</think>\n<answer>{answer}</answer>"
+
+
+# ---------------------------------------------------------------- gsm8k_reward on real rows
+
+
+def test_gold_inside_tags_scores_format_plus_answer_on_every_fixture_row():
+    assert PERFECT == pytest.approx(1.1)
+    for p in PROBLEMS:
+        scores = gsm8k_reward(completion(p.solution, p.answer), p.answer)
+        assert scores["reward"] == pytest.approx(PERFECT), p
+        assert scores["format"] == pytest.approx(0.1) and scores["answer"] == 1.0 and scores["correct"] is True
+
+
+def test_wrong_number_keeps_only_the_format_reward():
+    for p in PROBLEMS:
+        wrong = str(Fraction(p.answer) + 1)
+        scores = gsm8k_reward(completion(p.solution, wrong), p.answer)
+        assert scores["reward"] == pytest.approx(0.1) and scores["answer"] == 0.0 and scores["correct"] is False
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        lambda n: f"${n:,}",  # $1,000
+        lambda n: f"{n}.0",  # 1000.0
+        lambda n: f" {n} ",  # padded
+        lambda n: f"{n}.",  # trailing period
+        lambda n: f"{n:,}.00",  # 1,000.00
+        lambda n: f"\n{n}\n",  # on its own line
+    ],
+)
+def test_equivalent_spellings_of_the_gold_number_are_correct(spelling):
+    for p in PROBLEMS:
+        assert gsm8k_reward(completion("...", spelling(int(p.answer))), p.answer)["answer"] == 1.0
+
+
+def test_thousands_and_dollars_normalise_to_the_same_value():
+    values = {parse_number(s) for s in ["$1,000", "1000.0", " 1000 ", "1000.", "1 000", "1000"]}
+    assert values == {Fraction(1000)}
+
+
+def test_negatives_and_decimals_compare_exactly():
+    assert answers_match("-7", "-7") and answers_match("$-7.0", "-7")
+    assert not answers_match("7", "-7")
+    assert answers_match("-3.50", "-3.5") and answers_match("0.1", "0.10")
+    assert not answers_match("0.3", "0.33")
+    # Floats would call these equal; exact comparison must not.
+    assert float("12345678901234567891") == float("12345678901234567890")
+    assert not answers_match("12345678901234567891", "12345678901234567890")
+    assert not answers_match("0.30000000000000001", "0.3")
+
+
+@pytest.mark.parametrize("not_a_number", ["seventy-two", "72 apples", "1e3", "", "-", "$", ".", "72/1", "NaN"])
+def test_non_numbers_are_never_correct(not_a_number):
+    assert parse_number(not_a_number) is None
+    assert correctness_reward(completion("...", not_a_number), "72") == 0.0
+
+
+def test_gold_that_is_not_a_number_is_a_clear_error():
+    with pytest.raises(ValueError, match="gold answer 'abc' is not a number"):
+        gsm8k_reward(completion("...", "1"), "abc")
+
+
+# ---------------------------------------------------------------- format
+
+
+P = PROBLEMS[0]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"<think>{P.solution}</think><answer>{P.answer}</answer>",  # no whitespace at all
+        f"  \n<think>{P.solution}</think>  \n\n <answer>{P.answer}</answer>\n  ",  # whitespace around
+        f"<think></think>\n<answer>{P.answer}</answer>",  # empty reasoning
+    ],
+)
+def test_accepted_layouts_get_the_format_reward(text):
+    assert format_reward(text, P.answer) == 1.0
+    assert gsm8k_reward(text, P.answer)["reward"] == pytest.approx(PERFECT)
+
+
+@pytest.mark.parametrize(
+    "text, answer_still_counts",
+    [
+        (f"<think>{P.solution}\n<answer>{P.answer}</answer>", True),  # missing </think>
+        (f"{P.solution}</think>\n<answer>{P.answer}</answer>", True),  # missing <think>
+        (f"<answer>{P.answer}</answer>\n<think>{P.solution}</think>", True),  # answer before think
+        (f"<think>{P.solution}</think>\n<answer>{P.answer}</answer> Hope this helps!", True),  # text after
+        (f"Sure! <think>{P.solution}</think>\n<answer>{P.answer}</answer>", True),  # text before
+        (f"<think>{P.solution}</think> so <answer>{P.answer}</answer>", True),  # text between
+        (f"<think>a</think><answer>1</answer><think>b</think><answer>{P.answer}</answer>", True),  # twice
+        (f"<think>{P.solution}</think>\n<answer>{P.answer}", False),  # unclosed answer
+        (f"<think>{P.solution}</think>\n{P.answer}", False),  # no answer tags
+    ],
+)
+def test_mangled_tags_get_no_format_reward(text, answer_still_counts):
+    scores = gsm8k_reward(text, P.answer)
+    assert scores["format"] == 0.0
+    # Format and correctness are separate signals: the last closed <answer> still counts.
+    assert scores["answer"] == (1.0 if answer_still_counts else 0.0)
+
+
+def test_extract_answer_takes_the_last_closed_answer():
+    assert extract_answer("<answer>1</answer> <answer>2</answer>") == "2"
+    assert extract_answer("<answer>1</answer> <answer>2") is None
+    assert extract_answer("no tags") is None
+
+
+# ---------------------------------------------------------------- adversarial inputs stay cheap
+
+
+MB = 1_000_000
+ADVERSARIAL = {
+    "many think": "<think>" * (MB // 7),
+    "huge comma number": "<answer>" + "1," * (MB // 2),
+    "huge comma number closed": "<answer>" + "1," * (MB // 2) + "</answer>",
+    "many closing pairs": "<think>" + "</think><answer></answer>" * (MB // 25) + "x",
+    "long think then junk": "<think>" + "a" * MB + "</think><answer>1</answer>x",
+    "long whitespace": "<think></think>" + " \n" * (MB // 2) + "<answer>1</answer>" + " " * MB + "x",
+    "many answers": "<answer>1</answer>" * (MB // 18),
+    "open answers": "<answer>" * (MB // 8) + "</answer>",
+    "digits": "<think></think><answer>" + "9" * MB + "</answer>",
+}
+
+
+@pytest.mark.parametrize("name", list(ADVERSARIAL))
+def test_adversarial_megabyte_completion_is_scored_quickly(name):
+    text = ADVERSARIAL[name]
+    all_rewards = dict.fromkeys(REWARD_FUNCTIONS, 1.0)
+    start = time.perf_counter()
+    scores = combined_reward(text, "1", all_rewards)
+    gsm8k_reward(text, "1")
+    elapsed = time.perf_counter() - start
+    assert elapsed < 1.0, f"{name} took {elapsed:.2f}s"
+    assert 0.0 <= scores["reward"] <= len(REWARD_FUNCTIONS)
+
+
+def test_overlong_answer_content_is_not_parsed():
+    assert parse_number("1" * (MAX_NUMBER_CHARS + 1)) is None
+    assert parse_number("1" * MAX_NUMBER_CHARS) == int("1" * MAX_NUMBER_CHARS)
+
+
+# ---------------------------------------------------------------- tag_count and integer
+
+
+def test_tag_count_gives_a_quarter_per_tag_seen_exactly_once():
+    good = completion(P.solution, P.answer)
+    assert tag_count_reward(good, P.answer) == 1.0
+    for tag in ["<think>", "</think>", "<answer>", "</answer>"]:
+        assert tag_count_reward(good.replace(tag, ""), P.answer) == 0.75  # missing
+        assert tag_count_reward(good.replace(tag, tag * 2), P.answer) == 0.75  # doubled
+    assert tag_count_reward("", P.answer) == 0.0
+    assert tag_count_reward("<think><think></think></think>", P.answer) == 0.0
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [("72", 1.0), (" -7 ", 1.0), ("72.5", 0.0), ("$72", 0.0), ("1,000", 0.0), ("72.0", 0.0), ("x", 0.0)],
+)
+def test_integer_reward_wants_bare_digits(content, expected):
+    assert integer_reward(completion("...", content), "72") == expected
+
+
+def test_integer_reward_needs_a_closed_answer_tag():
+    assert integer_reward("<think>72</think> 72", "72") == 0.0
+
+
+# ---------------------------------------------------------------- combined_reward
+
+
+def test_combined_reward_weights_each_part_and_sums_them():
+    weights = {"format": 0.5, "tag_count": 2.0, "integer": 0.3, "correctness": 1.5}
+    texts = [
+        completion(P.solution, P.answer),
+        completion(P.solution, "$1,000,000.5"),
+        f"<think>x<answer>{P.answer}</answer>",
+    ]
+    for text in texts:
+        scores = combined_reward(text, P.answer, weights)
+        for name, weight in weights.items():
+            assert scores[name] == pytest.approx(weight * REWARD_FUNCTIONS[name](text, P.answer))
+        assert scores["reward"] == pytest.approx(sum(scores[name] for name in weights))
+        assert scores["correct"] == (correctness_reward(text, P.answer) == 1.0)
+
+
+def test_gsm8k_reward_is_combined_reward_with_the_default_weights():
+    for text in [completion(P.solution, P.answer), completion(P.solution, "0.5"), "nothing"]:
+        expected = combined_reward(text, P.answer, GSM8K_WEIGHTS)["reward"]
+        assert gsm8k_reward(text, P.answer)["reward"] == pytest.approx(expected)
+
+
+def test_correct_is_reported_even_when_correctness_is_not_weighted():
+    scores = combined_reward(completion("", P.answer), P.answer, {"format": 1.0})
+    assert scores["correct"] is True and "correctness" not in scores
+    assert scores["reward"] == 1.0
+
+
+def test_unknown_reward_name_lists_the_valid_ones():
+    with pytest.raises(ValueError) as info:
+        combined_reward("x", "1", {"format": 1.0, "length": 0.5})
+    message = str(info.value)
+    assert "'length'" in message and all(name in message for name in REWARD_FUNCTIONS)
+
+
+def test_bad_tags_are_a_clear_error():
+    with pytest.raises(ValueError, match="two bare tag names"):
+        format_reward("x", "1", tags=("<think>", "answer"))
+    with pytest.raises(ValueError, match="two bare tag names"):
+        combined_reward("x", "1", {"format": 1.0}, tags=("think",))
+
+
+# ---------------------------------------------------------------- templates and their tags
+
+
+def test_reasoning_template_tags_drive_the_rewards():
+    tags = template_tags("reasoning")
+    text = f"<reasoning>\n{P.solution}\n</reasoning>\n<answer>\n{P.answer}\n</answer>"
+    assert gsm8k_reward(text, P.answer, tags=tags)["reward"] == pytest.approx(PERFECT)
+    assert gsm8k_reward(text, P.answer)["format"] == 0.0  # default <think> tags are absent
+    assert combined_reward(text, P.answer, {"tag_count": 1.0}, tags=tags)["tag_count"] == 1.0
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+def test_every_template_asks_for_its_own_tags(name):
+    messages = build_messages(P.question, name)
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert messages[1]["content"] == P.question
+    for tag in template_tags(name):
+        assert f"<{tag}>" in messages[0]["content"] and f"</{tag}>" in messages[0]["content"]
+
+
+def test_chinese_template_is_written_in_chinese():
+    system = build_messages("问题", "chinese")[0]["content"]
+    assert sum("\u4e00" <= ch <= "\u9fff" for ch in system) > 20
+    assert build_messages("q")[0]["content"] == TEMPLATES["think"].system  # "think" is the default
+
+
+def test_unknown_template_lists_the_valid_ones():
+    with pytest.raises(ValueError) as info:
+        build_messages("q", "cot")
+    assert all(name in str(info.value) for name in TEMPLATES)
