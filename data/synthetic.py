@@ -19,8 +19,10 @@ Simplifications: English only, whole numbers only, answers never negative.
 
 from __future__ import annotations
 
+import json
 import random
 import zlib
+from pathlib import Path
 
 from data.gsm8k import Problem
 
@@ -98,3 +100,13 @@ def format_completion(problem: Problem, tags: tuple[str, str] = ("think", "answe
     """The SFT target in the exact reward format: '<think>12 + 7 = 19</think>\\n<answer>19</answer>'."""
     reasoning, answer = tags
     return f"<{reasoning}>{problem.solution}</{reasoning}>\n<{answer}>{problem.answer}</{answer}>"
+
+
+def write_jsonl(problems: list[Problem], path: str | Path) -> Path:
+    """Write problems in GSM8K's own JSONL format ("solution\\n#### answer"), so `load_gsm8k` reads them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for p in problems:
+            f.write(json.dumps({"question": p.question, "answer": f"{p.solution}\n#### {p.answer}"}) + "\n")
+    return path

@@ -63,7 +63,7 @@ class GRPOConfig:
     updates_per_batch: int = 1  # mu: optimizer updates on each rollout batch (PPO epochs)
     micro_batch_size: int = 8  # episodes per forward/backward; gradients accumulate exactly
     skip_truncated: bool = False  # overlong filtering: drop episodes that hit max_new_tokens
-    logprob_chunk: int = 256  # positions per chunk when turning hidden states into log-probs
+    logprob_chunk: int = 128  # positions per chunk when turning hidden states into log-probs
 
 
 @dataclass

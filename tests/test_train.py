@@ -1,0 +1,201 @@
+"""End-to-end GRPO training on a tiny random Qwen2: logs, checkpoints, resume, Ctrl-C, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import train
+from data import rewards
+from data.synthetic import make_problems, write_jsonl
+from grpo.checkpoint import latest_checkpoint
+from grpo.config import ConfigError, load_config
+from grpo.trainer import lr_factor
+from helpers_tokenizer import build_tiny_tokenizer
+from qwen2 import Qwen2, Qwen2Config, load_model, save_model
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "gsm8k"
+
+
+def odd_length(completion: str, answer: str, tags=None) -> float:
+    """A test-only reward that a random model's completions actually vary on, so updates happen."""
+    return float(len(completion) % 2)
+
+
+@pytest.fixture(autouse=True)
+def _test_reward():
+    rewards.REWARD_FUNCTIONS["odd_length"] = odd_length
+    yield
+    rewards.REWARD_FUNCTIONS.pop("odd_length")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    tok = build_tiny_tokenizer(path, vocab_size=400)
+    cfg = Qwen2Config(vocab_size=tok.vocab_size, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, torch_dtype="float32")
+    model = Qwen2(cfg)
+    model.init_weights(std=0.1, generator=torch.Generator().manual_seed(0))
+    save_model(model, path)
+    return path
+
+
+def write_config(tmp_path: Path, model: Path, out: str = "run", **sections) -> Path:
+    # Short synthetic word problems in GSM8K's format keep the tiny runs fast.
+    train_file = write_jsonl(make_problems(40, seed=0), tmp_path / "train.jsonl")
+    test_file = write_jsonl(make_problems(5, seed=0, split="test"), tmp_path / "test.jsonl")
+    cfg = {
+        "model": {"path": str(model), "dtype": "float32", "device": "cpu"},
+        "data": {"train_file": str(train_file), "test_file": str(test_file), "max_prompt_tokens": 4000},
+        "rollout": {"prompts_per_step": 2, "group_size": 4, "max_new_tokens": 12},
+        "reward": {"weights": {"format": 0.1, "correctness": 1.0, "odd_length": 1.0}},
+        "grpo": {"micro_batch_size": 3, "updates_per_batch": 2, "beta": 0.05},
+        "optim": {"lr": 1e-3, "warmup_steps": 1},
+        "train": {"steps": 3, "out_dir": str(tmp_path / out), "eval_every": 2, "eval_size": 3, "save_every": 2,
+                  "progress": False},
+    }
+    for section, values in sections.items():
+        cfg[section].update(values)
+    path = tmp_path / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_times(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+
+
+def test_three_steps_write_metrics_samples_and_checkpoint(tmp_path, tiny_model):
+    assert train.main(["--config", str(write_config(tmp_path, tiny_model))]) == 0
+    run = tmp_path / "run"
+    rows = metrics(run)
+    steps = [r for r in rows if "reward" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    for r in steps:
+        for key in ("reward_format", "reward_correctness", "accuracy", "length", "truncated", "zero_spread_groups",
+                    "loss", "kl", "entropy", "grad_norm", "lr", "time_generate", "time_reward", "time_step"):
+            assert key in r, key
+    trained = [r for r in steps if r["trained_episodes"]]
+    assert trained and all("time_update" in r and "time_optimizer" in r and r["grad_norm"] > 0 for r in trained)
+    assert any(r["kl"] > 0 for r in trained)  # beta > 0: the reference model is used
+    assert [r["step"] for r in rows if "eval_accuracy" in r] == [2]
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert samples and {"step", "question", "completion", "reward"} <= samples[0].keys()
+    ckpt = latest_checkpoint(run)
+    assert ckpt.name == "step_000003"
+    model = load_model(ckpt / "model")
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight,
+                           load_model(tiny_model).model.layers[0].mlp.up_proj.weight), "training changed nothing"
+
+
+def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path, tiny_model):
+    full = write_config(tmp_path, tiny_model, out="full", train={"save_every": 100, "eval_every": 0})
+    split = write_config(tmp_path, tiny_model, out="split", train={"save_every": 100, "eval_every": 0})
+    assert train.main(["--config", str(full)]) == 0
+    assert train.main(["--config", str(split), "--stop-after", "2"]) == 0
+    assert latest_checkpoint(tmp_path / "split").name == "step_000002"
+    assert train.main(["--resume", str(tmp_path / "split")]) == 0
+    a, b = without_times(metrics(tmp_path / "full")), without_times(metrics(tmp_path / "split"))
+    assert [r["step"] for r in b] == [1, 2, 3]
+    assert any(r["trained_episodes"] for r in a)
+    assert a == b
+
+
+def test_resume_ignores_half_written_checkpoints(tmp_path, tiny_model):
+    cfg = write_config(tmp_path, tiny_model, train={"steps": 2, "eval_every": 0, "save_every": 1})
+    assert train.main(["--config", str(cfg)]) == 0
+    root = tmp_path / "run" / "checkpoints"
+    (root / "step_000009.tmp-4242" / "model").mkdir(parents=True)  # killed mid-save
+    (root / "step_000008").mkdir()  # no trainer_state.json: never finished
+    (root / "step_000008" / "optimizer.pt").write_bytes(b"partial")
+    assert latest_checkpoint(tmp_path / "run").name == "step_000002"
+    assert train.main(["--resume", str(tmp_path / "run"), "--set", "train.steps=3"]) == 0
+    assert latest_checkpoint(tmp_path / "run").name == "step_000003"
+
+
+def test_sigint_during_a_step_leaves_a_loadable_checkpoint(tmp_path, tiny_model):
+    cfg = write_config(tmp_path, tiny_model, reward={"weights": {"format": 0.1, "correctness": 1.0}},
+                       rollout={"max_new_tokens": 64},
+                       train={"steps": 1000, "eval_every": 0, "save_every": 1000})
+    proc = subprocess.Popen([sys.executable, "train.py", "--config", str(cfg)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.is_file() and log.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    ckpt = latest_checkpoint(tmp_path / "run")
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["step"] >= 2
+    # The checkpoint is the last completed step: its log line exists, no later one does.
+    assert max(r["step"] for r in metrics(tmp_path / "run")) >= state["step"]
+    load_model(ckpt / "model")
+    assert train.main(["--resume", str(tmp_path / "run"), "--set", f"train.steps={state['step'] + 1}"]) == 0
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_malformed_dataset_row_is_a_one_line_error(tmp_path, tiny_model):
+    bad = tmp_path / "bad.jsonl"
+    rows = (FIXTURES / "train_sample.jsonl").read_text().splitlines()[:3]
+    bad.write_text("\n".join([rows[0], '{"question": "no answer key"}', rows[2]]) + "\n")
+    cfg = write_config(tmp_path, tiny_model, reward={"weights": {"format": 0.1}}, data={"train_file": str(bad)})
+    res = run_cli("--config", str(cfg))
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert "bad.jsonl:2" in res.stderr
+
+
+def test_missing_model_dir_says_run_download(tmp_path):
+    cfg = write_config(tmp_path, tmp_path / "nope", reward={"weights": {"format": 0.1}})
+    res = run_cli("--config", str(cfg))
+    assert res.returncode == 2 and "run python download.py" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.lrr=1e-5", "unknown config key 'optim.lrr'; valid keys in optim: lr, weight_decay"),
+    ("nope.x=1", "unknown config key 'nope'; valid keys: model, data, rollout"),
+    ("rollout.group_size=eight", "rollout.group_size = 'eight' has the wrong type (expected int)"),
+    ("grpo.aggregation=mean", "grpo.aggregation must be one of token_mean, seq_mean_token_mean, seq_mean_token_sum_norm"),
+    ("reward.weights={answer: 1}", "unknown reward 'answer' in reward.weights; valid: format"),
+    ("rollout.group_size=1", "rollout.group_size must be >= 2"),
+])
+def test_bad_config_values_are_rejected_with_the_choices(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(ROOT / "config.yaml", [override])
+    assert message in str(e.value)
+    res = run_cli("--dry-run", "--set", override)
+    assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_overrides_are_typed():
+    cfg = load_config(ROOT / "config.yaml", ["optim.lr=3e-6", "optim.offload=true", "rollout.temperature=1"])
+    assert cfg.optim.lr == 3e-6 and cfg.optim.offload is True and cfg.rollout.temperature == 1.0
+
+
+def test_lr_schedule_warmup_then_cosine_to_min_ratio():
+    f = [lr_factor(s, warmup=2, total=10, min_ratio=0.8) for s in range(11)]
+    assert f[0] == pytest.approx(0.5) and f[1] == pytest.approx(1.0)
+    assert f[2] == pytest.approx(1.0) and f[10] == pytest.approx(0.8)
+    assert all(a >= b for a, b in zip(f[1:], f[2:]))
+    assert f[6] == pytest.approx(0.9)  # halfway through the decay
