@@ -63,11 +63,12 @@ def activation_bytes(mc: Qwen2Config, tokens: int, dtype_bytes: int, checkpointi
     return mc.num_hidden_layers * per_block
 
 
-def plan_memory(cfg: Config, model_config: Qwen2Config | None = None) -> list[Item]:
+def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: str = "cuda") -> list[Item]:
+    """The plan for training on `device` ("cuda"; tests plan for "cpu" to compare with real tensors)."""
     mc = model_config or model_config_for(cfg)
     b = torch.finfo(getattr(torch, cfg.model.dtype)).bits // 8
     n = mc.num_params
-    on_gpu = torch.device("cuda")
+    on_gpu = torch.device(device)
     with torch.device("meta"):
         params = list(Qwen2(mc).to(getattr(torch, cfg.model.dtype)).parameters())
     opt = optimizer_state_bytes(params, offload=cfg.optim.offload, device=on_gpu)
