@@ -199,3 +199,18 @@ def test_lr_schedule_warmup_then_cosine_to_min_ratio():
     assert f[2] == pytest.approx(1.0) and f[10] == pytest.approx(0.8)
     assert all(a >= b for a, b in zip(f[1:], f[2:]))
     assert f[6] == pytest.approx(0.9)  # halfway through the decay
+
+
+def test_eval_script_writes_per_question_results(tmp_path, tiny_model):
+    data = write_jsonl(make_problems(6, seed=1, split="test"), tmp_path / "test.jsonl")
+    out = tmp_path / "eval.jsonl"
+    res = subprocess.run([sys.executable, "scripts/eval.py", "--model", str(tiny_model), "--data", str(data),
+                          "--out", str(out), "--max-new-tokens", "8", "--batch-size", "4", "--dtype", "float32",
+                          "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6 and {"question", "answer", "completion", "correct", "reward"} <= rows[0].keys()
+    assert "accuracy 0.0000 (0/6)" in res.stdout  # a random model solves nothing
+    res = subprocess.run([sys.executable, "scripts/eval.py", "--model", str(tmp_path / "missing")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "run python download.py" in res.stderr and "Traceback" not in res.stderr

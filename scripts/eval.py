@@ -1,0 +1,66 @@
+"""Evaluate a checkpoint on GSM8K: greedy pass@1, batched through our KV-cache sampler.
+
+    python scripts/eval.py --model runs/gsm8k/checkpoints/step_000200/model
+    python scripts/eval.py --model checkpoints/Qwen2.5-3B-Instruct --limit 200 --out eval.jsonl
+
+Writes one JSON line per question (question, gold answer, completion, correct, reward parts) and
+prints accuracy. Simplifications: greedy decoding only (pass@1), one device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from data.gsm8k import load_gsm8k  # noqa: E402
+from grpo.evaluate import evaluate  # noqa: E402
+from grpo.trainer import resolve_device  # noqa: E402
+from qwen2 import Tokenizer, load_model  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="HF-format model directory (a checkpoint's model/ folder)")
+    ap.add_argument("--data", default="datasets/gsm8k/test.jsonl", help="GSM8K-format JSONL (default: the test set)")
+    ap.add_argument("--out", default=None, help="per-question results JSONL (default: <model>/eval_<data name>.jsonl)")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    ap.add_argument("--template", default="think", help="prompt template: think | reasoning | chinese")
+    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
+    args = ap.parse_args(argv)
+
+    problems = load_gsm8k(args.data)[: args.limit]
+    device = resolve_device(args.device)
+    model = load_model(args.model, device=device, dtype=getattr(torch, args.dtype))
+    tokenizer = Tokenizer.from_pretrained(args.model)
+    t0 = time.perf_counter()
+    summary, results = evaluate(model, tokenizer, problems, max_new_tokens=args.max_new_tokens, template=args.template,
+                                reward_weights={"format": 0.1, "correctness": 1.0}, batch_size=args.batch_size,
+                                progress=True)
+    out = Path(args.out) if args.out else Path(args.model) / f"eval_{Path(args.data).stem}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        for r in results:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    print(f"accuracy {summary['accuracy']:.4f} ({sum(r['correct'] for r in results)}/{summary['n']}) | "
+          f"reward {summary['reward']:.3f} | mean length {summary['length']:.0f} | truncated {summary['truncated']:.3f} | "
+          f"{time.perf_counter() - t0:.0f}s -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
