@@ -34,20 +34,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    config_path = args.config
+    config_path, base = args.config, None
     if config_path is None and args.resume:
         from grpo.checkpoint import latest_checkpoint
 
         # Resume with the configuration the run was started with (plus any --set).
-        saved = json.loads((latest_checkpoint(args.resume) / "trainer_state.json").read_text())["config"]
-        resumed = Path(args.resume) / ".resume_config.yaml"
-        import yaml
-
-        resumed.write_text(yaml.safe_dump(saved))
-        config_path = resumed
-    elif config_path is None:
-        config_path = "config.yaml" if Path("config.yaml").is_file() else None
-    cfg = load_config(config_path, args.overrides)
+        base = json.loads((latest_checkpoint(args.resume) / "trainer_state.json").read_text())["config"]
+    elif config_path is None and Path("config.yaml").is_file():
+        config_path = "config.yaml"
+    cfg = load_config(config_path, args.overrides, base=base)
 
     if args.dry_run:
         from grpo.memory import format_plan, plan_memory

@@ -7,6 +7,7 @@ never silently falls back to a default.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -197,9 +198,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), parsed
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Read a YAML file (or the defaults when None) and apply `section.key=value` overrides."""
-    raw: dict[str, Any] = {}
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict[str, Any] | None = None) -> Config:
+    """Read a YAML file (or `base`, a saved config dict, or the defaults) and apply `section.key=value` overrides."""
+    raw: dict[str, Any] = copy.deepcopy(base) if base is not None else {}
     if path is not None:
         path = Path(path)
         if not path.is_file():

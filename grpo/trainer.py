@@ -51,10 +51,14 @@ def enable_activation_checkpointing(model: Qwen2) -> None:
     """Recompute each block's activations in backward instead of storing them.
 
     Done from the outside by wrapping each block's forward, so the model code and the parameter
-    names stay untouched.
+    names stay untouched. Without autograd (sampling, evaluation) the block runs as it is.
     """
     for block in model.model.layers:
-        block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+        def forward(*args, _forward=block.forward):
+            if torch.is_grad_enabled():
+                return checkpoint(_forward, *args, use_reentrant=False)
+            return _forward(*args)
+        block.forward = forward
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
