@@ -88,8 +88,11 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
         Item("fp32 master weights", *split(opt["master"], cfg.optim.offload), "both"),
         Item("Adam moments (fp32 x2)", *split(opt["exp_avg"] + opt["exp_avg_sq"], cfg.optim.offload), "both"),
     ]
+    # fp32 gradient scratch and pinned staging: whatever of the optimizer's bytes is not the state.
+    state_gpu = 0 if cfg.optim.offload else opt["master"] + opt["exp_avg"] + opt["exp_avg_sq"]
+    state_cpu = opt["master"] + opt["exp_avg"] + opt["exp_avg_sq"] - state_gpu
     if opt["scratch"] or opt["staging"]:
-        items.append(Item("optimizer transfer buffers", 0, opt["scratch"] + opt["staging"], "training"))
+        items.append(Item("optimizer working buffers", opt["device"] - state_gpu, opt["cpu"] - state_cpu, "training"))
     items += [
         Item(f"rollout KV cache ({rows} rows x {seq} tokens)", kv_cache_bytes(mc, rows, seq, b), 0, "rollout"),
         Item("sampler logits", rows * mc.vocab_size * (b + 4), 0, "rollout"),
