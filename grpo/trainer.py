@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+from tqdm.auto import tqdm
 
 from data.gsm8k import Problem, load_gsm8k
 from qwen2 import Qwen2, Tokenizer, load_model
@@ -296,9 +297,12 @@ class Trainer:
         num_tokens, num_seqs = int(batch.loss_mask.sum()), len(batch.input_ids)
         totals = dict(loss=0.0, kl=0.0, entropy=0.0, clip_frac=0.0, grad_norm=0.0)
         self.model.train()
+        bar = tqdm(total=g.updates_per_batch * math.ceil(num_seqs / g.micro_batch_size), desc="update",
+                   leave=False, disable=not cfg.train.progress)
         for _ in range(g.updates_per_batch):
             t0 = time.perf_counter()
             for rows, ids, attn, start, lmask in micro_batches(batch, g.micro_batch_size):
+                bar.update()
                 logp, entropy = token_logprobs(self.model, ids, attn, start, cfg.rollout.temperature,
                                                g.logprob_chunk, with_entropy=True)
                 width = lmask.shape[1]
@@ -324,6 +328,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             t["update"] += t1 - t0
             t["optimizer"] += time.perf_counter() - t1
+        bar.close()
         self.model.eval()
         return totals
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# The test models are tiny: one thread is faster than two, and far faster when the CPU is shared
+# (OpenMP threads spin-wait on a busy core). Set before torch is imported; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import sys
 from pathlib import Path
 
