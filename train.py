@@ -67,3 +67,6 @@ if __name__ == "__main__":
         # Bad input: one line with the cause and what to do, no traceback.
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # before training started: nothing to save
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
