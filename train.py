@@ -32,8 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def setup(args: argparse.Namespace):
+    """Config and trainer from the command line; every bad input raises a one-line error here."""
     config_path, base = args.config, None
     if config_path is None and args.resume:
         from grpo.checkpoint import latest_checkpoint
@@ -43,16 +43,30 @@ def main(argv: list[str] | None = None) -> int:
     elif config_path is None and Path("config.yaml").is_file():
         config_path = "config.yaml"
     cfg = load_config(config_path, args.overrides, base=base)
-
     if args.dry_run:
+        return cfg, None
+    from grpo.trainer import Trainer
+
+    return cfg, Trainer(cfg, resume=args.resume)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg, trainer = setup(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        # Bad input: one line with the cause and what to do, no traceback. Errors once training
+        # runs are bugs, and keep their traceback.
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # before training started: nothing to save
+        print("interrupted", file=sys.stderr)
+        return 130
+    if trainer is None:
         from grpo.memory import format_plan, plan_memory
 
         print(format_plan(plan_memory(cfg), cfg, card_gb=args.card_gb))
         return 0
-
-    from grpo.trainer import Trainer
-
-    trainer = Trainer(cfg, resume=args.resume)
     try:
         trainer.run(stop_after=args.stop_after)
     except KeyboardInterrupt:
@@ -61,12 +75,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        # Bad input: one line with the cause and what to do, no traceback.
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:  # before training started: nothing to save
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(main())
