@@ -97,10 +97,11 @@ class KVCache:
 
         Used to drop finished rows and to fan one prefilled prompt out to G samples.
         """
-        # Copy only the filled part into a fresh buffer, so memory follows the live rows.
+        # Copy only the filled part into a fresh buffer, so memory follows the live rows. The rest
+        # stays uninitialised: positions past `length` are written before they are ever read.
         k, v = self.k, self.v
-        self.k = torch.zeros((k.shape[0], len(rows), *k.shape[2:]), dtype=k.dtype, device=k.device)
-        self.v = torch.zeros_like(self.k)
+        self.k = torch.empty((k.shape[0], len(rows), *k.shape[2:]), dtype=k.dtype, device=k.device)
+        self.v = torch.empty_like(self.k)
         self.k[:, :, :, :self.length] = k[:, rows, :, :self.length]
         self.v[:, :, :, :self.length] = v[:, rows, :, :self.length]
         self.key_mask = self.key_mask[rows]

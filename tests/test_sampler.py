@@ -125,3 +125,24 @@ def test_filters_are_pure_and_keep_ties():
     assert torch.isinf(top_k_filter(logits, 2)).tolist() == [[True, False, False, True]]
     assert torch.isinf(top_p_filter(logits, 0.01)).sum() == 3
     assert torch.equal(logits, before)
+
+
+def test_logits_hook_can_force_each_row_to_stop_at_its_own_length(models):
+    _, ours = models
+    prompts = ragged_prompts(ours.config.vocab_size, [3, 8, 5, 6], seed=6)
+    stop_at = torch.tensor([2, 9, 4, 13])  # the index of the token that must be the stop token
+    seen_rows = set()
+
+    def force(logits, rows, step):
+        seen_rows.update(rows.tolist())
+        logits = logits.clone()
+        logits[:, STOP] = float("-inf")  # never stop early...
+        hit = stop_at[rows] == step
+        logits[hit, STOP] = 1e9  # ...and always at the row's own step
+        return logits
+
+    out = generate(ours, prompts, 16, temperature=1.0, stop_token_ids=[STOP], logits_hook=force, compact_every=1,
+                   generator=torch.Generator().manual_seed(0))
+    assert [len(t) for t in out.tokens] == (stop_at + 1).tolist()
+    assert all(t[-1] == STOP and STOP not in t[:-1] for t in out.tokens) and all(out.finished)
+    assert seen_rows == {0, 1, 2, 3}

@@ -1,0 +1,289 @@
+"""Benchmark our KV-cache sampler against `transformers.generate` on a GRPO-shaped batch.
+
+What it measures, in one run on the same random weights (real Qwen2.5 shapes, no download):
+
+1. Ragged batch, ours vs transformers. 8 prompts with lengths spread over 40-120 tokens, each
+   sampled 8 times (64 rows). Every row stops at its own length drawn from 16-128 tokens: the
+   weights are random, so the stop is forced, identically in both systems, by a logits rewrite
+   (`force_stop_`): at its drawn step a row may only emit the stop token, before it never. Ours
+   gets it through `generate(..., logits_hook=)`, transformers through a `LogitsProcessor`.
+   Both sample at temperature 1.0 with no top-k/top-p; transformers gets left-padded prompts, an
+   attention mask and `pad_token_id`, as in its docs. Reported: useful tokens/s = completion
+   tokens up to each row's stop (the same total in both) / wall time, and ours / transformers.
+2. Fixed length, ours only. 64 rows each generate exactly N tokens (no stop), and the decode
+   part (first sampled token to the end) is reported as achieved FLOP/s = (2 x matmul params +
+   attention) x tokens / time, as a fraction of this machine's GEMM throughput measured right
+   before with torch.mm on the same shapes (a decode step's q/k/v/o, MLP and LM-head matmuls at
+   that row count; "roofline") and on a large square matmul ("peak").
+
+Simplifications: random weights (near-uniform next-token distributions: no token is ever likely,
+which only matters for the cost of top-p, unused here); prompts are random token ids; the GRPO
+structure (8 samples of each prompt) is what ours exploits with a shared prefill, transformers
+gets the 64 rows as given, as its users do. fp32 on CPU by default (bf16 matmuls are emulated
+and ~100x slower on most CPUs). Timings on a CPU shared with other jobs are noisy: the two
+systems run back to back in alternating order and the ratio of each pair is reported, by wall
+time and by this process's CPU time; with --threads 1 the CPU time is what the run would take on
+an idle core (with more threads than free cores, OpenMP barriers make small ops crawl).
+The default run takes ~7 minutes on 2 CPU cores (transformers alone ~4-5); --gen-len, --samples
+and --fixed-tokens scale it. On a GPU, e.g. (256 rows, 1.5B shape, bf16):
+    python scripts/bench_sampler.py --device cuda --dtype bfloat16 --model Qwen2.5-1.5B --samples 32
+
+Usage: python scripts/bench_sampler.py [--threads 1] [--repeats 3] [--fixed-tokens 24] [--no-hf] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from _bench_common import DTYPES, hardware, median, random_checkpoint, sync, timed
+from qwen2 import Qwen2Config, generate, load_model
+from qwen2.sampler import left_pad
+
+
+# --- the batch and the forced stop -----------------------------------------------------------
+
+def grpo_batch(num_prompts: int, samples: int, prompt_lens: tuple[int, int], gen_lens: tuple[int, int],
+               vocab: int, seed: int) -> tuple[list[list[int]], list[int]]:
+    """Rows (each prompt repeated `samples` times) and each row's completion length (stop included)."""
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = prompt_lens
+    lengths = torch.linspace(lo, hi, num_prompts).round().long().tolist()
+    prompts = [torch.randint(1000, vocab - 1000, (n,), generator=g).tolist() for n in lengths]
+    rows = [p for p in prompts for _ in range(samples)]
+    stop_len = torch.randint(gen_lens[0], gen_lens[1] + 1, (len(rows),), generator=g).tolist()
+    return rows, stop_len
+
+
+def force_stop_(logits: Tensor, stop_step: Tensor, step: int, stop_id: int) -> Tensor:
+    """In place on logits (B, V): row b emits `stop_id` at step stop_step[b] and never before.
+
+    One pass over the logits and one column write, no host sync; the same call in both systems.
+    """
+    hit = stop_step == step  # (B,)
+    logits.masked_fill_(hit[:, None], float("-inf"))
+    logits[:, stop_id] = torch.where(hit, 0.0, float("-inf")).to(logits.dtype)
+    return logits
+
+
+def check(completions: list[list[int]], stop_len: list[int], stop_id: int, who: str) -> None:
+    for i, (c, n) in enumerate(zip(completions, stop_len)):
+        if len(c) != n or c[-1] != stop_id:
+            raise AssertionError(f"{who}: row {i} has {len(c)} tokens ending in {c[-1:]} (expected {n} ending in {stop_id})")
+
+
+# --- the two systems ----------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    wall: float  # seconds
+    cpu: float  # CPU seconds of this process (with --threads 1: the time on an idle core)
+    prefill: float  # wall seconds until the first token's logits
+
+
+def run_ours(model, rows, stop_len, stop_id, pad_id, seed, device, compact_every) -> tuple[Run, list[list[int]]]:
+    """Timing and completions of one ragged run of our sampler."""
+    stop_step = torch.tensor(stop_len, device=device) - 1
+    first_step_at = []
+
+    def hook(logits: Tensor, rows_idx: Tensor, step: int) -> Tensor:
+        if step == 0:  # called right after the prefill
+            sync(device)
+            first_step_at.append(time.perf_counter())
+        return force_stop_(logits, stop_step[rows_idx], step, stop_id)
+
+    g = torch.Generator(device).manual_seed(seed)
+    start = time.perf_counter()
+    wall, cpu, out = timed(lambda: generate(model, rows, max(stop_len), temperature=1.0, stop_token_ids=[stop_id],
+                                            generator=g, pad_token_id=pad_id, compact_every=compact_every,
+                                            logits_hook=hook), device)
+    return Run(wall, cpu, first_step_at[0] - start), out.tokens
+
+
+def run_hf(hf, rows, stop_len, stop_id, pad_id, seed, device) -> tuple[Run, list[list[int]]]:
+    """Timing and completions of one ragged run of transformers.generate."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    ids, mask = left_pad(rows, pad_id, device)
+    P = ids.shape[1]
+    stop_step = torch.tensor(stop_len, device=device) - 1
+    first_step_at = []
+
+    class ForceStop(LogitsProcessor):
+        def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+            step = input_ids.shape[1] - P  # transformers keeps every row in the batch
+            if step == 0:
+                sync(device)
+                first_step_at.append(time.perf_counter())
+            return force_stop_(scores, stop_step, step, stop_id)
+
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    wall, cpu, out = timed(lambda: hf.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=max(stop_len), do_sample=True, temperature=1.0,
+        top_k=0, top_p=1.0, eos_token_id=stop_id, pad_token_id=pad_id,
+        logits_processor=LogitsProcessorList([ForceStop()])), device)
+    completions = []
+    for row in out[:, P:].tolist():
+        completions.append(row[: row.index(stop_id) + 1] if stop_id in row else row)
+    return Run(wall, cpu, first_step_at[0] - start), completions
+
+
+# --- FLOPs and the GEMM roofline ----------------------------------------------------------------
+
+def decode_gemm_shapes(cfg: Qwen2Config, rows: int) -> list[tuple[int, int, int, int]]:
+    """(M, K, N, count) of every matmul in one decode step of `rows` rows: x (M, K) @ W.T (K, N)."""
+    C, F, L, D, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.head_dim, cfg.vocab_size
+    q, kv = cfg.num_attention_heads * D, cfg.num_key_value_heads * D
+    return [(rows, C, q, L), (rows, C, kv, 2 * L), (rows, q, C, L), (rows, C, F, 2 * L), (rows, F, C, L), (rows, C, V, 1)]
+
+
+def decode_flops(cfg: Qwen2Config, rows: int, context: int) -> float:
+    """FLOPs of one decode forward: 2 x matmul params per row, plus attention over `context` keys."""
+    matmul = sum(2 * M * K * N * n for M, K, N, n in decode_gemm_shapes(cfg, rows))
+    attention = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * context * rows  # q.k and p.v
+    return matmul + attention
+
+
+def best_seconds(fn, device, reps: int) -> float:
+    fn()  # warm-up
+    return min(timed(fn, device)[0] for _ in range(reps))  # wall: the least-disturbed run
+
+
+def gemm_roofline(cfg: Qwen2Config, rows: int, device, dtype, reps: int = 3) -> tuple[float, float]:
+    """(FLOP/s of a decode step's matmuls done back to back, FLOP/s of a large square matmul), best of reps."""
+    flops = seconds = 0.0
+    for M, K, N, n in decode_gemm_shapes(cfg, rows):
+        x, w = torch.randn(M, K, device=device, dtype=dtype), torch.randn(N, K, device=device, dtype=dtype)
+        flops += 2 * M * K * N * n
+        seconds += n * best_seconds(lambda: torch.mm(x, w.t()), device, reps)  # nn.Linear's layout
+    S = 2048 if torch.device(device).type == "cpu" else 8192
+    a, b = torch.randn(S, S, device=device, dtype=dtype), torch.randn(S, S, device=device, dtype=dtype)
+    square = 2 * S**3 / best_seconds(lambda: torch.mm(a, b), device, reps)
+    return flops / seconds, square
+
+
+def run_fixed(model, rows, new_tokens, pad_id, seed, device) -> tuple[float, float, float]:
+    """(decode wall s, decode CPU s, decode FLOPs) of `rows` all generating exactly `new_tokens` tokens.
+
+    "Decode" starts when the first token is sampled (after the prefill) and ends when generate
+    returns: new_tokens samples and new_tokens - 1 forwards, whose FLOPs are counted.
+    """
+    first_step_at = []
+
+    def mark(logits: Tensor, rows_idx: Tensor, step: int) -> Tensor:
+        if step == 0:
+            sync(device)
+            first_step_at.append((time.perf_counter(), time.process_time()))
+        return logits
+
+    g = torch.Generator(device).manual_seed(seed)
+    out = generate(model, rows, new_tokens, temperature=1.0, generator=g, pad_token_id=pad_id, logits_hook=mark)
+    sync(device)
+    wall, cpu = time.perf_counter() - first_step_at[0][0], time.process_time() - first_step_at[0][1]
+    assert all(len(t) == new_tokens for t in out.tokens)
+    P = max(map(len, rows))  # prompts are left-padded to P, so every row attends over P + t keys
+    flops = sum(decode_flops(model.config, len(rows), P + t + 1) for t in range(new_tokens - 1))
+    return wall, cpu, flops
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="Qwen2.5-0.5B", help="Qwen2.5 shape (Qwen2Config.from_name)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=8, help="rows per prompt (GRPO group size)")
+    ap.add_argument("--prompt-len", type=int, nargs=2, default=(40, 120), metavar=("MIN", "MAX"))
+    ap.add_argument("--gen-len", type=int, nargs=2, default=(16, 128), metavar=("MIN", "MAX"),
+                    help="each row's completion length is drawn uniformly from this range")
+    ap.add_argument("--repeats", type=int, default=1, help="ragged runs of each system (alternating order)")
+    ap.add_argument("--fixed-tokens", type=int, default=24, help="tokens per row in the fixed-length run (0: skip)")
+    ap.add_argument("--fixed-repeats", type=int, default=2)
+    ap.add_argument("--compact-every", type=int, default=8, help="our generate's compact_every")
+    ap.add_argument("--no-hf", action="store_true", help="skip transformers (ours only)")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+
+    ckpt = random_checkpoint(args.model, args.dtype)
+    model = load_model(ckpt, device=device).eval()
+    cfg = model.config
+    stop_id = cfg.eos_token_id[0] if isinstance(cfg.eos_token_id, list) else cfg.eos_token_id
+    pad_id = 0
+    rows, stop_len = grpo_batch(args.prompts, args.samples, tuple(args.prompt_len), tuple(args.gen_len),
+                                cfg.vocab_size, args.seed)
+    print(f"{args.model} random weights, {args.dtype} on {hardware(device)}")
+    print(f"ragged batch: {args.prompts} prompts ({args.prompt_len[0]}-{args.prompt_len[1]} tokens) x {args.samples} samples"
+          f" = {len(rows)} rows, completion lengths {min(stop_len)}-{max(stop_len)}, {sum(stop_len)} useful tokens")
+
+    hf = None
+    if not args.no_hf:
+        import transformers
+        transformers.logging.set_verbosity_error()
+        hf = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype).to(device).eval()
+
+    # Warm-up: first calls pay one-time allocation and dispatch costs.
+    warm_rows, warm_len = rows[:2], [3, 4]
+    run_ours(model, warm_rows, warm_len, stop_id, pad_id, 0, device, args.compact_every)
+    if hf is not None:
+        run_hf(hf, warm_rows, warm_len, stop_id, pad_id, 0, device)
+
+    tokens = sum(stop_len)
+    results: list[dict[str, Run]] = []
+    for r in range(args.repeats):
+        res = {}
+        for who in (["ours", "hf"] if r % 2 == 0 else ["hf", "ours"]):
+            if who == "ours":
+                res[who], toks = run_ours(model, rows, stop_len, stop_id, pad_id, args.seed + r, device, args.compact_every)
+            elif hf is not None:
+                res[who], toks = run_hf(hf, rows, stop_len, stop_id, pad_id, args.seed + r, device)
+            else:
+                continue
+            check(toks, stop_len, stop_id, who)
+            x = res[who]
+            print(f"  repeat {r}: {who:5s} wall {x.wall:6.1f} s (prefill {x.prefill:5.1f} s), CPU {x.cpu:6.1f} s: "
+                  f"{tokens / x.wall:6.1f} tok/s by wall, {tokens / x.cpu:6.1f} by CPU", flush=True)
+        results.append(res)
+
+    print("\n| ragged batch | wall (s) | prefill (s) | CPU (s) | useful tok/s (wall) | useful tok/s (CPU) |")
+    print("|---|---|---|---|---|---|")
+    for who, name in [("ours", "ours"), ("hf", "transformers")]:
+        if all(who in r for r in results):
+            wall, cpu = median([r[who].wall for r in results]), median([r[who].cpu for r in results])
+            pre = median([r[who].prefill for r in results])
+            print(f"| {name} | {wall:.1f} | {pre:.1f} | {cpu:.1f} | {tokens / wall:.1f} | {tokens / cpu:.1f} |")
+    if hf is not None:
+        by_wall = [r["hf"].wall / r["ours"].wall for r in results]
+        by_cpu = [r["hf"].cpu / r["ours"].cpu for r in results]
+        print(f"speed-up ours / transformers: {median(by_wall):.2f}x by wall time ({', '.join(f'{x:.2f}' for x in by_wall)}), "
+              f"{median(by_cpu):.2f}x by CPU time ({', '.join(f'{x:.2f}' for x in by_cpu)})")
+
+    if args.fixed_tokens:
+        print(f"\nfixed length: {len(rows)} rows x {args.fixed_tokens} tokens; decode FLOP/s vs torch.mm on the same shapes")
+        print("| repeat | decode wall (s) | decode CPU (s) | GFLOP/s (wall) | GFLOP/s (CPU) | roofline GFLOP/s | square-mm GFLOP/s "
+              "| of roofline (wall / CPU) | of square (wall / CPU) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        fractions = []
+        for r in range(args.fixed_repeats):
+            roof, square = gemm_roofline(cfg, len(rows), device, dtype)
+            wall, cpu, flops = run_fixed(model, rows, args.fixed_tokens, pad_id, args.seed + r, device)
+            fractions.append((flops / wall / roof, flops / cpu / roof))
+            print(f"| {r} | {wall:.1f} | {cpu:.1f} | {flops / wall / 1e9:.1f} | {flops / cpu / 1e9:.1f} | {roof / 1e9:.1f} | "
+                  f"{square / 1e9:.1f} | {flops / wall / roof:.0%} / {flops / cpu / roof:.0%} | "
+                  f"{flops / wall / square:.0%} / {flops / cpu / square:.0%} |", flush=True)
+        print(f"median: {median([f[0] for f in fractions]):.0%} (wall) / {median([f[1] for f in fractions]):.0%} (CPU) "
+              f"of the decode-shape GEMM roofline")
+
+
+if __name__ == "__main__":
+    main()
