@@ -51,12 +51,12 @@ def tiny_model(tmp_path_factory) -> Path:
     return path
 
 
-def write_config(tmp_path: Path, model: Path, out: str = "run", **sections) -> Path:
+def write_config(tmp_path: Path, model_dir: Path, out: str = "run", **sections) -> Path:
     # Short synthetic word problems in GSM8K's format keep the tiny runs fast.
     train_file = write_jsonl(make_problems(40, seed=0), tmp_path / "train.jsonl")
     test_file = write_jsonl(make_problems(5, seed=0, split="test"), tmp_path / "test.jsonl")
     cfg = {
-        "model": {"path": str(model), "dtype": "float32", "device": "cpu"},
+        "model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
         "data": {"train_file": str(train_file), "test_file": str(test_file), "max_prompt_tokens": 4000},
         "rollout": {"prompts_per_step": 2, "group_size": 4, "max_new_tokens": 12},
         "reward": {"weights": {"format": 0.1, "correctness": 1.0, "odd_length": 1.0}},
@@ -214,3 +214,27 @@ def test_eval_script_writes_per_question_results(tmp_path, tiny_model):
     res = subprocess.run([sys.executable, "scripts/eval.py", "--model", str(tmp_path / "missing")], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "run python download.py" in res.stderr and "Traceback" not in res.stderr
+
+
+def sevens(completion: str, answer: str, tags=None) -> float:
+    """Test-only reward: the share of characters that are the digit 7."""
+    return completion.count("7") / max(1, len(completion))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_grpo_maximises_a_reward_it_can_reach(tmp_path, tiny_model, seed):
+    """The whole loop (sampler, advantages, loss, optimizer) pushes a random model towards the reward."""
+    rewards.REWARD_FUNCTIONS["sevens"] = sevens
+    try:
+        cfg = write_config(tmp_path, tiny_model, reward={"weights": {"sevens": 1.0}},
+                           rollout={"prompts_per_step": 4, "group_size": 8, "max_new_tokens": 12},
+                           grpo={"micro_batch_size": 32, "updates_per_batch": 1, "beta": 0.0},
+                           optim={"lr": 1e-2, "warmup_steps": 1},
+                           model={"activation_checkpointing": False},
+                           train={"steps": 20, "seed": seed, "eval_every": 0, "save_every": 1000})
+        assert train.main(["--config", str(cfg)]) == 0
+    finally:
+        rewards.REWARD_FUNCTIONS.pop("sevens")
+    r = [row["reward"] for row in metrics(tmp_path / "run")]
+    # Seeds 0, 1, 2 went from <= 0.003 in the first 3 steps to 0.90-0.98 (mean of the last 3); wide margin.
+    assert sum(r[:3]) / 3 < 0.05 and sum(r[-3:]) / 3 > 0.5, r
