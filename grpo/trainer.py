@@ -19,6 +19,7 @@ import random
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -259,7 +260,11 @@ class Trainer:
         if keep:
             batch = build_batch([episodes[i] for i in keep], advantages[keep], self.tokenizer.pad_token_id, self.device)
             m.update(self._update(batch, t))
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # The schedule follows training steps, also those with no update (all groups had zero
+            # spread), which torch would flag as "scheduler.step() before optimizer.step()".
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
         m.update({f"time_{k}": v for k, v in t.items()})
         return m | {"_episodes": episodes, "_problems": problems}
 
