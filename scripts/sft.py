@@ -1,0 +1,269 @@
+"""Supervised fine-tuning (SFT): teach a Qwen2 checkpoint the <think>...</think><answer>...</answer> format.
+
+    python scripts/sft.py --model checkpoints/Qwen2.5-Math-1.5B --data datasets/gsm8k/train.jsonl \\
+        --out checkpoints/Qwen2.5-Math-1.5B-sft --steps 200 --lr 1e-5 --batch-size 32 --dtype bfloat16
+    python scripts/sft.py --model runs/tiny/init --data runs/tiny/data/train.jsonl --out runs/tiny/sft \\
+        --eval-file runs/tiny/data/test.jsonl      # what scripts/tiny_recipe.py runs
+
+GRPO only learns from completions it samples, so a model that never writes the reward's format (a
+base model, or the tiny random model of the offline recipe) gets no signal. A short SFT "warm start"
+fixes that. Each GSM8K-format JSONL problem becomes one example:
+
+    prompt      the chat prompt exactly as the trainer builds it (data.prompts.build_messages +
+                the checkpoint's own chat template, via grpo.rollout.encode_prompt)
+    completion  <think>{solution, calculator annotations <<..>> stripped}</think>
+                <answer>{gold number}</answer><|im_end|>
+
+and the loss is teacher-forced cross-entropy on the completion tokens only (the prompt is context).
+Batches have the trainer's layout (left-padded prompt | completion | right padding) and the
+log-probs come from the trainer's own `grpo.logprobs.token_logprobs`; the optimizer is the trainer's
+`OffloadAdamW` with linear warmup and cosine decay. The result is saved as a Hugging Face checkpoint
+(weights + tokenizer) that train.py reads as model.path.
+
+The turn ends with <|im_end|> (ChatML's end of turn). Base models such as Qwen2.5-Math-1.5B declare
+<|endoftext|> as their eos, so the saved tokenizer_config.json sets eos_token to <|im_end|>, as
+Qwen's own -Instruct releases do; the sampler then stops where the SFT data stopped.
+
+Simplifications: full fine-tuning (no LoRA), one device, no packing (each row is one example, padded),
+a fixed number of steps instead of epochs or early stopping, no validation loss (an optional greedy
+accuracy on --eval-file at the end instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from data.gsm8k import Problem, load_gsm8k, strip_calculator_annotations  # noqa: E402
+from data.prompts import TEMPLATES, template_tags  # noqa: E402
+from data.rewards import GSM8K_WEIGHTS  # noqa: E402
+from data.synthetic import format_completion  # noqa: E402
+from grpo.evaluate import evaluate  # noqa: E402
+from grpo.logprobs import token_logprobs  # noqa: E402
+from grpo.optim import OffloadAdamW  # noqa: E402
+from grpo.rollout import encode_prompt  # noqa: E402
+from grpo.trainer import enable_activation_checkpointing, lr_factor, resolve_device  # noqa: E402
+from qwen2 import Qwen2, Tokenizer, load_model, save_model  # noqa: E402
+
+END_OF_TURN = "<|im_end|>"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def sft_target(problem: Problem, template: str = "think") -> str:
+    """The completion to imitate: '<think>{solution}</think>\\n<answer>{answer}</answer>'.
+
+    GSM8K solutions carry calculator calls (`48/2 = <<48/2=24>>24`); they are stripped so the
+    model learns plain prose. Synthetic problems have none, so this is `format_completion` as is.
+    """
+    solution = strip_calculator_annotations(problem.solution).strip()
+    return format_completion(Problem(problem.question, problem.answer, solution), template_tags(template))
+
+
+def end_token_id(tokenizer: Tokenizer) -> int:
+    """<|im_end|> when the vocabulary has it (every Qwen2.5 tokenizer does), else the eos token."""
+    end = tokenizer.token_to_id(END_OF_TURN)
+    if end is None:
+        end = tokenizer.eos_token_id
+    if end is None:
+        raise ValueError(f"{tokenizer.name}: the tokenizer has neither {END_OF_TURN} nor an eos token to end the answer with")
+    return end
+
+
+def encode_examples(tokenizer: Tokenizer, problems: list[Problem], template: str,
+                    max_len: int) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """(prompt ids, completion ids + end token) per problem; examples longer than max_len are dropped."""
+    end = end_token_id(tokenizer)
+    completions = tokenizer.encode_batch([sft_target(p, template) for p in problems])
+    examples, dropped = [], 0
+    for p, completion in zip(problems, completions):
+        prompt = encode_prompt(tokenizer, p.question, template)
+        if len(prompt) + len(completion) + 1 > max_len:
+            dropped += 1
+            continue
+        examples.append((prompt, completion + [end]))
+    return examples, dropped
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The trainer's batch layout: [left-padded prompt | completion | right padding].
+
+    Returns input_ids (B, P + C), attention_mask (B, P + C), loss_mask (B, C) over the completion
+    columns, and P (the column where completions start).
+    """
+    P = max(len(p) for p, _ in examples)
+    C = max(len(c) for _, c in examples)
+    ids = torch.full((len(examples), P + C), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(examples), P + C), dtype=torch.long)
+    for i, (p, c) in enumerate(examples):
+        ids[i, P - len(p):P + len(c)] = torch.tensor(p + c)
+        attn[i, P - len(p):P + len(c)] = 1
+    return ids, attn, attn[:, P:].float(), P
+
+
+class Batches:
+    """Endless reproducible batches: a fresh seeded shuffle of the examples every epoch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.rng = n, batch_size, random.Random(seed)
+        self.order: list[int] = []
+
+    def next(self) -> list[int]:
+        out = []
+        while len(out) < self.batch_size:
+            if not self.order:
+                self.order = list(range(self.n))
+                self.rng.shuffle(self.order)
+            out.append(self.order.pop())
+        return out
+
+
+def sft_step(model: Qwen2, batch: list[tuple[list[int], list[int]]], pad_id: int, micro_batch_size: int,
+             device: torch.device) -> tuple[float, int]:
+    """Forward + backward of one batch (gradients accumulate over micro-batches); returns (loss, tokens).
+
+    The loss is the mean negative log-likelihood over all completion tokens of the batch, so the
+    micro-batch split does not change it (each part is divided by the batch's token count).
+    """
+    num_tokens = sum(len(c) for _, c in batch)
+    total = 0.0
+    for start in range(0, len(batch), micro_batch_size):
+        ids, attn, mask, P = collate(batch[start:start + micro_batch_size], pad_id)
+        ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
+        logp = token_logprobs(model, ids, attn, P)  # (B, C) log-probs of the completion tokens
+        loss = -(logp * mask).sum() / num_tokens
+        loss.backward()
+        total += loss.item()
+    return total, num_tokens
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="Hugging Face Qwen2 checkpoint directory (weights + tokenizer)")
+    ap.add_argument("--data", required=True, help="GSM8K-format JSONL: {question, answer: 'solution #### number'}")
+    ap.add_argument("--out", required=True, help="directory for the fine-tuned checkpoint")
+    ap.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
+    ap.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (default 1e-5; tiny random models want ~1e-3)")
+    ap.add_argument("--batch-size", type=int, default=32, help="examples per optimizer step (default 32)")
+    ap.add_argument("--micro-batch-size", type=int, default=0, help="examples per forward/backward (default: the whole batch)")
+    ap.add_argument("--warmup-steps", type=int, default=10)
+    ap.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay from lr down to lr * this")
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--grad-clip", type=float, default=1.0)
+    ap.add_argument("--template", default="think", choices=sorted(TEMPLATES), help="prompt template (default think)")
+    ap.add_argument("--max-len", type=int, default=1024, help="longer examples (prompt + completion tokens) are skipped")
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N problems of --data (0 = all)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
+    ap.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto = the checkpoint's stored dtype")
+    ap.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward (less memory)")
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--eval-file", help="GSM8K-format JSONL: greedy accuracy on it after training")
+    ap.add_argument("--eval-size", type=int, default=200, help="questions of --eval-file to evaluate (default 200)")
+    ap.add_argument("--max-new-tokens", type=int, default=256, help="generation budget of the --eval-file evaluation")
+    args = ap.parse_args(argv)
+    for name in ("steps", "batch_size", "max_len", "log_every", "eval_size", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.lr <= 0:
+        ap.error("--lr must be > 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run SFT; returns a summary dict (final loss, seconds, and eval results when --eval-file is given)."""
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+    dtype = None if args.dtype == "auto" else DTYPES[args.dtype]
+    out = Path(args.out)
+    if out.resolve() == Path(args.model).resolve():
+        raise ValueError(f"--out {out} is the --model directory: write the fine-tuned model somewhere else")
+
+    problems = load_gsm8k(args.data)
+    if args.limit:
+        problems = problems[:args.limit]
+    model = load_model(args.model, device=device, dtype=dtype)
+    tokenizer = Tokenizer.from_pretrained(args.model)
+    examples, dropped = encode_examples(tokenizer, problems, args.template, args.max_len)
+    if dropped:
+        print(f"skipping {dropped} of {len(problems)} examples longer than --max-len {args.max_len}")
+    if not examples:
+        raise ValueError(f"no example of {args.data} fits --max-len {args.max_len}: raise it")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"SFT {args.model} ({n_params / 1e6:.2f}M params) on {len(examples)} examples of {args.data}: "
+          f"{args.steps} steps x {args.batch_size}, lr {args.lr:g}, {device}", flush=True)
+
+    if args.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    optimizer = OffloadAdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, args.warmup_steps, args.steps, args.min_lr_ratio))
+    batches = Batches(len(examples), args.batch_size, args.seed)
+    micro = args.micro_batch_size or args.batch_size
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "sft_log.jsonl"
+    log_path.unlink(missing_ok=True)
+
+    model.train()
+    t_start = time.perf_counter()
+    window_loss, window_tokens, t_window = 0.0, 0, time.perf_counter()
+    loss = float("nan")
+    for step in range(1, args.steps + 1):
+        batch = [examples[i] for i in batches.next()]
+        loss, tokens = sft_step(model, batch, tokenizer.pad_token_id, micro, device)
+        if not math.isfinite(loss):
+            raise ValueError(f"SFT loss is {loss} at step {step}: lower --lr")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        window_loss, window_tokens = window_loss + loss, window_tokens + tokens
+        with open(log_path, "a") as f:
+            f.write(json.dumps({"step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr}) + "\n")
+        if step % args.log_every == 0 or step == args.steps:
+            n = (step - 1) % args.log_every + 1
+            dt = time.perf_counter() - t_window
+            print(f"sft step {step}/{args.steps} | loss {window_loss / n:.4f} | gnorm {grad_norm:.2f} | lr {lr:.2e} "
+                  f"| {window_tokens / dt:.0f} target tok/s", flush=True)
+            window_loss, window_tokens, t_window = 0.0, 0, time.perf_counter()
+    model.eval()
+    summary: dict = {"steps": args.steps, "final_loss": loss, "seconds": time.perf_counter() - t_start,
+                     "examples": len(examples)}
+
+    end = tokenizer.id_to_token(end_token_id(tokenizer))
+    if tokenizer.eos_token_id != end_token_id(tokenizer):
+        print(f"setting eos_token to {end} in {out}/tokenizer_config.json: the SFT answers end with it")
+        tokenizer.config["eos_token"] = end
+    save_model(model, out)
+    tokenizer.save_pretrained(out)
+    print(f"saved {out} ({summary['seconds']:.0f}s)")
+
+    if args.eval_file:
+        tokenizer = Tokenizer.from_pretrained(out)  # what train.py will load, eos included
+        test = load_gsm8k(args.eval_file)[:args.eval_size]
+        result, _ = evaluate(model, tokenizer, test, max_new_tokens=args.max_new_tokens, template=args.template,
+                             reward_weights=GSM8K_WEIGHTS, batch_size=128)
+        print(f"held-out greedy accuracy {result['accuracy']:.3f} on {result['n']} questions of {args.eval_file} "
+              f"(mean reward {result['reward']:.3f}, truncated {result['truncated']:.2f})")
+        summary["eval"] = result
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
