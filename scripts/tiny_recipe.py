@@ -1,0 +1,291 @@
+"""The offline tiny recipe: proof on a laptop CPU, in minutes and with no download, that GRPO learns.
+
+    python scripts/tiny_recipe.py                  # everything under runs/tiny (about 10 minutes on 2 cores)
+    python scripts/tiny_recipe.py --quick          # a shortened run (about a minute), what the test runs
+    python train.py --config configs/tiny.yaml     # afterwards: the GRPO stage on its own
+
+Stages (each is skipped when its output already exists, so an interrupted run just continues):
+
+  1. tokenizer  a 1024-token byte-level BPE (Qwen's pre-tokenizer, special tokens and ChatML chat
+                template) trained with `tokenizers` on GSM8K text (datasets/gsm8k/train.jsonl when
+                download.py fetched it, else the fixture in tests/fixtures/gsm8k), synthetic problems
+                and the system prompts, so a chat prompt is ~70 tokens instead of ~250 bytes
+  2. init       a random ~1M-parameter Qwen2 (4 layers, width 128, grouped-query attention, tied
+                embeddings) saved as a Hugging Face checkpoint: `<out>/init`
+  3. data       synthetic word problems (data/synthetic.py) in GSM8K's JSONL format: a training file
+                and a held-out file whose questions never occur in training: `<out>/data`
+  4. sft        scripts/sft.py, a short supervised warm start on the training file, stopped early
+                (held-out accuracy ~20-40%) so GRPO has room to improve and reward variance to learn
+                from: `<out>/sft`
+  5. eval       held-out greedy accuracy of the SFT model (grpo.evaluate, as train.py evaluates)
+  6. grpo       the real train.py with configs/tiny.yaml, model.path = the SFT model: `<out>/grpo`
+  7. eval       the same held-out evaluation of the last GRPO checkpoint
+  8. report     a before/after table, `<out>/results.json`, and `<out>/curve.png` (scripts/plot.py)
+
+The problems are the synthetic "mul" kind ("Tom has 7 boxes with 8 pens in each box. How many pens
+does Tom have?" -> <think>7 * 8 = 56</think> <answer>56</answer>). A 1M-parameter model learns the
+format and which numbers to copy within a few dozen SFT steps, and the multiplication facts in a few
+hundred; multi-digit addition and subtraction (the other kinds) take it tens of minutes of SFT to pass
+20%, far beyond a laptop budget. Held-out questions share the facts (7 * 8) with training questions,
+never the question text: GRPO must make the model produce right products more often, and the reward
+it optimises is the GSM8K reward of train.py (format 0.1 + correctness 1.0), nothing tiny-specific.
+
+Everything is seeded (--seed): data, initial weights, SFT batches and the GRPO sampler, so two runs
+with the same seed, thread count and torch build print the same numbers. The model, tokenizer and
+training loop are the project's own; the recipe only chooses sizes.
+Simplifications: one problem kind, a tiny model, CPU only (fp32), few steps: a demonstration that the
+loop optimises the reward, not a GSM8K result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "scripts"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import plot  # noqa: E402  (scripts/plot.py)
+import sft  # noqa: E402  (scripts/sft.py)
+import train  # noqa: E402  (train.py: the real GRPO entry point)
+from data.gsm8k import Problem, load_gsm8k  # noqa: E402
+from data.prompts import TEMPLATES, template_tags  # noqa: E402
+from data.rewards import format_reward  # noqa: E402
+from data.synthetic import KINDS, format_completion, make_problems, write_jsonl  # noqa: E402
+from grpo.checkpoint import latest_checkpoint, list_checkpoints  # noqa: E402
+from grpo.config import load_config  # noqa: E402
+from grpo.evaluate import evaluate  # noqa: E402
+from qwen2 import Qwen2, Qwen2Config, Tokenizer, load_model, save_model  # noqa: E402
+from qwen2.tokenizer import train_bpe_tokenizer  # noqa: E402
+
+CONFIG = ROOT / "configs" / "tiny.yaml"
+GSM8K_TRAIN = ROOT / "datasets" / "gsm8k" / "train.jsonl"
+GSM8K_FIXTURE = ROOT / "tests" / "fixtures" / "gsm8k" / "train_sample.jsonl"
+
+# Sizes of the full recipe and of --quick (the test). Anything GRPO-related lives in configs/tiny.yaml;
+# --quick only shortens it with --set overrides.
+FULL = dict(
+    vocab_size=1024,
+    model=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+               num_key_value_heads=2),
+    kinds=("mul",),
+    n_train=6000,  # of the ~7000 distinct "mul" training questions
+    n_test=500,  # held-out questions (the "test" split of data/synthetic.py)
+    # Constant learning rate after warmup, stopped mid-way on purpose: ~30% held-out accuracy, and
+    # sampled answers that are right often enough (pass@8 ~60%) for GRPO to have something to reinforce.
+    sft=dict(steps=400, batch_size=16, lr=2e-3, warmup_steps=20, min_lr_ratio=1.0),
+    grpo=[],  # --set overrides of configs/tiny.yaml
+)
+QUICK = dict(
+    FULL,
+    model=dict(hidden_size=64, intermediate_size=192, num_hidden_layers=4, num_attention_heads=2,
+               num_key_value_heads=1),  # 0.26M parameters: learns the facts as fast per step, 2.5x cheaper
+    n_test=200,
+    sft=dict(steps=350, batch_size=16, lr=3e-3, warmup_steps=20, min_lr_ratio=1.0),
+    grpo=["train.steps=60", "train.eval_every=20", "train.eval_size=200", "train.save_every=60"],
+)
+
+
+def log(msg: str) -> None:
+    print(f"[tiny] {msg}", flush=True)
+
+
+# -- stages -------------------------------------------------------------------------------------
+
+
+def tokenizer_corpus(seed: int, gsm8k_file: Path) -> list[str]:
+    """Texts the BPE is trained on: GSM8K, synthetic problems of every kind, the prompt texts."""
+    texts = []
+    for p in load_gsm8k(gsm8k_file):
+        texts += [p.question, p.solution]
+    for p in make_problems(2000, seed=seed, kinds=KINDS):
+        texts += [p.question, format_completion(p)]
+    # The chat prompt repeats these on every question: seen often, they become whole-word tokens.
+    for t in TEMPLATES.values():
+        texts += [t.system] * 20
+    texts += ["system\nuser\nassistant\n"] * 20
+    return texts
+
+
+def build_tokenizer(out: Path, seed: int, vocab_size: int, gsm8k_file: Path) -> None:
+    train_bpe_tokenizer(tokenizer_corpus(seed, gsm8k_file), out, vocab_size=vocab_size)
+
+
+def build_init_model(tok_dir: Path, out: Path, seed: int, sizes: dict) -> int:
+    tokenizer = Tokenizer.from_pretrained(tok_dir)
+    config = Qwen2Config(vocab_size=tokenizer.vocab_size, max_position_embeddings=1024, rope_theta=10000.0,
+                         tie_word_embeddings=True, torch_dtype="float32",
+                         bos_token_id=tokenizer.token_to_id("<|endoftext|>"), eos_token_id=tokenizer.eos_token_id,
+                         **sizes)
+    model = Qwen2(config)
+    model.init_weights(std=0.02, generator=torch.Generator().manual_seed(seed))
+    save_model(model, out)
+    tokenizer.save_pretrained(out)
+    return config.num_params
+
+
+def build_data(out: Path, seed: int, kinds: tuple[str, ...], n_train: int, n_test: int) -> None:
+    write_jsonl(make_problems(n_train, seed=seed, kinds=kinds), out / "train.jsonl")
+    write_jsonl(make_problems(n_test, seed=seed, split="test", kinds=kinds), out / "test.jsonl")
+
+
+def held_out_eval(model_dir: Path, test_file: Path, cfg, out_file: Path) -> dict:
+    """Greedy accuracy, mean reward and strict-format rate on the held-out file; saved as JSON."""
+    model = load_model(model_dir, dtype=torch.float32)
+    tokenizer = Tokenizer.from_pretrained(model_dir)
+    problems = load_gsm8k(test_file)
+    summary, results = evaluate(model, tokenizer, problems, max_new_tokens=cfg.rollout.max_new_tokens,
+                                template=cfg.data.template, reward_weights=cfg.reward.weights, batch_size=256)
+    tags = template_tags(cfg.data.template)
+    summary["format"] = sum(format_reward(r["completion"], r["answer"], tags) for r in results) / len(results)
+    out_file.write_text(json.dumps({"model": str(model_dir), "summary": summary, "examples": results[:20]},
+                                   indent=2, ensure_ascii=False) + "\n")
+    return summary
+
+
+# -- driver -------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/tiny", help="output directory (default runs/tiny, what configs/tiny.yaml reads)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="shortened recipe (the test): fewer GRPO steps, smaller eval")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice, one per core)")
+    ap.add_argument("--gsm8k-file", default=None,
+                    help=f"GSM8K JSONL for the tokenizer corpus (default: {GSM8K_TRAIN.relative_to(ROOT)} if present, "
+                         f"else {GSM8K_FIXTURE.relative_to(ROOT)})")
+    ap.add_argument("--fresh", action="store_true", help="delete --out first and redo every stage")
+    ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run (or finish) the recipe; returns the results dict also written to <out>/results.json."""
+    args = parse_args(argv)
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = QUICK if args.quick else FULL
+    out = Path(args.out)
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    gsm8k_file = Path(args.gsm8k_file) if args.gsm8k_file else (GSM8K_TRAIN if GSM8K_TRAIN.is_file() else GSM8K_FIXTURE)
+
+    # Outputs of another seed or mode must not be silently mixed into this run.
+    settings = {"seed": args.seed, "quick": args.quick, "gsm8k_file": str(gsm8k_file)}
+    stamp = out / "recipe.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) != settings:
+        raise ValueError(f"{out} holds a run with other settings ({stamp.read_text().strip()}): "
+                         "pass another --out, or --fresh to start over")
+    stamp.write_text(json.dumps(settings) + "\n")
+
+    paths = dict(tok=out / "tokenizer", init=out / "init", data=out / "data", sft=out / "sft", grpo=out / "grpo")
+    train_file, test_file = paths["data"] / "train.jsonl", paths["data"] / "test.jsonl"
+    overrides = [f"model.path={paths['sft']}", f"data.train_file={train_file}", f"data.test_file={test_file}",
+                 f"train.out_dir={paths['grpo']}", f"train.seed={args.seed}", *sizes["grpo"]]
+    cfg = load_config(CONFIG, overrides)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    def stage(name: str, done: bool, fn, what: str):
+        if done:
+            log(f"{name}: {what} exists, skipping")
+            return None
+        log(f"{name}: building {what}")
+        t0 = time.perf_counter()
+        result = fn()
+        timings[name] = round(time.perf_counter() - t0, 1)
+        log(f"{name}: done in {timings[name]:.1f}s")
+        return result
+
+    log(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, seed {args.seed}, "
+        f"{'quick' if args.quick else 'full'} recipe into {out}")
+    stage("tokenizer", (paths["tok"] / "tokenizer.json").is_file(),
+          lambda: build_tokenizer(paths["tok"], args.seed, sizes["vocab_size"], gsm8k_file), paths["tok"])
+    n_params = stage("init", (paths["init"] / "model.safetensors").is_file(),
+                     lambda: build_init_model(paths["tok"], paths["init"], args.seed, sizes["model"]), paths["init"])
+    if n_params:
+        log(f"init: {n_params / 1e6:.2f}M parameters")
+    stage("data", train_file.is_file() and test_file.is_file(),
+          lambda: build_data(paths["data"], args.seed, sizes["kinds"], sizes["n_train"], sizes["n_test"]), paths["data"])
+
+    def run_sft():
+        # Written to a temporary directory and renamed at the end: a half-finished SFT is redone.
+        tmp = paths["sft"].with_name(paths["sft"].name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        s = sizes["sft"]
+        sft.main(["--model", str(paths["init"]), "--data", str(train_file), "--out", str(tmp),
+                  "--steps", str(s["steps"]), "--batch-size", str(s["batch_size"]), "--lr", str(s["lr"]),
+                  "--warmup-steps", str(s["warmup_steps"]), "--min-lr-ratio", str(s["min_lr_ratio"]), "--template", cfg.data.template,
+                  "--seed", str(args.seed), "--device", "cpu", "--dtype", "float32", "--log-every", "50"])
+        tmp.rename(paths["sft"])
+
+    stage("sft", (paths["sft"] / "model.safetensors").is_file(), run_sft, paths["sft"])
+    before = stage("eval_sft", (out / "eval_sft.json").is_file(),
+                   lambda: held_out_eval(paths["sft"], test_file, cfg, out / "eval_sft.json"), out / "eval_sft.json")
+    before = before or json.loads((out / "eval_sft.json").read_text())["summary"]
+    log(f"SFT model: held-out greedy accuracy {before['accuracy']:.3f}")
+
+    def run_grpo():
+        argv = ["--config", str(CONFIG), *[a for o in overrides for a in ("--set", o)]]
+        if list_checkpoints(paths["grpo"]):
+            argv = ["--resume", str(paths["grpo"]), *argv]  # an interrupted run continues where it stopped
+        elif paths["grpo"].exists():
+            shutil.rmtree(paths["grpo"])  # logs of a run that never saved: start clean
+        if train.main(argv) != 0:
+            raise RuntimeError("train.py stopped before the last step (interrupted?): re-run to resume")
+
+    def grpo_done() -> bool:
+        ckpts = list_checkpoints(paths["grpo"])
+        return bool(ckpts) and json.loads((ckpts[-1] / "trainer_state.json").read_text())["step"] >= cfg.train.steps
+
+    stage("grpo", grpo_done(), run_grpo, paths["grpo"])
+    final = latest_checkpoint(paths["grpo"]) / "model"
+    after = stage("eval_grpo", (out / "eval_grpo.json").is_file(),
+                  lambda: held_out_eval(final, test_file, cfg, out / "eval_grpo.json"), out / "eval_grpo.json")
+    after = after or json.loads((out / "eval_grpo.json").read_text())["summary"]
+
+    results = {**settings, "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "held_out_questions": before["n"], "grpo_steps": cfg.train.steps,
+               "before": before, "after": after, "gain_points": round(100 * (after["accuracy"] - before["accuracy"]), 1),
+               "seconds": timings, "total_seconds": round(time.perf_counter() - t_all, 1)}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if not args.no_plot:
+        plot.main([str(paths["grpo"] / "metrics.jsonl"), "-o", str(out / "curve.png"),
+                   "--baseline", str(before["accuracy"]),
+                   "--title", f"tiny recipe (seed {args.seed}): GRPO on a {sizes['model']['hidden_size']}-wide Qwen2"])
+    print(format_table(results))
+    return results
+
+
+def format_table(r: dict) -> str:
+    """The before/after table as markdown."""
+    rows = [f"held-out greedy evaluation on {r['held_out_questions']} questions never seen in training (seed {r['seed']})",
+            "",
+            "| model | accuracy | mean reward | strict format | mean length |",
+            "|---|---|---|---|---|"]
+    for name, s in (("SFT warm start", r["before"]), (f"after {r['grpo_steps']} GRPO steps", r["after"])):
+        rows.append(f"| {name} | {s['accuracy']:.1%} | {s['reward']:.3f} | {s['format']:.0%} | {s['length']:.1f} |")
+    timing = ", ".join(f"{k} {v:.0f}s" for k, v in r["seconds"].items())
+    rows += ["", f"gain: {r['gain_points']:+.1f} accuracy points; time: {timing or 'all stages reused'} "
+                 f"(total {r['total_seconds']:.0f}s, {r['threads']} threads)"]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
