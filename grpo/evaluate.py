@@ -1,4 +1,10 @@
-"""Greedy pass@1 evaluation: one greedy completion per question, scored by the reward functions."""
+"""Evaluation: completions for held-out questions, scored by the reward functions.
+
+Default: greedy pass@1, one completion per question (what train.py logs as eval_accuracy).
+With temperature > 0 and `samples` > 1 it is the mean over `samples` seeded samples per question
+(mean@k): the expected reward of the sampling policy itself, the quantity GRPO maximises. It moves
+as soon as GRPO shifts probability towards right answers, before the greedy argmax flips.
+"""
 
 from __future__ import annotations
 
@@ -14,18 +20,28 @@ from .rollout import encode_prompt, score
 
 @torch.no_grad()
 def evaluate(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], *, max_new_tokens: int, template: str,
-             reward_weights: dict[str, float], batch_size: int = 64, progress: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Returns (summary, per-question results); summary has accuracy, reward, mean length, truncated share."""
+             reward_weights: dict[str, float], batch_size: int = 64, progress: bool = False,
+             temperature: float = 0.0, samples: int = 1, seed: int = 0) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Returns (summary, per-completion results); summary has accuracy, reward, mean length, truncated share.
+
+    batch_size counts questions; each of them is sampled `samples` times (greedy needs 1).
+    """
+    if samples < 1 or (temperature == 0 and samples != 1):
+        raise ValueError(f"samples must be >= 1, and 1 when temperature is 0 (greedy), got {samples}")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
     results = []
     batches = range(0, len(problems), batch_size)
     if progress:
         from tqdm.auto import tqdm
         batches = tqdm(batches, desc="eval", leave=False)
     for start in batches:
-        chunk = problems[start:start + batch_size]
-        prompts = [encode_prompt(tokenizer, p.question, template) for p in chunk]
-        out = generate(model, prompts, max_new_tokens, temperature=0.0, stop_token_ids=tokenizer.stop_token_ids,
-                       pad_token_id=tokenizer.pad_token_id)
+        questions = problems[start:start + batch_size]
+        encoded = [encode_prompt(tokenizer, p.question, template) for p in questions]
+        chunk = [p for p in questions for _ in range(samples)]
+        prompts = [ids for ids in encoded for _ in range(samples)]  # the sampler prefills each distinct prompt once
+        out = generate(model, prompts, max_new_tokens, temperature=temperature, stop_token_ids=tokenizer.stop_token_ids,
+                       pad_token_id=tokenizer.pad_token_id, generator=generator)
         for p, toks, fin in zip(chunk, out.tokens, out.finished):
             text = tokenizer.decode(toks, skip_special_tokens=True)
             parts, reward, correct = score(text, p.answer, reward_weights, template)
@@ -38,5 +54,6 @@ def evaluate(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], *, max
         length=sum(r["length"] for r in results) / n,
         truncated=sum(not r["finished"] for r in results) / n,
         n=len(results),
+        questions=len(problems),
     )
     return summary, results

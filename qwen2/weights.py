@@ -64,7 +64,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
     """Load a Hugging Face Qwen2 checkpoint directory. dtype=None keeps the stored dtype."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"model directory {path} not found: run python download.py (or pass a Hugging Face checkpoint directory)")
+        raise FileNotFoundError(f"model directory {path} not found: run python download.py "
+                                f"(python scripts/tiny_recipe.py for the offline tiny model), or pass a Hugging Face checkpoint directory")
     config = Qwen2Config.from_json(path / "config.json")
     files = _checkpoint_files(path)
 

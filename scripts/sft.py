@@ -25,8 +25,9 @@ The turn ends with <|im_end|> (ChatML's end of turn). Base models such as Qwen2.
 Qwen's own -Instruct releases do; the sampler then stops where the SFT data stopped.
 
 Simplifications: full fine-tuning (no LoRA), one device, no packing (each row is one example, padded),
-a fixed number of steps instead of epochs or early stopping, no validation loss (an optional greedy
-accuracy on --eval-file at the end instead).
+a number of steps instead of epochs, no validation loss (an optional greedy accuracy on --eval-file
+at the end instead). --stop-at-accuracy ends SFT early on purpose, once greedy accuracy on training
+questions reaches a target: a warm start for GRPO should know the format and some answers, not all.
 """
 
 from __future__ import annotations
@@ -168,15 +169,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto = the checkpoint's stored dtype")
     ap.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward (less memory)")
     ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--stop-at-accuracy", type=float, default=None, metavar="A",
+                    help="stop before --steps once greedy accuracy on --check-size training questions reaches A "
+                         "(e.g. 0.3): a deliberately partial warm start that leaves GRPO room to improve")
+    ap.add_argument("--check-every", type=int, default=25, help="steps between --stop-at-accuracy checks")
+    ap.add_argument("--check-size", type=int, default=128, help="training questions per --stop-at-accuracy check")
     ap.add_argument("--eval-file", help="GSM8K-format JSONL: greedy accuracy on it after training")
     ap.add_argument("--eval-size", type=int, default=200, help="questions of --eval-file to evaluate (default 200)")
     ap.add_argument("--max-new-tokens", type=int, default=256, help="generation budget of the --eval-file evaluation")
     args = ap.parse_args(argv)
-    for name in ("steps", "batch_size", "max_len", "log_every", "eval_size", "max_new_tokens"):
+    for name in ("steps", "batch_size", "max_len", "log_every", "eval_size", "max_new_tokens", "check_every", "check_size"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.lr <= 0:
         ap.error("--lr must be > 0")
+    if args.stop_at_accuracy is not None and not 0 < args.stop_at_accuracy <= 1:
+        ap.error("--stop-at-accuracy must be in (0, 1]")
     return args
 
 
@@ -215,6 +223,10 @@ def main(argv: list[str] | None = None) -> dict:
     log_path = out / "sft_log.jsonl"
     log_path.unlink(missing_ok=True)
 
+    # The --stop-at-accuracy check reads training questions: it measures how far SFT got, and leaves
+    # the held-out file untouched for the before/after comparison.
+    check_set = problems[:args.check_size]
+
     model.train()
     t_start = time.perf_counter()
     window_loss, window_tokens, t_window = 0.0, 0, time.perf_counter()
@@ -238,8 +250,19 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"sft step {step}/{args.steps} | loss {window_loss / n:.4f} | gnorm {grad_norm:.2f} | lr {lr:.2e} "
                   f"| {window_tokens / dt:.0f} target tok/s", flush=True)
             window_loss, window_tokens, t_window = 0.0, 0, time.perf_counter()
+        if args.stop_at_accuracy is not None and step % args.check_every == 0 and step < args.steps:
+            model.eval()
+            check, _ = evaluate(model, tokenizer, check_set, max_new_tokens=args.max_new_tokens,
+                                template=args.template, reward_weights=GSM8K_WEIGHTS, batch_size=128)
+            model.train()
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"step": step, "check_accuracy": check["accuracy"]}) + "\n")
+            if check["accuracy"] >= args.stop_at_accuracy:
+                print(f"sft step {step}: greedy accuracy {check['accuracy']:.3f} on {check['n']} training questions "
+                      f">= {args.stop_at_accuracy}: stopping here", flush=True)
+                break
     model.eval()
-    summary: dict = {"steps": args.steps, "final_loss": loss, "seconds": time.perf_counter() - t_start,
+    summary: dict = {"steps": step, "final_loss": loss, "seconds": time.perf_counter() - t_start,
                      "examples": len(examples)}
 
     end = tokenizer.id_to_token(end_token_id(tokenizer))

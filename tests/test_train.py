@@ -21,7 +21,7 @@ from grpo.checkpoint import latest_checkpoint
 from grpo.config import ConfigError, load_config
 from grpo.trainer import lr_factor
 from helpers_tokenizer import build_tiny_tokenizer
-from qwen2 import Qwen2, Qwen2Config, load_model, save_model
+from qwen2 import Qwen2, Qwen2Config, Tokenizer, load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "gsm8k"
@@ -214,6 +214,27 @@ def test_eval_script_writes_per_question_results(tmp_path, tiny_model):
     res = subprocess.run([sys.executable, "scripts/eval.py", "--model", str(tmp_path / "missing")], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "run python download.py" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_evaluate_greedy_and_seeded_mean_at_k(tiny_model):
+    from grpo.evaluate import evaluate
+
+    model, tok = load_model(tiny_model), Tokenizer.from_pretrained(tiny_model)
+    problems = make_problems(5, seed=2, split="test")
+    kw = dict(max_new_tokens=6, template="think", reward_weights={"format": 0.1, "correctness": 1.0, "odd_length": 1.0},
+              batch_size=2)
+    greedy, rows = evaluate(model, tok, problems, **kw)
+    assert greedy["n"] == greedy["questions"] == len(rows) == 5
+    assert evaluate(model, tok, problems, **kw)[1] == rows  # greedy is deterministic
+    sampled, srows = evaluate(model, tok, problems, temperature=1.0, samples=3, seed=7, **kw)
+    assert sampled["n"] == 15 and sampled["questions"] == 5
+    assert [r["question"] for r in srows] == [p.question for p in problems for _ in range(3)]
+    assert evaluate(model, tok, problems, temperature=1.0, samples=3, seed=7, **kw)[1] == srows  # seeded
+    other = evaluate(model, tok, problems, temperature=1.0, samples=3, seed=8, **kw)[1]
+    assert [r["completion"] for r in other] != [r["completion"] for r in srows]
+    assert sampled["reward"] == pytest.approx(sum(r["reward"] for r in srows) / 15)
+    with pytest.raises(ValueError, match="1 when temperature is 0"):
+        evaluate(model, tok, problems, samples=3, **kw)
 
 
 def sevens(completion: str, answer: str, tags=None) -> float:
