@@ -1,14 +1,16 @@
-"""The offline tiny recipe, shortened (`scripts/tiny_recipe.py --quick`, ~80 s on one CPU core).
+"""The offline tiny recipe, shortened (`scripts/tiny_recipe.py --quick`, ~70 s on one CPU core).
 
 Tokenizer -> random 0.26M-parameter Qwen2 -> SFT warm start (stopped at ~30% greedy accuracy) ->
-80 GRPO steps through the real train.py -> held-out evaluation before and after. The assertion is
-on the held-out mean@8 accuracy (8 samples per question at the rollout temperature, seeded): the
-expected reward of the sampling policy on questions never trained on, which is what GRPO maximises.
-Greedy accuracy also rises on most seeds, but its argmax flips make it too noisy for a short run.
+80 GRPO steps of 12 questions x 8 samples through the real train.py -> held-out evaluation before
+and after. The main assertion is on the held-out mean@8 accuracy (8 samples per question at the
+rollout temperature, seeded): the expected reward of the sampling policy on questions never
+trained on, which is what GRPO maximises, measured on 1600 completions. Greedy accuracy (200
+answers, each an argmax that flips or not) is noisier, so it is only asked not to fall.
 
-Margin: seeds 0-5 of this quick recipe gained +9 to +22 points of held-out sampled accuracy (see
-docs/tiny_recipe.md); the test asks for +5, so it holds with room to spare on other CPUs, whose
-floating-point rounding sends the run down a different (but equally seeded) path.
+Margin: seeds 0-5 of this quick recipe gained +10.6 to +18.3 points of held-out sampled accuracy
+and +8.5 to +20.5 of greedy accuracy (docs/tiny_recipe.md); the test asks for +5 and "not lower",
+so it holds with room to spare on other CPUs, whose floating-point rounding sends the run down a
+different (but equally seeded) path.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import tiny_recipe  # noqa: E402
 
-MARGIN = 0.05  # held-out sampled accuracy points GRPO must add over the SFT start
+MARGIN = 0.05  # held-out sampled accuracy GRPO must add over the SFT start (seeds 0-5 added 0.106-0.183)
 
 
 def test_quick_recipe_raises_held_out_accuracy(tmp_path, capsys):
@@ -41,7 +43,7 @@ def test_quick_recipe_raises_held_out_accuracy(tmp_path, capsys):
     # GRPO learned: the policy's expected accuracy on unseen questions rose by a clear margin.
     assert after["sampled"]["accuracy"] >= before["sampled"]["accuracy"] + MARGIN, results
     # ... without breaking the format or the greedy answers it started from.
-    assert after["format"] >= 0.9 and after["accuracy"] >= before["accuracy"] - 0.02, results
+    assert after["format"] >= 0.9 and after["accuracy"] >= before["accuracy"], results
 
     # The recipe went through the real pipeline and left its artifacts where the README says.
     assert json.loads((out / "results.json").read_text())["gain_points"] == results["gain_points"]
