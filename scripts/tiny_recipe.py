@@ -207,8 +207,9 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = [f"model.path={paths['sft']}", f"data.train_file={train_file}", f"data.test_file={test_file}",
                  f"train.out_dir={paths['grpo']}", f"train.seed={args.seed}", *sizes["grpo"]]
     cfg = load_config(CONFIG, overrides)
-    timings: dict[str, float] = {}
-    t_all = time.perf_counter()
+    # Seconds per stage; stages reused from an earlier (possibly interrupted) call keep their time.
+    previous = out / "results.json"
+    timings: dict[str, float] = json.loads(previous.read_text())["seconds"] if previous.is_file() else {}
 
     def stage(name: str, done: bool, fn, what: str):
         if done:
@@ -275,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
                "held_out_questions": before["questions"], "grpo_steps": cfg.train.steps,
                "before": before, "after": after, "gain_points": round(100 * (after["accuracy"] - before["accuracy"]), 1),
                "sampled_gain_points": round(100 * (after["sampled"]["accuracy"] - before["sampled"]["accuracy"]), 1),
-               "seconds": timings, "total_seconds": round(time.perf_counter() - t_all, 1)}
+               "seconds": timings, "total_seconds": round(sum(timings.values()), 1)}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     if not args.no_plot:
         plot.main([str(paths["grpo"] / "metrics.jsonl"), "-o", str(out / "curve.png"),
@@ -297,7 +298,7 @@ def format_table(r: dict) -> str:
                     f"| {s['format']:.0%} | {s['length']:.1f} |")
     timing = ", ".join(f"{k} {v:.0f}s" for k, v in r["seconds"].items())
     rows += ["", f"gain: {r['gain_points']:+.1f} greedy accuracy points, {r['sampled_gain_points']:+.1f} sampled; "
-                 f"time: {timing or 'all stages reused'} (total {r['total_seconds']:.0f}s, {r['threads']} threads)"]
+                 f"time: {timing} (total {r['total_seconds']:.0f}s, {r['threads']} threads)"]
     return "\n".join(rows)
 
 
