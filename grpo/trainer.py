@@ -34,7 +34,7 @@ from data.gsm8k import Problem, load_gsm8k
 from qwen2 import Qwen2, Tokenizer, load_model
 
 from .advantages import group_advantages
-from .checkpoint import latest_checkpoint, load_checkpoint_state, save_checkpoint
+from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint_state, save_checkpoint
 from .config import Config
 from .evaluate import evaluate
 from .logprobs import token_logprobs
@@ -167,6 +167,8 @@ class Trainer:
         self.device = resolve_device(cfg.model.device)
         self.dtype = getattr(torch, cfg.model.dtype)
         torch.manual_seed(cfg.train.seed)
+        if resume is None:
+            self._refuse_to_overwrite()
 
         ckpt = latest_checkpoint(resume) if resume else None
         model_dir = ckpt / "model" if ckpt else Path(cfg.model.path)
@@ -195,6 +197,17 @@ class Trainer:
         self.writers = self._external_loggers()
 
     # -- setup -------------------------------------------------------------------------------
+
+    def _refuse_to_overwrite(self) -> None:
+        """A new run must not write into another run's directory: its checkpoints would be pruned
+        (train.keep_checkpoints) and its logs mixed with ours."""
+        ckpts = list_checkpoints(self.out_dir)
+        if ckpts:
+            raise ValueError(f"{self.out_dir} already holds a run (latest checkpoint {ckpts[-1].name}): "
+                             f"continue it with --resume {self.out_dir}, or start a new one with --set train.out_dir=<new dir>")
+        if (self.out_dir / "metrics.jsonl").is_file():
+            raise ValueError(f"{self.out_dir} holds the logs of an earlier run that saved no checkpoint: "
+                             f"delete the directory, or pick another one with --set train.out_dir=<new dir>")
 
     def _load_problems(self, path: str) -> list[Problem]:
         problems = load_gsm8k(path)

@@ -128,6 +128,25 @@ def test_resume_ignores_half_written_checkpoints(tmp_path, tiny_model):
     assert latest_checkpoint(tmp_path / "run").name == "step_000003"
 
 
+def test_a_new_run_never_writes_into_an_old_one(tmp_path, tiny_model, capsys):
+    cfg = write_config(tmp_path, tiny_model, train={"steps": 1, "eval_every": 0, "save_every": 1, "keep_checkpoints": 1})
+    assert train.main(["--config", str(cfg)]) == 0
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    # Without --resume the same out_dir is refused (it would prune the old checkpoints and mix logs).
+    assert train.main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run (latest checkpoint step_000001)" in err and "--resume" in err
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+    assert latest_checkpoint(tmp_path / "run").name == "step_000001"
+    # Logs of a run that died before its first checkpoint are not silently appended to either.
+    other = write_config(tmp_path, tiny_model, out="crashed", train={"steps": 1, "eval_every": 0})
+    (tmp_path / "crashed").mkdir()
+    (tmp_path / "crashed" / "metrics.jsonl").write_text('{"step": 1, "reward": 0.0}\n')
+    assert train.main(["--config", str(other)]) == 2
+    assert "saved no checkpoint" in capsys.readouterr().err
+
+
 def test_sigint_during_a_step_leaves_a_loadable_checkpoint(tmp_path, tiny_model):
     cfg = write_config(tmp_path, tiny_model, reward={"weights": {"format": 0.1, "correctness": 1.0}},
                        rollout={"max_new_tokens": 64},
