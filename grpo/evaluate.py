@@ -27,7 +27,8 @@ def evaluate(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], *, max
     batch_size counts questions; each of them is sampled `samples` times (greedy needs 1).
     """
     if samples < 1 or (temperature == 0 and samples != 1):
-        raise ValueError(f"samples must be >= 1, and 1 when temperature is 0 (greedy), got {samples}")
+        raise ValueError(f"samples must be >= 1, and 1 when temperature is 0 (greedy): got samples={samples} at "
+                         f"temperature {temperature}; sample with a temperature > 0 to draw several")
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
     results = []

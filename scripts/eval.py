@@ -1,10 +1,13 @@
-"""Evaluate a checkpoint on GSM8K: greedy pass@1, batched through our KV-cache sampler.
+"""Evaluate a checkpoint on GSM8K, batched through our KV-cache sampler: greedy pass@1 by default.
 
     python scripts/eval.py --model runs/gsm8k/checkpoints/step_000200/model
     python scripts/eval.py --model checkpoints/Qwen2.5-3B-Instruct --limit 200 --out eval.jsonl
+    python scripts/eval.py --model ... --samples 8 --temperature 1.0     # mean@8 and pass@8, seeded
 
-Writes one JSON line per question (question, gold answer, completion, correct, reward parts) and
-prints accuracy. Simplifications: greedy decoding only (pass@1), one device.
+Writes one JSON line per completion (question, gold answer, completion, correct, reward parts) and
+prints accuracy. With --samples K > 1 each question is sampled K times (seeded by --seed): accuracy
+is then mean@K (the policy's expected accuracy) and pass@K (share of questions with at least one
+right answer) is printed too. Simplifications: one device, no majority voting.
 """
 
 from __future__ import annotations
@@ -37,7 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
+    ap.add_argument("--samples", type=int, default=1, help="completions per question (> 1 needs --temperature > 0)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (with --temperature > 0)")
     args = ap.parse_args(argv)
+    if args.temperature < 0:
+        ap.error("--temperature must be >= 0")
 
     problems = load_gsm8k(args.data)[: args.limit]
     device = resolve_device(args.device)
@@ -46,12 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     summary, results = evaluate(model, tokenizer, problems, max_new_tokens=args.max_new_tokens, template=args.template,
                                 reward_weights={"format": 0.1, "correctness": 1.0}, batch_size=args.batch_size,
-                                progress=True)
+                                progress=True, temperature=args.temperature, samples=args.samples, seed=args.seed)
     out = Path(args.out) if args.out else Path(args.model) / f"eval_{Path(args.data).stem}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:
         for r in results:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    if args.samples > 1:
+        k = args.samples
+        solved = sum(any(r["correct"] for r in results[i:i + k]) for i in range(0, len(results), k))
+        print(f"pass@{k} {solved / summary['questions']:.4f} ({solved}/{summary['questions']} questions) | "
+              f"mean@{k} is the accuracy below")
     print(f"accuracy {summary['accuracy']:.4f} ({sum(r['correct'] for r in results)}/{summary['n']}) | "
           f"reward {summary['reward']:.3f} | mean length {summary['length']:.0f} | truncated {summary['truncated']:.3f} | "
           f"{time.perf_counter() - t0:.0f}s -> {out}")

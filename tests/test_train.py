@@ -230,6 +230,17 @@ def test_eval_script_writes_per_question_results(tmp_path, tiny_model):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 6 and {"question", "answer", "completion", "correct", "reward"} <= rows[0].keys()
     assert "accuracy 0.0000 (0/6)" in res.stdout  # a random model solves nothing
+    common = ["scripts/eval.py", "--model", str(tiny_model), "--data", str(data), "--max-new-tokens", "8",
+              "--batch-size", "4", "--dtype", "float32", "--device", "cpu", "--out", str(tmp_path / "k.jsonl")]
+    res = subprocess.run([sys.executable, *common, "--samples", "3", "--temperature", "1.0", "--seed", "5"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in (tmp_path / "k.jsonl").read_text().splitlines()]
+    assert len(rows) == 18 and [r["question"] for r in rows[:3]] == [rows[0]["question"]] * 3
+    assert "pass@3 0.0000 (0/6 questions)" in res.stdout and "(0/18)" in res.stdout
+    res = subprocess.run([sys.executable, *common, "--samples", "3"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2 and "1 when temperature is 0" in res.stderr and "Traceback" not in res.stderr
     res = subprocess.run([sys.executable, "scripts/eval.py", "--model", str(tmp_path / "missing")], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "run python download.py" in res.stderr and "Traceback" not in res.stderr
