@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from data.gsm8k import load_gsm8k  # noqa: E402
+from data.rewards import GSM8K_WEIGHTS  # noqa: E402
 from grpo.evaluate import evaluate  # noqa: E402
 from grpo.trainer import resolve_device  # noqa: E402
 from qwen2 import Tokenizer, load_model  # noqa: E402
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = Tokenizer.from_pretrained(args.model)
     t0 = time.perf_counter()
     summary, results = evaluate(model, tokenizer, problems, max_new_tokens=args.max_new_tokens, template=args.template,
-                                reward_weights={"format": 0.1, "correctness": 1.0}, batch_size=args.batch_size,
+                                reward_weights=GSM8K_WEIGHTS, batch_size=args.batch_size,
                                 progress=True, temperature=args.temperature, samples=args.samples, seed=args.seed)
     out = Path(args.out) if args.out else Path(args.model) / f"eval_{Path(args.data).stem}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -157,6 +157,7 @@ def held_out_eval(model_dir: Path, test_file: Path, cfg, out_file: Path, seed: i
     summary["format"] = sum(format_reward(r["completion"], r["answer"], tags) for r in results) / len(results)
     summary["sampled"], _ = evaluate(model, tokenizer, problems, batch_size=64, temperature=cfg.rollout.temperature,
                                      samples=cfg.rollout.group_size, seed=seed, **common)
+    summary["sampled"]["temperature"] = cfg.rollout.temperature
     out_file.write_text(json.dumps({"model": str(model_dir), "summary": summary, "examples": results[:20]},
                                    indent=2, ensure_ascii=False) + "\n")
     return summary
@@ -288,10 +289,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 def format_table(r: dict) -> str:
     """The before/after table as markdown."""
-    k = r["before"]["sampled"]["n"] // r["before"]["sampled"]["questions"]
+    sampled = r["before"]["sampled"]
+    k, temperature = sampled["n"] // sampled["questions"], sampled["temperature"]
     rows = [f"held-out evaluation on {r['held_out_questions']} questions never seen in training (seed {r['seed']})",
             "",
-            f"| model | greedy accuracy | sampled accuracy (T=1, {k}/question) | mean reward (greedy) | strict format | mean length |",
+            f"| model | greedy accuracy | sampled accuracy (T={temperature:g}, {k}/question) | mean reward (greedy) | strict format | mean length |",
             "|---|---|---|---|---|---|"]
     for name, s in (("SFT warm start", r["before"]), (f"after {r['grpo_steps']} GRPO steps", r["after"])):
         rows.append(f"| {name} | {s['accuracy']:.1%} | {s['sampled']['accuracy']:.1%} | {s['reward']:.3f} "
