@@ -26,7 +26,8 @@ Where each piece comes from:
 Re-runnable: complete files are skipped without touching the network, and
 files are written atomically (temp file + os.replace), so an interrupted run
 never leaves a half-written file behind. Without network the script prints
-one line saying what failed and where to put the files by hand, and exits 1.
+one line per missing piece (model, data) saying where to put its files by
+hand, and exits 1; --verbose adds the library's own error message.
 """
 
 from __future__ import annotations
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-model", action="store_true", help="do not download the model")
     parser.add_argument("--skip-data", action="store_true", help="do not download the dataset")
     parser.add_argument("--zh-json", type=Path, help=f"use a local {GSM8K_ZH_FILE} instead of fetching it")
+    parser.add_argument("--verbose", action="store_true", help="on a failed download, also print the library's message")
     args = parser.parse_args(argv)
 
     steps = []
@@ -258,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         steps.append(("model", default_model_dir(args.model, args.dest)))
     if not args.skip_data:
         steps.append((args.dataset, data_dir(args.dataset, args.dest)))
+    failed = 0
     for step, target in steps:
         try:
             if step == "model":
@@ -270,10 +273,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {step}: {err}", file=sys.stderr)
             return 1
         except OSError as err:  # no network, DNS, timeout, HTTP errors (huggingface_hub's are OSErrors too)
-            print(f"error: {step} download failed ({_one_line(err)}); {manual_steps(step, args.model, target)}",
+            # Go on with the next step, so one offline run lists every file to place by hand.
+            detail = f" ({_one_line(err)})" if args.verbose else ""
+            print(f"error: {step} download failed (no network?){detail}; {manual_steps(step, args.model, target)}",
                   file=sys.stderr)
-            return 1
-    print("done")
+            failed += 1
+    if failed:
+        return 1
+    if not args.skip_model and args.model != DEFAULT_MODEL:
+        model_dir = default_model_dir(args.model, args.dest).resolve()
+        shown = model_dir.relative_to(Path.cwd()) if model_dir.is_relative_to(Path.cwd()) else model_dir
+        print(f"done; train it with: python train.py --set model.path={shown}")
+    else:
+        print("done")
     return 0
 
 

@@ -12,7 +12,6 @@ Logs one line per step, writes metrics.jsonl, samples.jsonl and checkpoints into
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -36,10 +35,9 @@ def setup(args: argparse.Namespace):
     """Config and trainer from the command line; every bad input raises a one-line error here."""
     config_path, base = args.config, None
     if config_path is None and args.resume:
-        from grpo.checkpoint import latest_checkpoint
+        from grpo.checkpoint import saved_config
 
-        # Resume with the configuration the run was started with (plus any --set).
-        base = json.loads((latest_checkpoint(args.resume) / "trainer_state.json").read_text())["config"]
+        base = saved_config(args.resume)  # resume with the configuration the run was started with (plus any --set)
     elif config_path is None and Path("config.yaml").is_file():
         config_path = "config.yaml"
     cfg = load_config(config_path, args.overrides, base=base)
@@ -70,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer.run(stop_after=args.stop_after)
     except KeyboardInterrupt:
+        print(f"stopped after step {trainer.step}; continue with: python train.py --resume {trainer.out_dir}",
+              file=sys.stderr)
         return 130
     return 0
 

@@ -2,7 +2,7 @@
 
     gsm8k.py      load GSM8K JSONL into `Problem(question, answer, solution)`
     prompts.py    prompt templates and `build_messages(question, template)`
-    rewards.py    rule-based rewards (format, tag_count, integer, correctness)
+    rewards.py    rule-based rewards (format, tag_count, integer, correctness) -> Score
     synthetic.py  tiny arithmetic word problems for the offline CPU recipe
 
 Downloading the real files is `download.py` at the repository root.
@@ -10,7 +10,7 @@ Downloading the real files is `download.py` at the repository root.
 
 from data.gsm8k import Problem, load_gsm8k
 from data.prompts import TEMPLATES, build_messages, template_tags
-from data.rewards import REWARD_FUNCTIONS, combined_reward, gsm8k_reward
+from data.rewards import GSM8K_WEIGHTS, REWARD_FUNCTIONS, Score, combined_reward
 from data.synthetic import format_completion, make_problems
 
 __all__ = [
@@ -19,9 +19,10 @@ __all__ = [
     "TEMPLATES",
     "build_messages",
     "template_tags",
+    "GSM8K_WEIGHTS",
     "REWARD_FUNCTIONS",
+    "Score",
     "combined_reward",
-    "gsm8k_reward",
     "make_problems",
     "format_completion",
 ]

@@ -59,7 +59,9 @@ def parse_line(line: str, where: str = "<string>") -> Problem:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{where}: not valid JSON ({err.msg}); fix or delete the line") from None
+        # json's messages may end in "at" ("Unterminated string starting at"): the column follows it.
+        reason = err.msg.removesuffix(" at").removesuffix(" starting")
+        raise ValueError(f"{where}:{err.colno}: not valid JSON ({reason}); fix or delete the line") from None
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object with 'question' and 'answer'")
     for key in ("question", "answer"):
@@ -85,7 +87,7 @@ def load_gsm8k(path: str | Path) -> list[Problem]:
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if line.strip():
-                problems.append(parse_line(line, where=f"{path}:{number}"))
+                problems.append(parse_line(line.rstrip("\r\n"), where=f"{path}:{number}"))
     if not problems:
         raise ValueError(f"{path}: file has no problems; re-download it with python download.py")
     return problems

@@ -9,9 +9,10 @@ Each reward is a pure function `(completion, answer) -> float`:
     integer      1.0 if the <answer> content is a plain integer
     correctness  1.0 if the <answer> content equals the gold number
 
-`combined_reward` weights and sums them; `gsm8k_reward` is the default recipe
-(format 0.1 + correctness 1.0, so a perfect completion scores 1.1). Tag names
-are a parameter so the "reasoning" prompt template (<reasoning>/<answer>) works.
+`combined_reward` weights and sums them into a `Score`; GSM8K_WEIGHTS is the
+default recipe (format 0.1 + correctness 1.0, so a perfect completion scores
+1.1). Tag names are a parameter so the "reasoning" prompt template
+(<reasoning>/<answer>) works.
 
 Safety: completions come from a model and can be huge or adversarial
 ('<think>' * 100000). Every check is linear time: tags are counted with
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import re
 from fractions import Fraction
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Sequence
 
@@ -56,8 +58,6 @@ def format_pattern(tags: tuple[str, str] = DEFAULT_TAGS) -> re.Pattern:
     reasoning, answer = (re.escape(tag) for tag in tags)
     return re.compile(rf"\s*<{reasoning}>.*?</{reasoning}>\s*<{answer}>.*?</{answer}>\s*", re.DOTALL)
 
-
-FORMAT_RE = format_pattern(DEFAULT_TAGS)
 
 
 def _tag_strings(tags: Sequence[str]) -> tuple[str, str, str, str]:
@@ -152,35 +152,26 @@ REWARD_FUNCTIONS: dict[str, RewardFn] = {
 }
 
 
+@dataclass(frozen=True)
+class Score:
+    """A completion's score: each weighted reward part, their sum, and whether the answer is right."""
+
+    parts: dict[str, float]  # name -> weight * reward, one entry per name in the weights
+    total: float  # sum of the parts: the reward GRPO maximises
+    correct: bool  # the answer equals the gold number, whatever the weights (for accuracy)
+
+
 def combined_reward(
     completion: str,
     answer: str,
     weights: dict[str, float],
     tags: Sequence[str] = DEFAULT_TAGS,
-) -> dict[str, float | bool]:
-    """Weighted sum of the named rewards.
-
-    Returns each weighted part under its name, the total under "reward", and
-    "correct" (is the answer right?) for accuracy, whatever the weights.
-    """
+) -> Score:
+    """Weighted sum of the named rewards, e.g. weights={"format": 0.1, "correctness": 1.0}."""
     unknown = sorted(set(weights) - set(REWARD_FUNCTIONS))
     if unknown:
         names = ", ".join(map(repr, unknown))
         raise ValueError(f"unknown reward {names}: valid names are {', '.join(REWARD_FUNCTIONS)}")
-    parts: dict[str, float | bool] = {
-        name: weight * REWARD_FUNCTIONS[name](completion, answer, tags=tags) for name, weight in weights.items()
-    }
-    parts["reward"] = sum(parts.values())
-    parts["correct"] = correctness_reward(completion, answer, tags=tags) == 1.0
-    return parts
-
-
-def gsm8k_reward(completion: str, answer: str, tags: Sequence[str] = DEFAULT_TAGS) -> dict[str, float | bool]:
-    """Default recipe: {"reward": format + answer, "format": 0 or 0.1, "answer": 0 or 1, "correct": bool}."""
-    parts = combined_reward(completion, answer, GSM8K_WEIGHTS, tags)
-    return {
-        "reward": parts["reward"],
-        "format": parts["format"],
-        "answer": parts["correctness"],
-        "correct": parts["correct"],
-    }
+    parts = {name: weight * REWARD_FUNCTIONS[name](completion, answer, tags=tags) for name, weight in weights.items()}
+    correct = correctness_reward(completion, answer, tags=tags) == 1.0
+    return Score(parts, sum(parts.values()), correct)

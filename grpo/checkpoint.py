@@ -8,6 +8,11 @@ A checkpoint is a directory `RUN/checkpoints/step_000025/` holding
 Everything is written into `step_000025.tmp-<pid>/` and renamed into place at the end, so a run
 killed mid-save leaves only a `.tmp-` directory, which resume ignores. Tensors are read back with
 `torch.load(weights_only=True)`: no pickled code is ever executed.
+
+An exact resume needs more than weights: `TrainingState` is the rest (step, data position, RNG
+states); `save_checkpoint` writes it with the model and optimizer, `restore_checkpoint` puts all of
+it back and drops the log lines of steps after the checkpoint (they will be redone).
+Simplification: the CUDA RNG is not saved; sampling uses its own seeded generator, which is.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,31 +30,75 @@ import torch
 from qwen2 import Qwen2, Tokenizer, save_model
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
+LOG_FILES = ("metrics.jsonl", "samples.jsonl")
+
+
+@dataclass
+class TrainingState:
+    """What an exact resume needs besides the model and the optimizer."""
+
+    step: int  # completed training steps
+    data: dict[str, int]  # DataOrder.state(): epoch and position in the shuffled problems
+    rng: dict[str, torch.Tensor]  # the sampler's generator and torch's CPU generator
+
+    @classmethod
+    def capture(cls, step: int, data: dict[str, int], generator: torch.Generator) -> TrainingState:
+        return cls(step, dict(data), {"sampler": generator.get_state(), "torch": torch.get_rng_state()})
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model: Qwen2, tokenizer: Tokenizer, optimizer_state: dict[str, Any],
-                    rng_state: dict[str, torch.Tensor], trainer_state: dict[str, Any], keep: int = 2) -> Path:
-    """Write the checkpoint of `step` atomically and delete all but the newest `keep`."""
+def save_checkpoint(run_dir: str | Path, state: TrainingState, model: Qwen2, tokenizer: Tokenizer,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, config: dict[str, Any], keep: int = 2) -> Path:
+    """Write the checkpoint of `state.step` atomically and delete all but the newest `keep`."""
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:06d}"
-    tmp = root / f"step_{step:06d}.tmp-{os.getpid()}"
+    final = root / f"step_{state.step:06d}"
+    tmp = root / f"step_{state.step:06d}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(model, tmp / "model")
     tokenizer.save_pretrained(tmp / "model")
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save(rng_state, tmp / "rng.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    torch.save(state.rng, tmp / "rng.pt")
+    trainer_state = {"step": state.step, "data": state.data, "config": config}
+    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")  # last: marks it complete
     if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a periodic save)
         shutil.rmtree(final)
     os.replace(tmp, final)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def restore_checkpoint(ckpt: Path, run_dir: str | Path, optimizer: torch.optim.Optimizer, scheduler: Any,
+                       generator: torch.Generator) -> TrainingState:
+    """Put optimizer, LR schedule and RNGs back as they were at `ckpt`, and drop the lines of
+    `run_dir`'s logs that belong to later steps. The model itself is loaded from ckpt/'model'."""
+    opt_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(opt_state["optimizer"])
+    scheduler.load_state_dict(opt_state["scheduler"])
+    rng = torch.load(ckpt / "rng.pt", map_location="cpu", weights_only=True)
+    generator.set_state(rng["sampler"])
+    torch.set_rng_state(rng["torch"])
+    saved = json.loads((ckpt / "trainer_state.json").read_text())
+    trim_logs(run_dir, saved["step"])
+    return TrainingState(saved["step"], saved["data"], rng)
+
+
+def trim_logs(run_dir: str | Path, step: int) -> None:
+    """Keep only the log lines of steps <= `step`."""
+    for name in LOG_FILES:
+        path = Path(run_dir) / name
+        if path.is_file():
+            lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            path.write_text("".join(line + "\n" for line in lines))
+
+
+def saved_config(path: str | Path) -> dict[str, Any]:
+    """The config (as a dict) that the run at `path` (run or checkpoint directory) was started with."""
+    return json.loads((latest_checkpoint(path) / "trainer_state.json").read_text())["config"]
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -69,11 +119,3 @@ def latest_checkpoint(path: str | Path) -> Path:
     if not found:
         raise FileNotFoundError(f"no complete checkpoint under {path}: pass a run directory (train.out_dir) that has checkpoints/step_*/")
     return found[-1]
-
-
-def load_checkpoint_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
-    """(trainer_state, optimizer_state, rng_state) of a checkpoint directory; the model is ckpt/'model'."""
-    trainer_state = json.loads((ckpt / "trainer_state.json").read_text())
-    optimizer_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
-    rng_state = torch.load(ckpt / "rng.pt", map_location="cpu", weights_only=True)
-    return trainer_state, optimizer_state, rng_state

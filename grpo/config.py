@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from qwen2 import SamplingParams
 
 
 @dataclass
@@ -46,6 +49,11 @@ class RolloutConfig:
     temperature: float = 1.0  # the loss scores tokens at this same temperature
     top_p: float = 1.0
     top_k: int = 0
+
+    @property
+    def sampling(self) -> SamplingParams:
+        """The sampling distribution of the rollout, also used for sampled evaluation."""
+        return SamplingParams(self.temperature, self.top_p, self.top_k)
 
 
 @dataclass
@@ -87,6 +95,7 @@ class TrainConfig:
     out_dir: str = "runs/gsm8k"
     eval_every: int = 25  # greedy pass@1 on a fixed test subset (0 = never)
     eval_size: int = 200
+    eval_at_start: bool = True  # with eval_every > 0, also evaluate before the first step: the curve's baseline
     save_every: int = 25
     keep_checkpoints: int = 2  # keep the last K checkpoints
     samples_per_step: int = 4  # completions written to samples.jsonl each step
@@ -168,6 +177,7 @@ def _validate(cfg: Config) -> None:
         (cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"),
         (cfg.rollout.temperature > 0, "rollout.temperature must be > 0 for training (the loss needs a sampling distribution)"),
         (0 < cfg.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]"),
+        (cfg.rollout.top_k >= 0, "rollout.top_k must be >= 0 (0 = off)"),
         (cfg.grpo.micro_batch_size >= 1, "grpo.micro_batch_size must be >= 1"),
         (cfg.grpo.updates_per_batch >= 1, "grpo.updates_per_batch must be >= 1"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
@@ -183,12 +193,38 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"unknown reward {name!r} in reward.weights; valid: {', '.join(REWARD_FUNCTIONS)}")
 
 
+def _yaml_error(e: yaml.YAMLError, source: str, text: str) -> ConfigError:
+    """One line: where (file:line:column), what YAML expected, and the offending line."""
+    mark, context_mark = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    if mark is None:
+        return ConfigError(f"{source} is not valid YAML: {problem}")
+    context = getattr(e, "context", None)
+    if context and context_mark is not None:  # e.g. where an unclosed '[' was opened
+        context = f"{context} that starts at line {context_mark.line + 1}, column {context_mark.column + 1}"
+    lines = text.splitlines()
+    line = lines[mark.line].strip() if mark.line < len(lines) else "(end of file)"
+    return ConfigError(f"{source}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}"
+                       f"{f' ({context})' if context else ''}; the line: {line!r}")
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise _yaml_error(e, source, text) from None
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'optim.lr=3e-6' -> (['optim', 'lr'], 3e-06); the value is parsed as YAML."""
     if "=" not in text:
         raise ConfigError(f"--set expects section.key=value, got {text!r}")
     key, value = text.split("=", 1)
-    parsed = yaml.safe_load(value) if value.strip() else ""
+    parsed = _parse_yaml(value, "--set value") if value.strip() else ""
+    # YAML needs a space after ':' in a mapping, so {format:0.1,correctness:1.0} (as people type it
+    # on a command line) reads as keys "format:0.1" with no values. Read it the way it was meant.
+    if isinstance(parsed, dict) and any(isinstance(k, str) and ":" in k and v is None for k, v in parsed.items()):
+        parsed = _parse_yaml(re.sub(r":(?=\S)", ": ", value), "--set value")
     # YAML 1.1 reads 3e-6 as a string; accept it as the number it obviously is.
     if isinstance(parsed, str):
         try:
@@ -205,10 +241,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} not found (pass --config with an existing YAML file)")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raw = _parse_yaml(path.read_text(), str(path))
+        if raw is None:
+            raise ConfigError(f"{path} is empty: that would silently mean every default (Qwen2.5-3B-Instruct on "
+                              "GSM8K); write the settings you want into it (see config.yaml), or pass another --config")
     for text in overrides:
         keys, value = parse_override(text)
         node = raw

@@ -1,9 +1,11 @@
 """Evaluation: completions for held-out questions, scored by the reward functions.
 
 Default: greedy pass@1, one completion per question (what train.py logs as eval_accuracy).
-With temperature > 0 and `samples` > 1 it is the mean over `samples` seeded samples per question
-(mean@k): the expected reward of the sampling policy itself, the quantity GRPO maximises. It moves
-as soon as GRPO shifts probability towards right answers, before the greedy argmax flips.
+With the rollout's SamplingParams (temperature, top_p, top_k) and `samples` > 1 it is the mean
+over `samples` seeded samples per question (mean@k): the expected reward of the sampling policy
+itself, the quantity GRPO maximises. It moves as soon as GRPO shifts probability towards right
+answers, before the greedy argmax flips.
+Simplifications: no majority voting; questions are batched in order, not by length.
 """
 
 from __future__ import annotations
@@ -13,24 +15,28 @@ from typing import Any
 import torch
 
 from data.gsm8k import Problem
-from qwen2 import Qwen2, Tokenizer, generate
+from data.prompts import template_tags
+from data.rewards import combined_reward
+from qwen2 import GREEDY, Qwen2, SamplingParams, Tokenizer, generate
 
-from .rollout import encode_prompt, score
+from .rollout import encode_prompt
 
 
 @torch.no_grad()
 def evaluate(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], *, max_new_tokens: int, template: str,
              reward_weights: dict[str, float], batch_size: int = 64, progress: bool = False,
-             temperature: float = 0.0, samples: int = 1, seed: int = 0) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Returns (summary, per-completion results); summary has accuracy, reward, mean length, truncated share.
+             sampling: SamplingParams = GREEDY, samples: int = 1, seed: int = 0) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Returns (summary, per-completion results); summary has accuracy, reward, mean length, truncated
+    share, the number of completions `n` and of `questions`, and the sampling temperature.
 
     batch_size counts questions; each of them is sampled `samples` times (greedy needs 1).
     """
-    if samples < 1 or (temperature == 0 and samples != 1):
+    if samples < 1 or (sampling.temperature == 0 and samples != 1):
         raise ValueError(f"samples must be >= 1, and 1 when temperature is 0 (greedy): got samples={samples} at "
-                         f"temperature {temperature}; sample with a temperature > 0 to draw several")
+                         f"temperature {sampling.temperature}; sample with a temperature > 0 to draw several")
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
+    generator = torch.Generator(device=device).manual_seed(seed) if sampling.temperature > 0 else None
+    tags = template_tags(template)
     results = []
     batches = range(0, len(problems), batch_size)
     if progress:
@@ -41,13 +47,13 @@ def evaluate(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], *, max
         encoded = [encode_prompt(tokenizer, p.question, template) for p in questions]
         chunk = [p for p in questions for _ in range(samples)]
         prompts = [ids for ids in encoded for _ in range(samples)]  # the sampler prefills each distinct prompt once
-        out = generate(model, prompts, max_new_tokens, temperature=temperature, stop_token_ids=tokenizer.stop_token_ids,
+        out = generate(model, prompts, max_new_tokens, sampling, stop_token_ids=tokenizer.stop_token_ids,
                        pad_token_id=tokenizer.pad_token_id, generator=generator)
         for p, toks, fin in zip(chunk, out.tokens, out.finished):
             text = tokenizer.decode(toks, skip_special_tokens=True)
-            parts, reward, correct = score(text, p.answer, reward_weights, template)
-            results.append(dict(question=p.question, answer=p.answer, completion=text, correct=correct,
-                                reward=reward, length=len(toks), finished=fin, **parts))
+            score = combined_reward(text, p.answer, reward_weights, tags)
+            results.append(dict(question=p.question, answer=p.answer, completion=text, correct=score.correct,
+                                reward=score.total, length=len(toks), finished=fin, **score.parts))
     n = max(len(results), 1)
     summary = dict(
         accuracy=sum(r["correct"] for r in results) / n,
@@ -56,5 +62,6 @@ def evaluate(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], *, max
         truncated=sum(not r["finished"] for r in results) / n,
         n=len(results),
         questions=len(problems),
+        temperature=sampling.temperature,
     )
     return summary, results

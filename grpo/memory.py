@@ -10,15 +10,17 @@ A step has two phases that never overlap, so the GPU peak is the larger of
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from qwen2 import Qwen2, Qwen2Config
 
 from .config import Config
-from .optim import optimizer_state_bytes
+from .offload import DEFAULT_BUCKET_NUMEL, is_own_master, split_into_buckets, state_device, working_buffers
 
 GB = 1e9
 
@@ -61,6 +63,45 @@ def activation_bytes(mc: Qwen2Config, tokens: int, dtype_bytes: int, checkpointi
     if checkpointing:
         return mc.num_hidden_layers * tokens * C * b + per_block
     return mc.num_hidden_layers * per_block
+
+
+def optimizer_state_bytes(
+    params: Iterable[Tensor],
+    offload: bool = True,
+    *,
+    bucket_numel: int = DEFAULT_BUCKET_NUMEL,
+    pipeline: bool | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, int]:
+    """Bytes that ``OffloadAdamW(params, offload=offload, bucket_numel=..., pipeline=...)`` allocates.
+
+    ``device`` overrides where the parameters will live (so you can plan with ``meta`` tensors:
+    ``device="cuda"``). Trainable parameters only, as one parameter group. Returns ``master``,
+    ``exp_avg``, ``exp_avg_sq`` (the state: 12 B/param, 8 B/param where the parameter is its own
+    master), ``scratch`` (fp32 gradient buffer, one bucket), ``staging`` (pinned double buffer,
+    offloaded CUDA only), and the totals ``cpu`` and ``device`` (everything not on the CPU).
+    Placement and working buffers come from the rules the optimizer itself follows (grpo.offload).
+    """
+    params = [p for p in params if p.requires_grad]
+    out = dict(master=0, exp_avg=0, exp_avg_sq=0, scratch=0, staging=0, cpu=0, device=0)
+    where = lambda dev: "cpu" if dev.type == "cpu" else "device"  # noqa: E731
+    for p in params:
+        param_dev = torch.device(device) if device is not None else p.device
+        state_dev = state_device(param_dev, offload)
+        n = p.numel()
+        master = 0 if is_own_master(p, state_dev, param_dev) else 4 * n
+        out["master"] += master
+        out["exp_avg"] += 4 * n
+        out["exp_avg_sq"] += 4 * n
+        out[where(state_dev)] += master + 8 * n
+    buckets = [run for _, run in split_into_buckets([params], bucket_numel)]
+    buffers = working_buffers(buckets, offload, pipeline=pipeline, device=device)
+    for dev, numel in buffers.scratch_numel.items():
+        out["scratch"] += 4 * numel
+        out[where(dev)] += 4 * numel
+    out["staging"] = 2 * sum(buffers.slot_bytes.values())  # two slots per device, in host memory
+    out["cpu"] += out["staging"]
+    return out
 
 
 def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: str = "cuda") -> list[Item]:

@@ -16,8 +16,8 @@ import torch
 
 from data.gsm8k import Problem
 from data.prompts import build_messages, template_tags
-from data.rewards import combined_reward
-from qwen2 import Qwen2, Tokenizer, generate
+from data.rewards import Score, combined_reward
+from qwen2 import Qwen2, SamplingParams, Tokenizer, generate
 
 
 @dataclass
@@ -28,40 +28,36 @@ class Episode:
     finished: bool  # False = hit max_new_tokens (truncated)
     text: str  # decoded completion, special tokens removed
     answer: str  # gold answer
-    rewards: dict[str, float]  # each weighted reward part
-    reward: float  # their sum
-    correct: bool
+    score: Score  # weighted reward parts, their sum (the reward), whether the answer is right
+
+    @property
+    def reward(self) -> float:
+        return self.score.total
 
 
 def encode_prompt(tokenizer: Tokenizer, question: str, template: str) -> list[int]:
     return tokenizer.encode(tokenizer.apply_chat_template(build_messages(question, template), add_generation_prompt=True))
 
 
-def score(text: str, answer: str, weights: dict[str, float], template: str) -> tuple[dict[str, float], float, bool]:
-    parts = combined_reward(text, answer, weights, tags=template_tags(template))
-    reward, correct = float(parts.pop("reward")), bool(parts.pop("correct"))
-    return {k: float(v) for k, v in parts.items()}, reward, correct
-
-
 @torch.no_grad()
 def rollout(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], group_size: int, *, max_new_tokens: int,
-            template: str, reward_weights: dict[str, float], temperature: float = 1.0, top_p: float = 1.0,
-            top_k: int = 0, generator: torch.Generator | None = None, progress: bool = False,
+            template: str, reward_weights: dict[str, float], sampling: SamplingParams,
+            generator: torch.Generator | None = None, progress: bool = False,
             timings: dict[str, float] | None = None) -> list[Episode]:
     """Sample `group_size` completions for each problem and score them."""
     t0 = time.perf_counter()
     prompts = [encode_prompt(tokenizer, p.question, template) for p in problems]
     rows = [ids for ids in prompts for _ in range(group_size)]
-    out = generate(model, rows, max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                   stop_token_ids=tokenizer.stop_token_ids, generator=generator,
-                   pad_token_id=tokenizer.pad_token_id, progress=progress)
+    out = generate(model, rows, max_new_tokens, sampling, stop_token_ids=tokenizer.stop_token_ids,
+                   generator=generator, pad_token_id=tokenizer.pad_token_id, progress=progress)
     t1 = time.perf_counter()
+    tags = template_tags(template)
     episodes = []
     for i, (ids, toks, fin) in enumerate(zip(rows, out.tokens, out.finished)):
         problem = problems[i // group_size]
         text = tokenizer.decode(toks, skip_special_tokens=True)
-        parts, reward, correct = score(text, problem.answer, reward_weights, template)
-        episodes.append(Episode(i // group_size, ids, toks, fin, text, problem.answer, parts, reward, correct))
+        score = combined_reward(text, problem.answer, reward_weights, tags)
+        episodes.append(Episode(i // group_size, ids, toks, fin, text, problem.answer, score))
     if timings is not None:
         timings["generate"] = timings.get("generate", 0.0) + t1 - t0
         timings["reward"] = timings.get("reward", 0.0) + time.perf_counter() - t1

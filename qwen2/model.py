@@ -1,5 +1,5 @@
-"""Qwen2 / Qwen2.5 in plain PyTorch, top to bottom: config, RMSNorm, RoPE, KV cache, attention,
-MLP, block, model.
+"""Qwen2 / Qwen2.5 in plain PyTorch, top to bottom: RMSNorm, RoPE, attention masks, KV cache,
+attention, MLP, block, model (the config, read from config.json, is in config.py).
 
 A decoder-only transformer. Each of the L blocks does
     x = x + Attention(RMSNorm(x))      # tokens look at earlier tokens
@@ -19,13 +19,15 @@ losses and activation checkpointing belong to the trainer (grpo/).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import Qwen2Config
 
-__all__ = ["Qwen2Config", "RMSNorm", "KVCache", "Attention", "MLP", "Block", "Qwen2Model", "Qwen2"]
+__all__ = ["Qwen2Config", "RMSNorm", "pad_batch", "KVCache", "Attention", "MLP", "Block", "Qwen2Model", "Qwen2"]
 
 
 class RMSNorm(nn.Module):
@@ -65,12 +67,55 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos[:, None] + rotate_half(x) * sin[:, None]
 
 
-class KVCache:
-    """Preallocated keys/values of every layer, passed to `forward` (not stored on the modules).
+def causal_padding_mask(key_is_real: Tensor, start: int, T: int) -> Tensor:
+    """Boolean (B, 1, T, S) attention mask, True = may attend, for T queries at positions start..start+T-1.
 
-    Shape (layers, B, kv_heads, max_len, head_dim). All rows share one write position `length`
-    (prompts are left-padded), `key_mask` remembers which cached positions are real tokens and
-    `num_real` how many real tokens each row has seen (its next position id).
+    A query sees the real keys at or before its own position (causal, no padding). A left-pad
+    query sees no real key at all; letting it see itself keeps SDPA free of NaNs (0/0), which
+    would otherwise leak into later layers through 0 * NaN. Its output is never used.
+    """
+    S = key_is_real.shape[1]
+    q_pos = torch.arange(start, start + T, device=key_is_real.device)[:, None]  # (T, 1)
+    k_pos = torch.arange(S, device=key_is_real.device)  # (S,)
+    mask = (q_pos >= k_pos) & key_is_real[:, None, :]  # (B, T, S)
+    return (mask | (q_pos == k_pos))[:, None]
+
+
+def padding_positions(attention_mask: Tensor, seen: Tensor | int = 0) -> Tensor:
+    """Position ids (B, T): the number of real tokens before each one (+ `seen` earlier ones).
+
+    Pads get a clamped, meaningless position; their outputs are never used.
+    """
+    return (seen + attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def pad_batch(prompts: Sequence[Sequence[int]], pad_id: int, completions: Sequence[Sequence[int]] | None = None, *,
+              device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """Token lists -> ids and attention mask (B, P + C): [left-padded prompt | completion | right padding].
+
+    P and C are the longest prompt and completion. Left-padding the prompts lines up the first
+    completion token of every row in column P; without completions this is the sampler's prefill.
+    """
+    completions = completions if completions is not None else [[] for _ in prompts]
+    P, C = max(len(p) for p in prompts), max(len(c) for c in completions)
+    ids = torch.full((len(prompts), P + C), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), P + C), dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        ids[i, P - len(p):P + len(c)] = torch.tensor([*p, *c], dtype=torch.long)
+        mask[i, P - len(p):P + len(c)] = 1
+    return ids.to(device), mask.to(device)
+
+
+class KVCache:
+    """Keys/values of every layer for a batch being decoded, and the bookkeeping that goes with them.
+
+    Shape (layers, B, kv_heads, max_len, head_dim), preallocated. All rows share one write
+    position `length` (prompts are left-padded); `key_mask` remembers which cached positions hold
+    real tokens and `num_real` how many real tokens each row has seen (the next position id).
+    A forward pass over T new tokens uses it in three steps:
+        positions, mask = cache.begin(attention_mask)   # where the new tokens sit, what they see
+        k, v = cache.update(layer, k, v)                 # once per layer: append, read all so far
+        cache.advance(attention_mask)                    # after the last layer: T tokens are in
     """
 
     def __init__(self, config: Qwen2Config, batch_size: int, max_len: int, *, dtype: torch.dtype, device: torch.device | str):
@@ -85,12 +130,27 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
+    def begin(self, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Record which of the T new tokens (B, T) are real; return their position ids (B, T) and
+        the attention mask (B, 1, T, length + T) over everything cached so far plus themselves."""
+        T = attention_mask.shape[1]
+        if self.length + T > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {self.length} used, {T} more requested")
+        self.key_mask[:, self.length:self.length + T] = attention_mask
+        positions = padding_positions(attention_mask, self.num_real[:, None])
+        return positions, causal_padding_mask(self.key_mask[:, :self.length + T], self.length, T)
+
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write this step's k/v (B, Hkv, T, D) of one layer; return all cached k/v so far."""
         end = self.length + k.shape[2]
         self.k[layer, :, :, self.length:end] = k
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, attention_mask: Tensor) -> None:
+        """The new tokens are in every layer: move the write position past them."""
+        self.length += attention_mask.shape[1]
+        self.num_real += attention_mask.sum(-1)
 
     def select(self, rows: Tensor) -> None:
         """Keep only `rows` (a LongTensor of batch indices, repeats allowed), in that order.
@@ -174,46 +234,27 @@ class Qwen2Model(nn.Module):
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
-                position_ids: Tensor | None = None) -> Tensor:
-        B, T = input_ids.shape
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        attention_mask = attention_mask.bool()
-        if position_ids is None:
-            # Position = number of real tokens before this one; pads get 0 (their output is unused).
-            seen = cache.num_real[:, None] if cache is not None else 0
-            position_ids = (seen + attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-        mask = self._attention_mask(attention_mask, cache)
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        positions, mask = self._positions_and_mask(input_ids, attention_mask, cache)
         x = self.embed_tokens(input_ids)  # (B, T, C)
-        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, cache)
         if cache is not None:
-            cache.length += T
-            cache.num_real += attention_mask.sum(-1)
+            cache.advance(attention_mask if attention_mask is not None else torch.ones_like(input_ids))
         return self.norm(x)
 
     @staticmethod
-    def _attention_mask(attention_mask: Tensor, cache: KVCache | None) -> Tensor | None:
-        """Boolean (B, 1, T, S) mask, True = may attend; None when plain causal attention suffices."""
-        B, T = attention_mask.shape
-        if cache is None and bool(attention_mask.all()):
-            return None  # SDPA's is_causal fast path
+    def _positions_and_mask(input_ids: Tensor, attention_mask: Tensor | None, cache: KVCache | None) -> tuple[Tensor, Tensor | None]:
+        """Position ids (B, T) and attention mask (None = plain causal, SDPA's fast path)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         if cache is not None:
-            start = cache.length
-            cache.key_mask[:, start:start + T] = attention_mask
-            keys = cache.key_mask[:, :start + T]  # (B, S)
-        else:
-            start, keys = 0, attention_mask
-        S = keys.shape[1]
-        q_pos = torch.arange(start, start + T, device=keys.device)
-        causal = q_pos[:, None] >= torch.arange(S, device=keys.device)  # (T, S)
-        mask = causal & keys[:, None, :]  # (B, T, S)
-        # A left-pad query sees no real key; letting it see itself keeps SDPA free of NaNs (0/0),
-        # which would otherwise leak into later layers through 0 * NaN. Its output is never used.
-        mask |= q_pos[:, None] == torch.arange(S, device=keys.device)
-        return mask[:, None]  # (B, 1, T, S)
+            return cache.begin(attention_mask.bool())
+        positions = padding_positions(attention_mask)
+        if bool(attention_mask.all()):
+            return positions, None
+        return positions, causal_padding_mask(attention_mask.bool(), 0, input_ids.shape[1])
 
 
 class Qwen2(nn.Module):
@@ -228,9 +269,9 @@ class Qwen2(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
-                position_ids: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
+                logits_to_keep: int = 0) -> Tensor:
         """Logits (B, T, vocab); with logits_to_keep=n only for the last n positions (B, n, vocab)."""
-        h = self.model(input_ids, attention_mask, cache, position_ids)
+        h = self.model(input_ids, attention_mask, cache)
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
         return self.lm_head(h)

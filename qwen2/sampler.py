@@ -24,7 +24,23 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .model import Qwen2
+from .model import Qwen2, pad_batch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the next token is drawn from the logits; rollout, evaluation and the loss share one."""
+
+    temperature: float = 1.0  # logits / temperature; 0 = greedy (argmax)
+    top_p: float = 1.0  # nucleus: keep the smallest top set with probability >= top_p (1 = off)
+    top_k: int = 0  # keep the k most likely tokens (0 = off)
+
+    def __post_init__(self):
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"bad sampling parameters {self}: need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+
+
+GREEDY = SamplingParams(temperature=0.0)
 
 
 @dataclass
@@ -69,15 +85,14 @@ def sample_from_probs(probs: Tensor, generator: torch.Generator | None = None) -
     return torch.searchsorted(cdf, u * cdf[:, -1:])[:, 0]
 
 
-def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                generator: torch.Generator | None = None) -> Tensor:
+def sample_next(logits: Tensor, sampling: SamplingParams, generator: torch.Generator | None = None) -> Tensor:
     """One token id per row (B,) from logits (B, V). temperature 0 = argmax. Leaves `logits` as is."""
-    if temperature == 0:
+    if sampling.temperature == 0:
         return logits.argmax(-1)
     logits = logits.float()  # a no-op for fp32 logits; softmax below makes the one copy we need
-    if temperature != 1.0:
-        logits = logits / temperature
-    probs = top_p_filter(top_k_filter(logits, top_k), top_p).softmax(-1)
+    if sampling.temperature != 1.0:
+        logits = logits / sampling.temperature
+    probs = top_p_filter(top_k_filter(logits, sampling.top_k), sampling.top_p).softmax(-1)
     return sample_from_probs(probs, generator)
 
 
@@ -87,23 +102,11 @@ def token_logprob(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
     return scaled.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
-    """Token lists -> left-padded ids (B, P) and attention mask (B, P)."""
-    P = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), P), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        if len(p):
-            ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, P - len(p):] = 1
-    return ids.to(device), mask.to(device)
-
-
 # --- the decode loop ------------------------------------------------------------------------------
 
 @torch.no_grad()
-def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, temperature: float = 1.0,
-             top_p: float = 1.0, top_k: int = 0, stop_token_ids: Sequence[int] = (),
+def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+             sampling: SamplingParams = SamplingParams(), *, stop_token_ids: Sequence[int] = (),
              generator: torch.Generator | None = None, return_logprobs: bool = False, pad_token_id: int = 0,
              compact_every: int = 8, progress: bool = False,
              logits_hook: Callable[[Tensor, Tensor, int], Tensor] | None = None) -> GenerationOutput:
@@ -122,7 +125,7 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
     # 1. Prefill each distinct prompt once, then fan its cache out to the rows that share it.
     distinct: dict[tuple[int, ...], int] = {}
     row_to_prompt = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], device=device)
-    ids, mask = left_pad(list(distinct), pad_token_id, device)
+    ids, mask = pad_batch(list(distinct), pad_token_id, device=device)
     cache = model.new_cache(len(distinct), ids.shape[1] + max_new_tokens)
     logits = model(ids, mask, cache=cache, logits_to_keep=1)[:, -1]  # (U, V)
     cache.select(row_to_prompt)
@@ -143,10 +146,10 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
         # 2. Sample this step's token for every live row.
         if logits_hook is not None:
             logits = logits_hook(logits, live, t)
-        tok = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+        tok = sample_next(logits, sampling, generator)  # (B,)
         out[live, t] = tok
         if out_lp is not None:
-            out_lp[live, t] = token_logprob(logits, tok, temperature)
+            out_lp[live, t] = token_logprob(logits, tok, sampling.temperature)
         done[live] |= torch.isin(tok, stops)
         if t == max_new_tokens - 1:
             break

@@ -1,4 +1,4 @@
-"""Qwen2.5 tokenizer: text <-> token ids, and chat messages -> prompt text.
+"""Qwen2.5 tokenizer at runtime: text <-> token ids, and chat messages -> prompt text.
 
 A Hugging Face checkpoint directory describes its tokenizer in two files:
 
@@ -10,14 +10,12 @@ A Hugging Face checkpoint directory describes its tokenizer in two files:
   ``{"role": ..., "content": ...}`` messages into the prompt string the model
   was trained on (ChatML for Qwen: ``<|im_start|>user\\n...<|im_end|>\\n``).
 
-``Tokenizer`` reads both and renders the checkpoint's own template with Jinja,
-the same way ``transformers`` does, so prompts are byte-identical.
-
-``train_bpe_tokenizer`` builds a *small* tokenizer of the same shape (same
-pre-tokenizer, same special tokens, Qwen2.5-Instruct's real chat template) for
-offline tests and the tiny recipe. Its special-token ids are small (they sit at
-the end of a small vocabulary), which is why nothing in this project may
-hard-code Qwen's 151645: ids are always read from the files.
+``Tokenizer`` reads both (plus ``chat_template.jinja`` and
+``generation_config.json`` when present) and renders the checkpoint's own
+template with Jinja, the same way ``transformers`` does, so prompts are
+byte-identical. Special-token ids are always read from these files, never
+hard-coded: the tiny tokenizer that ``qwen2/bpe_trainer.py`` trains for offline
+tests has small ones. This module only *reads* tokenizers; it never trains one.
 
 Simplified compared to ``transformers``: no slow (pure-Python) tokenizer, no
 padding/truncation/tensor outputs (callers pad with ``pad_token_id``), no
@@ -29,108 +27,12 @@ control tokens, which is also ``transformers``' default).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import tokenizers
-from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-# Qwen2.5-Instruct's chat template, copied exactly from the ``chat_template``
-# field of Qwen/Qwen2.5-0.5B-Instruct's tokenizer_config.json (the same for all
-# Qwen2.5-Instruct sizes). Raw string: the ``\n`` inside Jinja string literals
-# must stay backslash-n; Jinja itself turns them into newlines when rendering.
-QWEN25_CHAT_TEMPLATE = r"""{%- if tools %}
-    {{- '<|im_start|>system\n' }}
-    {%- if messages[0]['role'] == 'system' %}
-        {{- messages[0]['content'] }}
-    {%- else %}
-        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
-    {%- endif %}
-    {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
-    {%- for tool in tools %}
-        {{- "\n" }}
-        {{- tool | tojson }}
-    {%- endfor %}
-    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
-{%- else %}
-    {%- if messages[0]['role'] == 'system' %}
-        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
-    {%- else %}
-        {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
-    {%- endif %}
-{%- endif %}
-{%- for message in messages %}
-    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
-        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
-    {%- elif message.role == "assistant" %}
-        {{- '<|im_start|>' + message.role }}
-        {%- if message.content %}
-            {{- '\n' + message.content }}
-        {%- endif %}
-        {%- for tool_call in message.tool_calls %}
-            {%- if tool_call.function is defined %}
-                {%- set tool_call = tool_call.function %}
-            {%- endif %}
-            {{- '\n<tool_call>\n{"name": "' }}
-            {{- tool_call.name }}
-            {{- '", "arguments": ' }}
-            {{- tool_call.arguments | tojson }}
-            {{- '}\n</tool_call>' }}
-        {%- endfor %}
-        {{- '<|im_end|>\n' }}
-    {%- elif message.role == "tool" %}
-        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
-            {{- '<|im_start|>user' }}
-        {%- endif %}
-        {{- '\n<tool_response>\n' }}
-        {{- message.content }}
-        {{- '\n</tool_response>' }}
-        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
-            {{- '<|im_end|>\n' }}
-        {%- endif %}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|im_start|>assistant\n' }}
-{%- endif %}"""
-
-# Qwen2.5's added tokens in id order, with their "special" flag. Special tokens
-# are dropped by decode(skip_special_tokens=True); the tool/FIM markers are
-# added tokens too (never split) but count as ordinary text when decoding.
-QWEN25_ADDED_TOKENS: list[tuple[str, bool]] = [
-    ("<|endoftext|>", True),
-    ("<|im_start|>", True),
-    ("<|im_end|>", True),
-    ("<|object_ref_start|>", True),
-    ("<|object_ref_end|>", True),
-    ("<|box_start|>", True),
-    ("<|box_end|>", True),
-    ("<|quad_start|>", True),
-    ("<|quad_end|>", True),
-    ("<|vision_start|>", True),
-    ("<|vision_end|>", True),
-    ("<|vision_pad|>", True),
-    ("<|image_pad|>", True),
-    ("<|video_pad|>", True),
-    ("<tool_call>", False),
-    ("</tool_call>", False),
-    ("<|fim_prefix|>", False),
-    ("<|fim_middle|>", False),
-    ("<|fim_suffix|>", False),
-    ("<|fim_pad|>", False),
-    ("<|repo_name|>", False),
-    ("<|file_sep|>", False),
-]
-
-# Qwen2's pre-tokenization regex (from its tokenizer.json): contractions, letter
-# runs, *single* digits (so "123" is always 1,2,3 -- handy for arithmetic),
-# punctuation runs, newlines, and whitespace.
-QWEN2_SPLIT_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
-    r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -163,6 +65,19 @@ def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separ
     # Same as transformers: plain json.dumps. Jinja's built-in tojson would
     # HTML-escape '<', '>', '&' and '\'' -- a different prompt than training.
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+# Names a message's reasoning (the text inside <think>...</think>) goes by: Qwen3's
+# template reads "reasoning_content", gpt-oss's "thinking", some APIs return "reasoning".
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def _with_reasoning_aliases(message: dict) -> dict:
+    """Like transformers: fill "reasoning_content" (and "thinking", if absent) from whichever reasoning field is set."""
+    reasoning = next((message[k] for k in _REASONING_FIELDS if message.get(k) is not None), None)
+    if reasoning is None:
+        return message
+    return {"thinking": reasoning, **message, "reasoning_content": reasoning}
 
 
 def _raise_exception(message: str):
@@ -325,7 +240,7 @@ class Tokenizer:
             self._compiled_template = _compile_chat_template(self.chat_template)
         # Like transformers: drop None values (templates test for a missing key,
         # not for None), and copy so the template can't touch the caller's dicts.
-        messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+        messages = [_with_reasoning_aliases({k: v for k, v in m.items() if v is not None}) for m in messages]
         # Templates may also read the named special tokens (e.g. {{ eos_token }}).
         special = {
             key: _token_content(self.config.get(key))
@@ -356,83 +271,3 @@ class Tokenizer:
     def __repr__(self) -> str:
         ids = f"vocab_size={self.vocab_size}, eos={self.eos_token_id}, pad={self.pad_token_id}"
         return f"Tokenizer({self.name!r}, {ids})"
-
-
-def _qwen2_pipeline(bpe: models.BPE) -> tokenizers.Tokenizer:
-    """A tokenizers.Tokenizer wired exactly like Qwen2's tokenizer.json, around the given BPE model."""
-    tok = tokenizers.Tokenizer(bpe)
-    tok.normalizer = normalizers.NFC()
-    byte_level = dict(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            # 1) split text into words/digits/punctuation with Qwen's regex ...
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
-            # 2) ... then map every UTF-8 byte to a printable character, so the
-            # 256 byte symbols cover any text: no unknown tokens, ever.
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.post_processor = processors.ByteLevel(**byte_level)
-    tok.decoder = decoders.ByteLevel(**byte_level)
-    return tok
-
-
-def train_bpe_tokenizer(
-    texts: Iterable[str],
-    out_dir: str | Path,
-    vocab_size: int = 1024,
-    model_max_length: int = 131072,
-) -> Tokenizer:
-    """Train a small Qwen2.5-style byte-level BPE on texts; write tokenizer.json + tokenizer_config.json to out_dir.
-
-    vocab_size counts everything (256 byte symbols + merges + the 22 Qwen
-    added tokens); a tiny corpus may run out of merges first and give fewer.
-    The added tokens come last, like in Qwen, so their ids are small here.
-    The config carries Qwen2.5-Instruct's real chat template, eos <|im_end|>
-    and pad <|endoftext|>, and loads with transformers' AutoTokenizer too.
-    """
-    n_added = len(QWEN25_ADDED_TOKENS)
-    if vocab_size < 256 + n_added:
-        raise ValueError(
-            f"vocab_size={vocab_size} is too small: pass at least {256 + n_added} (256 bytes + {n_added} added tokens)"
-        )
-    tok = _qwen2_pipeline(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - n_added,
-        min_frequency=2,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, even unseen ones
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    tok.add_tokens([AddedToken(content, special=special, normalized=False) for content, special in QWEN25_ADDED_TOKENS])
-
-    # Mirror Qwen2.5-Instruct's tokenizer_config.json, with our ids.
-    added_tokens_decoder = {
-        str(tok.token_to_id(content)): {
-            "content": content,
-            "lstrip": False,
-            "normalized": False,
-            "rstrip": False,
-            "single_word": False,
-            "special": special,
-        }
-        for content, special in QWEN25_ADDED_TOKENS
-    }
-    config = {
-        "add_bos_token": False,
-        "add_prefix_space": False,
-        "added_tokens_decoder": added_tokens_decoder,
-        "additional_special_tokens": [c for c, special in QWEN25_ADDED_TOKENS if special and c != "<|endoftext|>"],
-        "bos_token": None,
-        "chat_template": QWEN25_CHAT_TEMPLATE,
-        "clean_up_tokenization_spaces": False,
-        "eos_token": "<|im_end|>",
-        "errors": "replace",
-        "model_max_length": model_max_length,
-        "pad_token": "<|endoftext|>",
-        "split_special_tokens": False,
-        "tokenizer_class": "Qwen2Tokenizer",
-        "unk_token": None,
-    }
-    Tokenizer(tok, config, name=str(out_dir)).save_pretrained(out_dir)
-    return Tokenizer.from_pretrained(out_dir)

@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from grpo.runtime import DTYPES  # noqa: E402
 from qwen2 import Qwen2, Qwen2Config, save_model  # noqa: E402
 
 BENCH_DIR = ROOT / ".bench"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def random_checkpoint(name: str, dtype: str = "float32", seed: int = 0, cache_dir: Path = BENCH_DIR) -> Path:

@@ -53,7 +53,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from grpo.optim import OffloadAdamW, optimizer_state_bytes  # noqa: E402
+from grpo.memory import optimizer_state_bytes  # noqa: E402
+from grpo.optim import OffloadAdamW  # noqa: E402
 
 # Qwen2.5-0.5B(-Instruct) config.json, for when the qwen2 package is not available.
 FALLBACK_0_5B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864,

@@ -41,8 +41,7 @@ import torch
 from torch import Tensor
 
 from _bench_common import DTYPES, hardware, median, random_checkpoint, sync, timed
-from qwen2 import Qwen2Config, generate, load_model
-from qwen2.sampler import left_pad
+from qwen2 import Qwen2Config, SamplingParams, generate, load_model, pad_batch
 
 
 # --- the batch and the forced stop -----------------------------------------------------------
@@ -98,7 +97,7 @@ def run_ours(model, rows, stop_len, stop_id, pad_id, seed, device, compact_every
 
     g = torch.Generator(device).manual_seed(seed)
     start = time.perf_counter()
-    wall, cpu, out = timed(lambda: generate(model, rows, max(stop_len), temperature=1.0, stop_token_ids=[stop_id],
+    wall, cpu, out = timed(lambda: generate(model, rows, max(stop_len), SamplingParams(temperature=1.0), stop_token_ids=[stop_id],
                                             generator=g, pad_token_id=pad_id, compact_every=compact_every,
                                             logits_hook=hook), device)
     return Run(wall, cpu, first_step_at[0] - start), out.tokens
@@ -108,7 +107,7 @@ def run_hf(hf, rows, stop_len, stop_id, pad_id, seed, device) -> tuple[Run, list
     """Timing and completions of one ragged run of transformers.generate."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
-    ids, mask = left_pad(rows, pad_id, device)
+    ids, mask = pad_batch(rows, pad_id, device=device)
     P = ids.shape[1]
     stop_step = torch.tensor(stop_len, device=device) - 1
     first_step_at = []
@@ -182,7 +181,7 @@ def run_fixed(model, rows, new_tokens, pad_id, seed, device) -> tuple[float, flo
         return logits
 
     g = torch.Generator(device).manual_seed(seed)
-    out = generate(model, rows, new_tokens, temperature=1.0, generator=g, pad_token_id=pad_id, logits_hook=mark)
+    out = generate(model, rows, new_tokens, SamplingParams(temperature=1.0), generator=g, pad_token_id=pad_id, logits_hook=mark)
     sync(device)
     wall, cpu = time.perf_counter() - first_step_at[0][0], time.process_time() - first_step_at[0][1]
     assert all(len(t) == new_tokens for t in out.tokens)

@@ -23,12 +23,14 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from data.rewards import Score  # noqa: E402
 from grpo.logprobs import token_logprobs  # noqa: E402
 from grpo.loss import policy_loss  # noqa: E402
 from grpo.optim import OffloadAdamW  # noqa: E402
 from grpo.rollout import Episode  # noqa: E402
-from grpo.trainer import build_batch, enable_activation_checkpointing, micro_batches  # noqa: E402
-from qwen2 import Qwen2, Qwen2Config, generate  # noqa: E402
+from grpo.batch import build_batch, micro_batches  # noqa: E402
+from grpo.runtime import enable_activation_checkpointing  # noqa: E402
+from qwen2 import Qwen2, Qwen2Config, SamplingParams, generate  # noqa: E402
 
 
 def main() -> None:
@@ -73,16 +75,17 @@ def main() -> None:
     try:
         for step in range(2):  # the second step runs with optimizer state allocated: the steady state
             sync(); t0 = time.perf_counter()
-            out = generate(model, rows, args.new, temperature=1.0, stop_token_ids=[], generator=torch.Generator(device).manual_seed(step))
+            out = generate(model, rows, args.new, SamplingParams(temperature=1.0), stop_token_ids=[], generator=torch.Generator(device).manual_seed(step))
             sync(); times["generate"] = time.perf_counter() - t0
-            episodes = [Episode(i // args.rows, r, toks, False, "", "0", {}, 0.0, False) for i, (r, toks) in enumerate(zip(rows, out.tokens))]
+            episodes = [Episode(i // args.rows, r, toks, False, "", "0", Score({}, 0.0, False))
+                        for i, (r, toks) in enumerate(zip(rows, out.tokens))]
             batch = build_batch(episodes, torch.randn(len(rows)), pad_id=0, device=device)
             n_tok = int(batch.loss_mask.sum())
             t0 = time.perf_counter()
-            for sl, ids, attn, start, lmask in micro_batches(batch, args.micro_batch):
-                logp = token_logprobs(model, ids, attn, start, 1.0, 128)
-                loss, _ = policy_loss(logp, logp.detach(), batch.advantages[sl], lmask, num_sequences=len(rows),
-                                      num_tokens=n_tok, max_tokens=args.new)
+            for micro in micro_batches(batch, args.micro_batch):
+                logp = token_logprobs(model, micro.input_ids, micro.attention_mask, micro.targets_start, 1.0, 128)
+                loss, _ = policy_loss(logp, logp.detach(), batch.advantages[micro.rows], micro.loss_mask,
+                                      num_sequences=len(rows), num_tokens=n_tok, max_tokens=args.new)
                 loss.backward()
             sync(); times["update"] = time.perf_counter() - t0
             t0 = time.perf_counter()

@@ -3,11 +3,15 @@
     python scripts/eval.py --model runs/gsm8k/checkpoints/step_000200/model
     python scripts/eval.py --model checkpoints/Qwen2.5-3B-Instruct --limit 200 --out eval.jsonl
     python scripts/eval.py --model ... --samples 8 --temperature 1.0     # mean@8 and pass@8, seeded
+    python scripts/eval.py --model runs/tiny/grpo/checkpoints/step_000400/model --data runs/tiny/data/test.jsonl
 
 Writes one JSON line per completion (question, gold answer, completion, correct, reward parts) and
-prints accuracy. With --samples K > 1 each question is sampled K times (seeded by --seed): accuracy
-is then mean@K (the policy's expected accuracy) and pass@K (share of questions with at least one
-right answer) is printed too. Simplifications: one device, no majority voting.
+prints accuracy. The results go next to the model folder (`<folder>_eval_<data>.jsonl`), never
+inside it: a checkpoint's model/ folder stays a clean Hugging Face directory to share. With
+--samples K > 1 each question is sampled K times (seeded by --seed, with --temperature/--top-p/
+--top-k as in the rollout): accuracy is then mean@K (the policy's expected accuracy) and pass@K
+(share of questions with at least one right answer) is printed too.
+Simplifications: one device, no majority voting.
 """
 
 from __future__ import annotations
@@ -24,39 +28,55 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from data.gsm8k import load_gsm8k  # noqa: E402
+from data.prompts import TEMPLATES  # noqa: E402
 from data.rewards import GSM8K_WEIGHTS  # noqa: E402
 from grpo.evaluate import evaluate  # noqa: E402
-from grpo.trainer import resolve_device  # noqa: E402
-from qwen2 import Tokenizer, load_model  # noqa: E402
+from grpo.runtime import DTYPES, resolve_device  # noqa: E402
+from qwen2 import SamplingParams, Tokenizer, load_model  # noqa: E402
+
+DEFAULT_DATA = "datasets/gsm8k/test.jsonl"
+
+
+def default_out(model: Path, data: Path) -> Path:
+    """`<model folder>_eval_<data name>.jsonl` beside the model folder (step_000200/model_eval_test.jsonl)."""
+    return model.parent / f"{model.name}_eval_{data.stem}.jsonl"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="HF-format model directory (a checkpoint's model/ folder)")
-    ap.add_argument("--data", default="datasets/gsm8k/test.jsonl", help="GSM8K-format JSONL (default: the test set)")
-    ap.add_argument("--out", default=None, help="per-question results JSONL (default: <model>/eval_<data name>.jsonl)")
+    ap.add_argument("--data", default=DEFAULT_DATA, help=f"GSM8K-format JSONL (default: {DEFAULT_DATA})")
+    ap.add_argument("--out", default=None, help="per-question results JSONL (default: <model>_eval_<data name>.jsonl "
+                                                "next to the model folder)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N questions")
-    ap.add_argument("--template", default="think", help="prompt template: think | reasoning | chinese")
+    ap.add_argument("--template", default="think", choices=sorted(TEMPLATES), help="prompt template (default think)")
     ap.add_argument("--max-new-tokens", type=int, default=512)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
+    ap.add_argument("--batch-size", type=int, default=64, help="questions per batch")
+    ap.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
+    ap.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                    help="auto = bfloat16 on a GPU, float32 on a CPU (bf16 matmuls are slow on CPUs)")
     ap.add_argument("--samples", type=int, default=1, help="completions per question (> 1 needs --temperature > 0)")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (with --temperature > 0)")
     args = ap.parse_args(argv)
-    if args.temperature < 0:
-        ap.error("--temperature must be >= 0")
+    sampling = SamplingParams(args.temperature, args.top_p, args.top_k)  # checks the ranges
 
-    problems = load_gsm8k(args.data)[: args.limit]
+    data = Path(args.data)
+    if not data.is_file() and args.data == DEFAULT_DATA:
+        raise FileNotFoundError(f"{DEFAULT_DATA} not found: run python download.py, or pass --data FILE "
+                                "(the tiny recipe's held-out set is runs/tiny/data/test.jsonl)")
+    problems = load_gsm8k(data)[: args.limit]
     device = resolve_device(args.device)
-    model = load_model(args.model, device=device, dtype=getattr(torch, args.dtype))
+    dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.float32 if device.type == "cpu" else torch.bfloat16)
+    model = load_model(args.model, device=device, dtype=dtype)
     tokenizer = Tokenizer.from_pretrained(args.model)
     t0 = time.perf_counter()
     summary, results = evaluate(model, tokenizer, problems, max_new_tokens=args.max_new_tokens, template=args.template,
-                                reward_weights=GSM8K_WEIGHTS, batch_size=args.batch_size,
-                                progress=True, temperature=args.temperature, samples=args.samples, seed=args.seed)
-    out = Path(args.out) if args.out else Path(args.model) / f"eval_{Path(args.data).stem}.jsonl"
+                                reward_weights=GSM8K_WEIGHTS, batch_size=args.batch_size, progress=True,
+                                sampling=sampling, samples=args.samples, seed=args.seed)
+    out = Path(args.out) if args.out else default_out(Path(args.model), data)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:
         for r in results:

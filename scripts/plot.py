@@ -4,9 +4,10 @@
     python scripts/plot.py runs/gsm8k/metrics.jsonl --smooth 10 --baseline 0.31
 
 train.py appends one JSON line per step (reward, accuracy, ... of that step's rollouts) and one per
-evaluation (eval_accuracy, ... on held-out questions, greedy). Left panel: mean rollout reward and
-accuracy per step (thin) with a moving average (thick). Right panel: held-out greedy accuracy at
-each evaluation, starting from --baseline (the accuracy before training, step 0) when given.
+evaluation (eval_accuracy, ... on held-out questions, greedy; step 0 is the model before training,
+with train.eval_at_start). Left panel: mean rollout reward and accuracy per step (thin) with a
+moving average (thick). Right panel: held-out greedy accuracy at each evaluation; --baseline draws
+a step-0 point for runs that have none.
 
 matplotlib is an optional extra (pip install matplotlib, or pip install -e .[plot]); without it the
 script prints that hint and exits with status 0 having written nothing, so pipelines keep going.
@@ -75,7 +76,7 @@ def plot(steps: list[dict], evals: list[dict], out: str | Path, *, smooth: int =
 
     ex = [r["step"] for r in evals]
     ey = [r["eval_accuracy"] for r in evals]
-    if baseline is not None:
+    if baseline is not None and 0 not in ex:  # a run with eval_at_start has its own step-0 point
         ex, ey = [0, *ex], [baseline, *ey]
     right.plot(ex, ey, "o-", color="tab:green")
     for sx, sy in zip(ex, ey):

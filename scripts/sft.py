@@ -24,6 +24,8 @@ The turn ends with <|im_end|> (ChatML's end of turn). Base models such as Qwen2.
 <|endoftext|> as their eos, so the saved tokenizer_config.json sets eos_token to <|im_end|>, as
 Qwen's own -Instruct releases do; the sampler then stops where the SFT data stopped.
 
+The checkpoint is written to <out>.tmp and renamed when complete.
+
 Simplifications: full fine-tuning (no LoRA), one device, no packing (each row is one example, padded),
 a number of steps instead of epochs, no validation loss (an optional greedy accuracy on --eval-file
 at the end instead). --stop-at-accuracy ends SFT early on purpose, once greedy accuracy on training
@@ -35,7 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -54,11 +56,11 @@ from grpo.evaluate import evaluate  # noqa: E402
 from grpo.logprobs import token_logprobs  # noqa: E402
 from grpo.optim import OffloadAdamW  # noqa: E402
 from grpo.rollout import encode_prompt  # noqa: E402
-from grpo.trainer import enable_activation_checkpointing, lr_factor, resolve_device  # noqa: E402
-from qwen2 import Qwen2, Tokenizer, load_model, save_model  # noqa: E402
+from grpo.runtime import DTYPES, enable_activation_checkpointing, resolve_device  # noqa: E402
+from grpo.schedule import DataOrder, lr_factor  # noqa: E402
+from qwen2 import Qwen2, Tokenizer, load_model, pad_batch, save_model  # noqa: E402
 
 END_OF_TURN = "<|im_end|>"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def sft_target(problem: Problem, template: str = "think") -> str:
@@ -96,39 +98,6 @@ def encode_examples(tokenizer: Tokenizer, problems: list[Problem], template: str
     return examples, dropped
 
 
-def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """The trainer's batch layout: [left-padded prompt | completion | right padding].
-
-    Returns input_ids (B, P + C), attention_mask (B, P + C), loss_mask (B, C) over the completion
-    columns, and P (the column where completions start).
-    """
-    P = max(len(p) for p, _ in examples)
-    C = max(len(c) for _, c in examples)
-    ids = torch.full((len(examples), P + C), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(examples), P + C), dtype=torch.long)
-    for i, (p, c) in enumerate(examples):
-        ids[i, P - len(p):P + len(c)] = torch.tensor(p + c)
-        attn[i, P - len(p):P + len(c)] = 1
-    return ids, attn, attn[:, P:].float(), P
-
-
-class Batches:
-    """Endless reproducible batches: a fresh seeded shuffle of the examples every epoch."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.rng = n, batch_size, random.Random(seed)
-        self.order: list[int] = []
-
-    def next(self) -> list[int]:
-        out = []
-        while len(out) < self.batch_size:
-            if not self.order:
-                self.order = list(range(self.n))
-                self.rng.shuffle(self.order)
-            out.append(self.order.pop())
-        return out
-
-
 def sft_step(model: Qwen2, batch: list[tuple[list[int], list[int]]], pad_id: int, micro_batch_size: int,
              device: torch.device) -> tuple[float, int]:
     """Forward + backward of one batch (gradients accumulate over micro-batches); returns (loss, tokens).
@@ -139,8 +108,10 @@ def sft_step(model: Qwen2, batch: list[tuple[list[int], list[int]]], pad_id: int
     num_tokens = sum(len(c) for _, c in batch)
     total = 0.0
     for start in range(0, len(batch), micro_batch_size):
-        ids, attn, mask, P = collate(batch[start:start + micro_batch_size], pad_id)
-        ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
+        prompts, completions = zip(*batch[start:start + micro_batch_size])
+        ids, attn = pad_batch(prompts, pad_id, completions, device=device)  # the trainer's batch layout
+        P = max(len(p) for p in prompts)  # the column of the first completion token
+        mask = attn[:, P:].float()
         logp = token_logprobs(model, ids, attn, P)  # (B, C) log-probs of the completion tokens
         loss = -(logp * mask).sum() / num_tokens
         loss.backward()
@@ -197,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     if out.resolve() == Path(args.model).resolve():
         raise ValueError(f"--out {out} is the --model directory: write the fine-tuned model somewhere else")
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {out} already exists and is not empty: pick another directory, or delete it first")
 
     problems = load_gsm8k(args.data)
     if args.limit:
@@ -217,11 +190,14 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = OffloadAdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, args.warmup_steps, args.steps, args.min_lr_ratio))
-    batches = Batches(len(examples), args.batch_size, args.seed)
+    order = DataOrder(len(examples), args.seed)  # a fresh seeded shuffle every epoch
     micro = args.micro_batch_size or args.batch_size
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "sft_log.jsonl"
-    log_path.unlink(missing_ok=True)
+    # Everything is written into <out>.tmp and renamed at the end: an interrupted SFT leaves no
+    # half-trained model behind under the name train.py would read.
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    log_path = tmp / "sft_log.jsonl"
 
     # The --stop-at-accuracy check reads training questions: it measures how far SFT got, and leaves
     # the held-out file untouched for the before/after comparison.
@@ -232,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
     window_loss, window_tokens, t_window = 0.0, 0, time.perf_counter()
     loss = float("nan")
     for step in range(1, args.steps + 1):
-        batch = [examples[i] for i in batches.next()]
+        batch = [examples[i] for i in order.take(args.batch_size)]
         loss, tokens = sft_step(model, batch, tokenizer.pad_token_id, micro, device)
         if not math.isfinite(loss):
             raise ValueError(f"SFT loss is {loss} at step {step}: lower --lr")
@@ -269,8 +245,11 @@ def main(argv: list[str] | None = None) -> dict:
     if tokenizer.eos_token_id != end_token_id(tokenizer):
         print(f"setting eos_token to {end} in {out}/tokenizer_config.json: the SFT answers end with it")
         tokenizer.config["eos_token"] = end
-    save_model(model, out)
-    tokenizer.save_pretrained(out)
+    save_model(model, tmp)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    tmp.rename(out)
     print(f"saved {out} ({summary['seconds']:.0f}s)")
 
     if args.eval_file:

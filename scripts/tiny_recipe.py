@@ -65,7 +65,7 @@ from grpo.checkpoint import latest_checkpoint, list_checkpoints  # noqa: E402
 from grpo.config import load_config  # noqa: E402
 from grpo.evaluate import evaluate  # noqa: E402
 from qwen2 import Qwen2, Qwen2Config, Tokenizer, load_model, save_model  # noqa: E402
-from qwen2.tokenizer import train_bpe_tokenizer  # noqa: E402
+from qwen2.bpe_trainer import train_bpe_tokenizer  # noqa: E402
 
 CONFIG = ROOT / "configs" / "tiny.yaml"
 GSM8K_TRAIN = ROOT / "datasets" / "gsm8k" / "train.jsonl"
@@ -155,9 +155,8 @@ def held_out_eval(model_dir: Path, test_file: Path, cfg, out_file: Path, seed: i
     summary, results = evaluate(model, tokenizer, problems, batch_size=256, **common)
     tags = template_tags(cfg.data.template)
     summary["format"] = sum(format_reward(r["completion"], r["answer"], tags) for r in results) / len(results)
-    summary["sampled"], _ = evaluate(model, tokenizer, problems, batch_size=64, temperature=cfg.rollout.temperature,
+    summary["sampled"], _ = evaluate(model, tokenizer, problems, batch_size=64, sampling=cfg.rollout.sampling,
                                      samples=cfg.rollout.group_size, seed=seed, **common)
-    summary["sampled"]["temperature"] = cfg.rollout.temperature
     out_file.write_text(json.dumps({"model": str(model_dir), "summary": summary, "examples": results[:20]},
                                    indent=2, ensure_ascii=False) + "\n")
     return summary
@@ -168,7 +167,8 @@ def held_out_eval(model_dir: Path, test_file: Path, cfg, out_file: Path, seed: i
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/tiny", help="output directory (default runs/tiny, what configs/tiny.yaml reads)")
+    ap.add_argument("--out", default=None,
+                    help="output directory (default runs/tiny, what configs/tiny.yaml reads; runs/tiny-quick with --quick)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="shortened recipe (the test): 0.26M model, 80 GRPO steps, 200 held-out questions")
     ap.add_argument("--threads", type=int, default=1,
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
-    out = Path(args.out)
+    out = Path(args.out or ("runs/tiny-quick" if args.quick else "runs/tiny"))
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"{name}: done in {timings[name]:.1f}s")
         return result
 
-    log(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, seed {args.seed}, "
+    threads = torch.get_num_threads()
+    log(f"torch {torch.__version__}, {threads} CPU thread{'s' if threads > 1 else ''}, seed {args.seed}, "
         f"{'quick' if args.quick else 'full'} recipe into {out}")
     stage("tokenizer", (paths["tok"] / "tokenizer.json").is_file(),
           lambda: build_tokenizer(paths["tok"], args.seed, sizes["vocab_size"], gsm8k_file), paths["tok"])
@@ -235,18 +236,16 @@ def main(argv: list[str] | None = None) -> dict:
           lambda: build_data(paths["data"], args.seed, sizes["kinds"], sizes["n_train"], sizes["n_test"]), paths["data"])
 
     def run_sft():
-        # Written to a temporary directory and renamed at the end: a half-finished SFT is redone.
-        tmp = paths["sft"].with_name(paths["sft"].name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        # sft.py writes <out>.tmp and renames it when done: a half-finished SFT is redone from scratch.
+        shutil.rmtree(paths["sft"], ignore_errors=True)
         s = sizes["sft"]
         stop = (["--stop-at-accuracy", str(s["stop_at_accuracy"]), "--check-every", str(s["check_every"]),
                  "--check-size", str(s["check_size"])] if "stop_at_accuracy" in s else [])
-        sft.main(["--model", str(paths["init"]), "--data", str(train_file), "--out", str(tmp),
+        sft.main(["--model", str(paths["init"]), "--data", str(train_file), "--out", str(paths["sft"]),
                   "--steps", str(s["steps"]), "--batch-size", str(s["batch_size"]), "--lr", str(s["lr"]),
                   "--warmup-steps", str(s["warmup_steps"]), "--min-lr-ratio", str(s["min_lr_ratio"]), *stop,
                   "--max-new-tokens", str(cfg.rollout.max_new_tokens), "--template", cfg.data.template,
                   "--seed", str(args.seed), "--device", "cpu", "--dtype", "float32", "--log-every", "50"])
-        tmp.rename(paths["sft"])
 
     stage("sft", (paths["sft"] / "model.safetensors").is_file(), run_sft, paths["sft"])
     before = stage("eval_sft", (out / "eval_sft.json").is_file(),
@@ -284,6 +283,12 @@ def main(argv: list[str] | None = None) -> dict:
                    "--baseline", str(before["accuracy"]),
                    "--title", f"tiny recipe (seed {args.seed}): GRPO on a {sizes['model']['hidden_size']}-wide Qwen2"])
     print(format_table(results))
+    print(f"\nnext: evaluate the trained model on the held-out questions\n"
+          f"  python scripts/eval.py --model {final} --data {test_file}\n"
+          f"or run the GRPO stage again into a new directory\n"
+          f"  python train.py --config {CONFIG.relative_to(ROOT)} "
+          + " ".join(f"--set {o}" for o in overrides if not o.startswith(("train.out_dir", "train.seed")))
+          + f" --set train.out_dir={out / 'grpo-again'}")
     return results
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from qwen2.tokenizer import Tokenizer, train_bpe_tokenizer
+from qwen2.bpe_trainer import train_bpe_tokenizer
+from qwen2.tokenizer import Tokenizer
 
 _NAMES = ["Natalia", "Weng", "Betty", "Julie", "James", "Maria", "Tom", "Ken", "Alexis", "Mark"]
 _ITEMS = ["clips", "apples", "books", "pages", "eggs", "marbles", "cookies", "dollars", "tickets", "pencils"]

@@ -57,19 +57,36 @@ def place_complete_files(root: Path) -> None:
 # ---------------------------------------------------------------- offline
 
 
-def test_offline_model_step_is_one_line_with_manual_steps(tmp_path, offline, capsys):
+def test_offline_run_names_every_place_to_fill_in_one_line_each(tmp_path, offline, capsys):
     assert download.main(["--dest", str(tmp_path)]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in "".join(lines)
+    model, data = lines
+    assert "model download failed (no network?)" in model
+    assert str(download.default_model_dir(download.DEFAULT_MODEL, tmp_path)) in model
+    assert "config.json" in model and "--skip-model" in model
+    assert "gsm8k download failed" in data and str(tmp_path / "datasets" / "gsm8k") in data
+    assert "Check your connection" not in model  # the library's message only with --verbose
+
+
+def test_verbose_adds_the_library_message(tmp_path, offline, capsys):
+    assert download.main(["--dest", str(tmp_path), "--skip-data", "--verbose"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "Traceback" not in err
-    assert "model download failed" in err and "OSError" in err
-    assert str(download.default_model_dir(download.DEFAULT_MODEL, tmp_path)) in err
-    assert "config.json" in err and "--skip-model" in err
+    assert err.count("\n") == 0 and "OSError: An error happened" in err and "Check your connection" in err
+
+
+def test_another_model_names_the_train_flag(tmp_path, monkeypatch, capsys):
+    place_complete_files(tmp_path)
+    monkeypatch.setattr(download, "download_model", lambda model, target: None)
+    assert download.main(["--dest", str(tmp_path), "--model", "Qwen/Qwen2.5-0.5B-Instruct"]) == 0
+    model_dir = download.default_model_dir("Qwen/Qwen2.5-0.5B-Instruct", tmp_path)
+    assert f"train it with: python train.py --set model.path={model_dir}" in capsys.readouterr().out
 
 
 def test_offline_gsm8k_step_says_which_files_go_where(tmp_path, offline, capsys):
     assert download.main(["--dest", str(tmp_path), "--skip-model"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "URLError" in err
+    assert err.count("\n") == 0 and "gsm8k download failed" in err
     assert "train.jsonl and test.jsonl" in err and str(tmp_path / "datasets" / "gsm8k") in err
     assert not (tmp_path / "datasets" / "gsm8k" / "train.jsonl").exists()
 

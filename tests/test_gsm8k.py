@@ -49,6 +49,7 @@ def test_license_is_shipped_with_the_fixture():
     "bad_line, cause",
     [
         ('{"question": "q", "answer": "#### 3"', "not valid JSON"),
+        ('{"question": "q", "answer": "#### 3}', "3:29: not valid JSON (Unterminated string); fix"),  # no dangling "at"
         ('["question", "answer"]', "JSON object"),
         ('{"answer": "#### 3"}', "'question'"),
         ('{"question": "q"}', "'answer'"),

@@ -8,7 +8,7 @@ import torch
 from grpo.config import load_config
 from grpo.memory import activation_bytes, format_plan, plan_memory
 from grpo.optim import OffloadAdamW
-from grpo.trainer import enable_activation_checkpointing
+from grpo.runtime import enable_activation_checkpointing
 from qwen2 import Qwen2, Qwen2Config
 
 TINY = Qwen2Config(vocab_size=500, hidden_size=128, intermediate_size=352, num_hidden_layers=3,

@@ -8,7 +8,8 @@ import warnings
 import pytest
 import torch
 
-from grpo.optim import OffloadAdamW, optimizer_state_bytes
+from grpo.memory import optimizer_state_bytes
+from grpo.optim import OffloadAdamW
 
 SHAPES = [(7, 5), (13,), (3, 4, 5), (1,), (6, 6)]
 HAS_FUSED = hasattr(torch, "_fused_adamw_")
@@ -47,20 +48,16 @@ def run_torch(params, steps=20, **kw):
     return params
 
 
-def run_ours(params, steps=20, save_at=None, bucket_numel=None, **kw):
+def run_ours(params, steps=20, save_at=None, **kw):
     """Run ``steps`` steps; if ``save_at``, save there and continue with a fresh
     optimizer (and a fresh copy of the parameters, as a model checkpoint would)."""
     opt = OffloadAdamW(params, **kw)
-    if bucket_numel:
-        opt.BUCKET_NUMEL = bucket_numel
     gen = torch.Generator().manual_seed(123)
     for t in range(steps):
         if t == save_at:
             sd = roundtrip(opt.state_dict())
             params = [torch.nn.Parameter(p.detach().clone()) for p in params]
             opt = OffloadAdamW(params, **kw)
-            if bucket_numel:
-                opt.BUCKET_NUMEL = bucket_numel
             opt.load_state_dict(sd)
         set_grads(params, gen)
         opt.step()
@@ -200,16 +197,15 @@ def test_pipelined_path_matches_synchronous_path(dtype):
     """Run the CUDA code path (staging slots, buckets) on the CPU with
     synchronous copies; it must give bit-identical results."""
     results = []
-    for force in (False, True):
+    for pipeline in (False, True):
         if dtype == "mixed":  # bf16 and fp32 buckets share the byte staging slots
             params = [torch.nn.Parameter(p.detach().to(torch.bfloat16 if i % 2 else torch.float32))
                       for i, p in enumerate(make_params())]
             params.append(torch.nn.Parameter(torch.linspace(-1, 1, 125).bfloat16()))  # 250 B
         else:
             params = make_params(dtype)
-        opt = OffloadAdamW(params, lr=1e-2, weight_decay=0.1)
-        opt.BUCKET_NUMEL = 45  # several buckets, so both staging slots get reused
-        opt._force_pipeline = force
+        # bucket_numel=45: several buckets, so both staging slots get reused.
+        opt = OffloadAdamW(params, lr=1e-2, weight_decay=0.1, bucket_numel=45, pipeline=pipeline)
         gen = torch.Generator().manual_seed(9)
         for t in range(5):
             set_grads(params, gen)
@@ -245,6 +241,20 @@ def test_state_bytes_formula_matches_allocation():
     assert plan["cpu"] == 12 * n + 4 * n + 4 * n
     plan = optimizer_state_bytes(meta, offload=False, device="cuda")
     assert plan["cpu"] == 0 and plan["device"] == 12 * n + 4 * n
+
+
+@pytest.mark.parametrize("pipeline", [None, True])
+def test_working_buffers_are_what_the_plan_says(pipeline):
+    """The planner and the optimizer size scratch and staging with the same rule."""
+    params = [torch.nn.Parameter(p.detach().to(torch.bfloat16 if i % 2 else torch.float32))
+              for i, p in enumerate(make_params())]
+    est = optimizer_state_bytes(params, offload=True, bucket_numel=45, pipeline=pipeline)
+    opt = OffloadAdamW(params, lr=1e-3, bucket_numel=45, pipeline=pipeline)
+    set_grads(params, torch.Generator().manual_seed(0))
+    opt.step()
+    assert est["scratch"] == sum(b.numel() * b.element_size() for b in opt._scratch.values()) > 0
+    staging = sum(s.numel() for pipe in opt._pipelines.values() for s in pipe.slots)
+    assert est["staging"] == staging and (staging > 0) == bool(pipeline)
 
 
 def test_load_rejects_mismatched_shapes():

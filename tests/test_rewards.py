@@ -19,7 +19,6 @@ from data.rewards import (
     correctness_reward,
     extract_answer,
     format_reward,
-    gsm8k_reward,
     integer_reward,
     parse_number,
     tag_count_reward,
@@ -34,22 +33,26 @@ def completion(reasoning: str, answer: str) -> str:
     return f"<think>\n{reasoning}\n</think>\n<answer>{answer}</answer>"
 
 
-# ---------------------------------------------------------------- gsm8k_reward on real rows
+def gsm8k_score(text: str, answer: str, tags=("think", "answer")):
+    return combined_reward(text, answer, GSM8K_WEIGHTS, tags=tags)
+
+
+# ---------------------------------------------------------------- the GSM8K reward on real rows
 
 
 def test_gold_inside_tags_scores_format_plus_answer_on_every_fixture_row():
     assert PERFECT == pytest.approx(1.1)
     for p in PROBLEMS:
-        scores = gsm8k_reward(completion(p.solution, p.answer), p.answer)
-        assert scores["reward"] == pytest.approx(PERFECT), p
-        assert scores["format"] == pytest.approx(0.1) and scores["answer"] == 1.0 and scores["correct"] is True
+        score = gsm8k_score(completion(p.solution, p.answer), p.answer)
+        assert score.total == pytest.approx(PERFECT), p
+        assert score.parts == pytest.approx({"format": 0.1, "correctness": 1.0}) and score.correct is True
 
 
 def test_wrong_number_keeps_only_the_format_reward():
     for p in PROBLEMS:
         wrong = str(Fraction(p.answer) + 1)
-        scores = gsm8k_reward(completion(p.solution, wrong), p.answer)
-        assert scores["reward"] == pytest.approx(0.1) and scores["answer"] == 0.0 and scores["correct"] is False
+        score = gsm8k_score(completion(p.solution, wrong), p.answer)
+        assert score.total == pytest.approx(0.1) and score.parts["correctness"] == 0.0 and score.correct is False
 
 
 @pytest.mark.parametrize(
@@ -65,7 +68,7 @@ def test_wrong_number_keeps_only_the_format_reward():
 )
 def test_equivalent_spellings_of_the_gold_number_are_correct(spelling):
     for p in PROBLEMS:
-        assert gsm8k_reward(completion("...", spelling(int(p.answer))), p.answer)["answer"] == 1.0
+        assert gsm8k_score(completion("...", spelling(int(p.answer))), p.answer).parts["correctness"] == 1.0
 
 
 def test_thousands_and_dollars_normalise_to_the_same_value():
@@ -92,7 +95,7 @@ def test_non_numbers_are_never_correct(not_a_number):
 
 def test_gold_that_is_not_a_number_is_a_clear_error():
     with pytest.raises(ValueError, match="gold answer 'abc' is not a number"):
-        gsm8k_reward(completion("...", "1"), "abc")
+        gsm8k_score(completion("...", "1"), "abc")
 
 
 # ---------------------------------------------------------------- format
@@ -111,7 +114,7 @@ P = PROBLEMS[0]
 )
 def test_accepted_layouts_get_the_format_reward(text):
     assert format_reward(text, P.answer) == 1.0
-    assert gsm8k_reward(text, P.answer)["reward"] == pytest.approx(PERFECT)
+    assert gsm8k_score(text, P.answer).total == pytest.approx(PERFECT)
 
 
 @pytest.mark.parametrize(
@@ -129,10 +132,10 @@ def test_accepted_layouts_get_the_format_reward(text):
     ],
 )
 def test_mangled_tags_get_no_format_reward(text, answer_still_counts):
-    scores = gsm8k_reward(text, P.answer)
-    assert scores["format"] == 0.0
+    score = gsm8k_score(text, P.answer)
+    assert score.parts["format"] == 0.0
     # Format and correctness are separate signals: the last closed <answer> still counts.
-    assert scores["answer"] == (1.0 if answer_still_counts else 0.0)
+    assert score.parts["correctness"] == (1.0 if answer_still_counts else 0.0)
 
 
 def test_extract_answer_takes_the_last_closed_answer():
@@ -163,11 +166,10 @@ def test_adversarial_megabyte_completion_is_scored_quickly(name):
     text = ADVERSARIAL[name]
     all_rewards = dict.fromkeys(REWARD_FUNCTIONS, 1.0)
     start = time.perf_counter()
-    scores = combined_reward(text, "1", all_rewards)
-    gsm8k_reward(text, "1")
+    score = combined_reward(text, "1", all_rewards)
     elapsed = time.perf_counter() - start
     assert elapsed < 1.0, f"{name} took {elapsed:.2f}s"
-    assert 0.0 <= scores["reward"] <= len(REWARD_FUNCTIONS)
+    assert 0.0 <= score.total <= len(REWARD_FUNCTIONS)
 
 
 def test_overlong_answer_content_is_not_parsed():
@@ -211,23 +213,18 @@ def test_combined_reward_weights_each_part_and_sums_them():
         f"<think>x<answer>{P.answer}</answer>",
     ]
     for text in texts:
-        scores = combined_reward(text, P.answer, weights)
+        score = combined_reward(text, P.answer, weights)
+        assert list(score.parts) == list(weights)
         for name, weight in weights.items():
-            assert scores[name] == pytest.approx(weight * REWARD_FUNCTIONS[name](text, P.answer))
-        assert scores["reward"] == pytest.approx(sum(scores[name] for name in weights))
-        assert scores["correct"] == (correctness_reward(text, P.answer) == 1.0)
-
-
-def test_gsm8k_reward_is_combined_reward_with_the_default_weights():
-    for text in [completion(P.solution, P.answer), completion(P.solution, "0.5"), "nothing"]:
-        expected = combined_reward(text, P.answer, GSM8K_WEIGHTS)["reward"]
-        assert gsm8k_reward(text, P.answer)["reward"] == pytest.approx(expected)
+            assert score.parts[name] == pytest.approx(weight * REWARD_FUNCTIONS[name](text, P.answer))
+        assert score.total == pytest.approx(sum(score.parts.values()))
+        assert score.correct == (correctness_reward(text, P.answer) == 1.0)
 
 
 def test_correct_is_reported_even_when_correctness_is_not_weighted():
-    scores = combined_reward(completion("", P.answer), P.answer, {"format": 1.0})
-    assert scores["correct"] is True and "correctness" not in scores
-    assert scores["reward"] == 1.0
+    score = combined_reward(completion("", P.answer), P.answer, {"format": 1.0})
+    assert score.correct is True and "correctness" not in score.parts
+    assert score.total == 1.0
 
 
 def test_unknown_reward_name_lists_the_valid_ones():
@@ -250,9 +247,9 @@ def test_bad_tags_are_a_clear_error():
 def test_reasoning_template_tags_drive_the_rewards():
     tags = template_tags("reasoning")
     text = f"<reasoning>\n{P.solution}\n</reasoning>\n<answer>\n{P.answer}\n</answer>"
-    assert gsm8k_reward(text, P.answer, tags=tags)["reward"] == pytest.approx(PERFECT)
-    assert gsm8k_reward(text, P.answer)["format"] == 0.0  # default <think> tags are absent
-    assert combined_reward(text, P.answer, {"tag_count": 1.0}, tags=tags)["tag_count"] == 1.0
+    assert gsm8k_score(text, P.answer, tags=tags).total == pytest.approx(PERFECT)
+    assert gsm8k_score(text, P.answer).parts["format"] == 0.0  # default <think> tags are absent
+    assert combined_reward(text, P.answer, {"tag_count": 1.0}, tags=tags).parts["tag_count"] == 1.0
 
 
 @pytest.mark.parametrize("name", list(TEMPLATES))

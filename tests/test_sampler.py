@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import UNTIED, hf_model, save_hf
-from qwen2 import generate, load_model
+from qwen2 import GREEDY, SamplingParams, generate, load_model
 from qwen2.sampler import sample_next, top_k_filter, top_p_filter
 
 STOP = 5
@@ -43,7 +43,7 @@ def test_greedy_equals_transformers_on_ragged_batch_with_stop(models):
     hf, ours = models
     prompts = ragged_prompts(ours.config.vocab_size, [3, 11, 7, 1, 15, 9], seed=1)
     ref = hf_greedy(hf, prompts, 24, STOP)
-    got = generate(ours, prompts, 24, temperature=0, stop_token_ids=[STOP], compact_every=2)
+    got = generate(ours, prompts, 24, GREEDY, stop_token_ids=[STOP], compact_every=2)
     assert got.tokens == ref
     assert got.finished == [STOP in r for r in ref]
     lengths = {len(r) for r in ref}
@@ -54,8 +54,8 @@ def test_shared_prompts_and_compaction_do_not_change_greedy_output(models):
     _, ours = models
     prompts = ragged_prompts(ours.config.vocab_size, [4, 9, 6], seed=2)
     rows = [p for p in prompts for _ in range(3)]
-    a = generate(ours, rows, 20, temperature=0, stop_token_ids=[STOP], compact_every=1)
-    b = [generate(ours, [p], 20, temperature=0, stop_token_ids=[STOP], compact_every=1000).tokens[0] for p in rows]
+    a = generate(ours, rows, 20, GREEDY, stop_token_ids=[STOP], compact_every=1)
+    b = [generate(ours, [p], 20, GREEDY, stop_token_ids=[STOP], compact_every=1000).tokens[0] for p in rows]
     assert a.tokens == b
 
 
@@ -64,7 +64,7 @@ def test_seeded_sampling_reproduces_and_seeds_differ(models):
     prompts = ragged_prompts(ours.config.vocab_size, [5, 8], seed=3) * 4
 
     def run(seed):
-        return generate(ours, prompts, 16, temperature=1.0, stop_token_ids=[STOP],
+        return generate(ours, prompts, 16, SamplingParams(temperature=1.0), stop_token_ids=[STOP],
                         generator=torch.Generator().manual_seed(seed)).tokens
 
     assert run(0) == run(0)
@@ -74,8 +74,8 @@ def test_seeded_sampling_reproduces_and_seeds_differ(models):
 def test_top_k_1_equals_greedy(models):
     _, ours = models
     prompts = ragged_prompts(ours.config.vocab_size, [6, 2, 9], seed=4)
-    greedy = generate(ours, prompts, 12, temperature=0, stop_token_ids=[STOP])
-    k1 = generate(ours, prompts, 12, temperature=0.8, top_k=1, stop_token_ids=[STOP],
+    greedy = generate(ours, prompts, 12, GREEDY, stop_token_ids=[STOP])
+    k1 = generate(ours, prompts, 12, SamplingParams(temperature=0.8, top_k=1), stop_token_ids=[STOP],
                   generator=torch.Generator().manual_seed(0))
     assert k1.tokens == greedy.tokens
 
@@ -83,7 +83,7 @@ def test_top_k_1_equals_greedy(models):
 def test_logprobs_match_a_full_forward(models):
     _, ours = models
     prompts = ragged_prompts(ours.config.vocab_size, [4, 7], seed=5)
-    out = generate(ours, prompts, 10, temperature=0.7, stop_token_ids=[STOP], return_logprobs=True,
+    out = generate(ours, prompts, 10, SamplingParams(temperature=0.7), stop_token_ids=[STOP], return_logprobs=True,
                    generator=torch.Generator().manual_seed(0))
     for p, toks, lps in zip(prompts, out.tokens, out.logprobs):
         ids = torch.tensor([p + toks])
@@ -95,7 +95,7 @@ def test_logprobs_match_a_full_forward(models):
 
 def _empirical(logits, n, **kw):
     g = torch.Generator().manual_seed(0)
-    draws = sample_next(logits.expand(n, -1).clone(), generator=g, **kw)
+    draws = sample_next(logits.expand(n, -1).clone(), SamplingParams(**kw), generator=g)
     return torch.bincount(draws, minlength=logits.shape[-1]).float() / n
 
 
@@ -141,7 +141,7 @@ def test_logits_hook_can_force_each_row_to_stop_at_its_own_length(models):
         logits[hit, STOP] = 1e9  # ...and always at the row's own step
         return logits
 
-    out = generate(ours, prompts, 16, temperature=1.0, stop_token_ids=[STOP], logits_hook=force, compact_every=1,
+    out = generate(ours, prompts, 16, SamplingParams(temperature=1.0), stop_token_ids=[STOP], logits_hook=force, compact_every=1,
                    generator=torch.Generator().manual_seed(0))
     assert [len(t) for t in out.tokens] == (stop_at + 1).tolist()
     assert all(t[-1] == STOP and STOP not in t[:-1] for t in out.tokens) and all(out.finished)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from data.rewards import gsm8k_reward, integer_reward
+from data.rewards import GSM8K_WEIGHTS, combined_reward, integer_reward
 from data.synthetic import KINDS, format_completion, make_problems, split_of
 
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
@@ -65,7 +65,7 @@ def test_all_kinds_show_up_and_kinds_can_be_restricted():
 def test_format_completion_earns_the_full_reward():
     for p in TRAIN[:200] + TEST[:50]:
         text = format_completion(p)
-        assert gsm8k_reward(text, p.answer)["reward"] == pytest.approx(1.1)
+        assert combined_reward(text, p.answer, GSM8K_WEIGHTS).total == pytest.approx(1.1)
         assert integer_reward(text, p.answer) == 1.0
         assert len(text) < 80  # the tiny model generates only ~30 tokens
     assert format_completion(TRAIN[0]) == f"<think>{TRAIN[0].solution}</think>\n<answer>{TRAIN[0].answer}</answer>"
@@ -73,7 +73,7 @@ def test_format_completion_earns_the_full_reward():
 
 def test_format_completion_follows_other_tags():
     text = format_completion(TRAIN[0], tags=("reasoning", "answer"))
-    assert gsm8k_reward(text, TRAIN[0].answer, tags=("reasoning", "answer"))["reward"] == pytest.approx(1.1)
+    assert combined_reward(text, TRAIN[0].answer, GSM8K_WEIGHTS, tags=("reasoning", "answer")).total == pytest.approx(1.1)
 
 
 @pytest.mark.parametrize(

@@ -19,9 +19,9 @@ from data import rewards
 from data.synthetic import make_problems, write_jsonl
 from grpo.checkpoint import latest_checkpoint
 from grpo.config import ConfigError, load_config
-from grpo.trainer import lr_factor
+from grpo.schedule import lr_factor
 from helpers_tokenizer import build_tiny_tokenizer
-from qwen2 import Qwen2, Qwen2Config, Tokenizer, load_model, save_model
+from qwen2 import Qwen2, Qwen2Config, SamplingParams, Tokenizer, load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "gsm8k"
@@ -93,7 +93,7 @@ def test_three_steps_write_metrics_samples_and_checkpoint(tmp_path, tiny_model):
     trained = [r for r in steps if r["trained_episodes"]]
     assert trained and all("time_update" in r and "time_optimizer" in r and r["grad_norm"] > 0 for r in trained)
     assert any(r["kl"] > 0 for r in trained)  # beta > 0: the reference model is used
-    assert [r["step"] for r in rows if "eval_accuracy" in r] == [2]
+    assert [r["step"] for r in rows if "eval_accuracy" in r] == [0, 2]  # step 0: the baseline
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert samples and {"step", "question", "completion", "reward"} <= samples[0].keys()
     ckpt = latest_checkpoint(run)
@@ -165,7 +165,7 @@ def test_sigint_during_a_step_leaves_a_loadable_checkpoint(tmp_path, tiny_model)
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert state["step"] >= 2
     # The checkpoint is the last completed step: its log line exists, no later one does.
-    assert max(r["step"] for r in metrics(tmp_path / "run")) >= state["step"]
+    assert max(r["step"] for r in metrics(tmp_path / "run")) == state["step"]
     load_model(ckpt / "model")
     assert train.main(["--resume", str(tmp_path / "run"), "--set", f"train.steps={state['step'] + 1}"]) == 0
 
@@ -189,6 +189,22 @@ def test_missing_model_dir_says_run_download(tmp_path):
     cfg = write_config(tmp_path, tmp_path / "nope", reward={"weights": {"format": 0.1}})
     res = run_cli("--config", str(cfg))
     assert res.returncode == 2 and "run python download.py" in res.stderr and "Traceback" not in res.stderr
+    assert "--set model.path=DIR" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_device_without_a_gpu_is_one_line(tmp_path, tiny_model):
+    cfg = write_config(tmp_path, tiny_model, reward={"weights": {"format": 0.1}})
+    res = run_cli("--config", str(cfg), "--set", "model.device=cuda")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert "error: device 'cuda' asked for, but torch" in res.stderr and "use device cpu" in res.stderr
+
+
+def test_a_gpu_config_on_the_cpu_says_so_loudly(tmp_path, tiny_model, capsys):
+    cfg = write_config(tmp_path, tiny_model, model={"dtype": "bfloat16"}, train={"steps": 1, "eval_every": 0})
+    assert train.main(["--config", str(cfg), "--set", "model.device=auto"]) == 0
+    err = capsys.readouterr().err
+    assert ("WARNING: training on the CPU" in err) == (not torch.cuda.is_available())
 
 
 @pytest.mark.parametrize("override,message", [
@@ -241,9 +257,25 @@ def test_eval_script_writes_per_question_results(tmp_path, tiny_model):
     res = subprocess.run([sys.executable, *common, "--samples", "3"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 2 and "1 when temperature is 0" in res.stderr and "Traceback" not in res.stderr
-    res = subprocess.run([sys.executable, "scripts/eval.py", "--model", str(tmp_path / "missing")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "scripts/eval.py", "--model", str(tmp_path / "missing"), "--data", str(data)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "run python download.py" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_eval_script_writes_next_to_the_model_and_names_data_when_offline(tmp_path, tiny_model):
+    data = write_jsonl(make_problems(2, seed=1, split="test"), tmp_path / "held_out.jsonl")
+    before = sorted(p.name for p in tiny_model.iterdir())
+    res = subprocess.run([sys.executable, "scripts/eval.py", "--model", str(tiny_model), "--data", str(data),
+                          "--max-new-tokens", "4", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (tiny_model.parent / "model_eval_held_out.jsonl").is_file()
+    assert sorted(p.name for p in tiny_model.iterdir()) == before  # the HF model folder stays clean
+    # No --data and no downloaded GSM8K (cwd without datasets/): one line that names --data.
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval.py"), "--model", str(tiny_model)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "run python download.py, or pass --data FILE" in res.stderr and "runs/tiny/data/test.jsonl" in res.stderr
 
 
 def test_evaluate_greedy_and_seeded_mean_at_k(tiny_model):
@@ -256,13 +288,17 @@ def test_evaluate_greedy_and_seeded_mean_at_k(tiny_model):
     greedy, rows = evaluate(model, tok, problems, **kw)
     assert greedy["n"] == greedy["questions"] == len(rows) == 5
     assert evaluate(model, tok, problems, **kw)[1] == rows  # greedy is deterministic
-    sampled, srows = evaluate(model, tok, problems, temperature=1.0, samples=3, seed=7, **kw)
-    assert sampled["n"] == 15 and sampled["questions"] == 5
+    t1 = SamplingParams(temperature=1.0)
+    sampled, srows = evaluate(model, tok, problems, sampling=t1, samples=3, seed=7, **kw)
+    assert sampled["n"] == 15 and sampled["questions"] == 5 and sampled["temperature"] == 1.0
     assert [r["question"] for r in srows] == [p.question for p in problems for _ in range(3)]
-    assert evaluate(model, tok, problems, temperature=1.0, samples=3, seed=7, **kw)[1] == srows  # seeded
-    other = evaluate(model, tok, problems, temperature=1.0, samples=3, seed=8, **kw)[1]
+    assert evaluate(model, tok, problems, sampling=t1, samples=3, seed=7, **kw)[1] == srows  # seeded
+    other = evaluate(model, tok, problems, sampling=t1, samples=3, seed=8, **kw)[1]
     assert [r["completion"] for r in other] != [r["completion"] for r in srows]
     assert sampled["reward"] == pytest.approx(sum(r["reward"] for r in srows) / 15)
+    # top_k / top_p reach the sampler: top-k 1 samples the greedy completion every time.
+    top1 = evaluate(model, tok, problems, sampling=SamplingParams(temperature=1.0, top_k=1), samples=3, seed=7, **kw)[1]
+    assert [r["completion"] for r in top1] == [r["completion"] for r in rows for _ in range(3)]
     with pytest.raises(ValueError, match="1 when temperature is 0"):
         evaluate(model, tok, problems, samples=3, **kw)
 
