@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from grpo.config import ConfigError, load_config
 
 
@@ -26,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--resume", metavar="DIR", help="run directory (or one checkpoint directory) to continue from")
     ap.add_argument("--dry-run", action="store_true", help="print the memory plan for this config and exit")
     ap.add_argument("--card-gb", type=float, default=None, help="with --dry-run: GPU size in GB (default: the visible GPU, else 24)")
+    ap.add_argument("--ram-gb", type=float, default=None, help="with --dry-run: CPU RAM in GB (default: this machine's)")
     ap.add_argument("--stop-after", type=int, default=None, metavar="N",
                     help="stop (with a checkpoint) after N steps of this run, e.g. to fit a job time limit")
     return ap.parse_args(argv)
@@ -63,10 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     if trainer is None:
         from grpo.memory import format_plan, plan_memory
 
-        print(format_plan(plan_memory(cfg), cfg, card_gb=args.card_gb))
+        print(format_plan(plan_memory(cfg), cfg, card_gb=args.card_gb, ram_gb=args.ram_gb))
         return 0
     try:
         trainer.run(stop_after=args.stop_after)
+    except torch.OutOfMemoryError:
+        # The config asks for more than the card has: say what to change, not a CUDA traceback.
+        from grpo.memory import out_of_memory_message
+
+        print(f"error: {out_of_memory_message(cfg, trainer.step)}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"stopped after step {trainer.step}; continue with: python train.py --resume {trainer.out_dir}",
               file=sys.stderr)

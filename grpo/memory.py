@@ -10,6 +10,7 @@ A step has two phases that never overlap, so the GPU peak is the larger of
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,26 +150,73 @@ def peak_gpu(items: list[Item]) -> int:
     return max(sum(i.gpu for i in items if i.phase in ("both", phase)) for phase in ("rollout", "training"))
 
 
-def format_plan(items: list[Item], cfg: Config, card_gb: float | None = None) -> str:
+# Not in the plan's tensors: the CUDA context and allocator fragmentation on the GPU; Python,
+# torch's (and CUDA's) libraries, the tokenizer and the dataset in host memory.
+GPU_OVERHEAD_GB = 1.5
+HOST_OVERHEAD_GB = 3.0
+
+
+def host_ram_gb() -> float:
+    """Physical memory of this machine in GB."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GB
+
+
+def gpu_memory_advice(cfg: Config) -> list[str]:
+    """What to change, in order, when a config needs more GPU memory than the card has."""
+    advice = []
+    if not cfg.optim.offload:
+        advice.append("--set optim.offload=true (moves master weights and Adam moments to CPU memory)")
+    if not cfg.model.activation_checkpointing:
+        advice.append("--set model.activation_checkpointing=true")
+    advice.append("a smaller grpo.micro_batch_size, rollout.prompts_per_step or rollout.max_new_tokens")
+    return advice
+
+
+def out_of_memory_message(cfg: Config, step: int) -> str:
+    """One line for a CUDA out-of-memory error during training: what ran out and what to try."""
+    detail = ""
+    if torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory / GB
+        detail = f" (peak {torch.cuda.max_memory_allocated() / GB:.1f} GB allocated of the card's {total:.1f} GB)"
+    return (f"out of GPU memory in step {step + 1}{detail}: try " + "; or ".join(gpu_memory_advice(cfg))
+            + f". python train.py --dry-run shows the plan; a run continues from its last checkpoint with "
+            f"--resume {cfg.train.out_dir}")
+
+
+def format_plan(items: list[Item], cfg: Config, card_gb: float | None = None, ram_gb: float | None = None) -> str:
+    """The plan as a table, then whether it fits the card (`card_gb`, default: the visible GPU, else
+    24) and this machine's RAM (`ram_gb`, default: its physical memory), and what to try if not."""
+    gpu_here = torch.cuda.is_available()
     if card_gb is None:
-        card_gb = torch.cuda.get_device_properties(0).total_memory / GB if torch.cuda.is_available() else 24.0
+        card_gb = torch.cuda.get_device_properties(0).total_memory / GB if gpu_here else 24.0
+    ram_source = "this machine; --ram-gb sets it" if ram_gb is None else "--ram-gb"
+    ram_gb = host_ram_gb() if ram_gb is None else ram_gb
     mc = model_config_for(cfg)
     lines = [f"memory plan: {Path(cfg.model.path).name} ({mc.num_params / 1e9:.2f}B params, {cfg.model.dtype}), "
              f"optim.offload={str(cfg.optim.offload).lower()}", f"{'':52s} {'GPU GB':>8s} {'CPU GB':>8s}"]
     for i in items:
         lines.append(f"  {i.name:50s} {i.gpu / GB:8.2f} {i.cpu / GB:8.2f}")
-    peak = peak_gpu(items)
-    act_off = [i for i in items if i.name.startswith("activations")]
-    lines.append(f"  {'GPU peak (larger of rollout and training phase)':50s} {peak / GB:8.2f} {sum(i.cpu for i in items) / GB:8.2f}")
-    # ~1.5 GB goes to the CUDA context and allocator fragmentation.
-    budget = card_gb - 1.5
-    if peak / GB <= budget:
-        lines.append(f"fits a {card_gb:.0f} GB card ({budget - peak / GB:.1f} GB to spare after ~1.5 GB CUDA overhead)")
+    peak, host = peak_gpu(items) / GB, sum(i.cpu for i in items) / GB
+    lines.append(f"  {'GPU peak (larger of rollout and training phase)':50s} {peak:8.2f} {host:8.2f}")
+
+    card = f"a card of {card_gb:.0f} GB" + ("" if gpu_here else " (no GPU here; --card-gb sets the size)")
+    gpu_fits = peak + GPU_OVERHEAD_GB <= card_gb
+    if gpu_fits:
+        lines.append(f"GPU: fits {card}: {card_gb - GPU_OVERHEAD_GB - peak:.1f} GB to spare after "
+                     f"~{GPU_OVERHEAD_GB} GB of CUDA overhead")
+    else:
+        lines.append(f"GPU: does NOT fit {card}: needs {peak:.1f} GB + ~{GPU_OVERHEAD_GB} GB of CUDA overhead")
+    ram_fits = host + HOST_OVERHEAD_GB <= ram_gb
+    need = f"{host:.1f} GB + ~{HOST_OVERHEAD_GB:.0f} GB for the process"
+    lines.append(f"CPU RAM: {'fits' if ram_fits else 'does NOT fit'} {ram_gb:.1f} GB ({ram_source}): needs {need}")
+    if gpu_fits and ram_fits:
         return "\n".join(lines)
-    lines.append(f"does NOT fit a {card_gb:.0f} GB card (needs {peak / GB:.1f} GB + ~1.5 GB CUDA overhead). Try, in order:")
-    if not cfg.optim.offload:
-        lines.append("  --set optim.offload=true          (moves master weights and Adam moments to CPU memory)")
-    if not cfg.model.activation_checkpointing and act_off:
-        lines.append("  --set model.activation_checkpointing=true")
-    lines.append("  a smaller grpo.micro_batch_size, rollout.prompts_per_step or rollout.max_new_tokens")
+    lines.append("Try, in order:")
+    if not gpu_fits:
+        lines += [f"  {advice}" for advice in gpu_memory_advice(cfg)]
+    if not ram_fits and cfg.optim.offload:
+        lines.append(f"  a machine with at least {host + HOST_OVERHEAD_GB:.0f} GB of RAM, or a smaller model "
+                     "(offloaded optimizer state needs 12 bytes per parameter of CPU RAM)")
+    elif not ram_fits:
+        lines.append(f"  a machine with at least {host + HOST_OVERHEAD_GB:.0f} GB of RAM")
     return "\n".join(lines)

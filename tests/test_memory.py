@@ -79,9 +79,17 @@ def test_activation_estimate_tracks_what_autograd_saves(dtype):
 
 
 def test_real_shapes_fit_a_24gb_card_only_with_offload():
-    on = format_plan(plan_memory(load_config(None, ["optim.offload=true"]), Qwen2Config.from_name("Qwen2.5-3B-Instruct")),
-                     load_config(None, ["optim.offload=true"]), card_gb=24)
-    off_cfg = load_config(None, [])
-    off = format_plan(plan_memory(off_cfg, Qwen2Config.from_name("Qwen2.5-3B-Instruct")), off_cfg, card_gb=24)
-    assert "fits a 24 GB card" in on
-    assert "does NOT fit" in off and "--set optim.offload=true" in off
+    on_cfg, off_cfg = load_config(None, ["optim.offload=true"]), load_config(None, [])
+    shape = Qwen2Config.from_name("Qwen2.5-3B-Instruct")
+    on = format_plan(plan_memory(on_cfg, shape), on_cfg, card_gb=24, ram_gb=64)
+    off = format_plan(plan_memory(off_cfg, shape), off_cfg, card_gb=24, ram_gb=64)
+    assert "GPU: fits a card of 24 GB" in on and "CPU RAM: fits 64.0 GB" in on and "Try" not in on
+    assert "GPU: does NOT fit a card of 24 GB" in off and "--set optim.offload=true" in off
+
+
+def test_offload_on_a_machine_with_too_little_ram_says_so():
+    cfg = load_config(None, ["optim.offload=true"])
+    plan = format_plan(plan_memory(cfg, Qwen2Config.from_name("Qwen2.5-3B-Instruct")), cfg, card_gb=24, ram_gb=24)
+    assert "GPU: fits a card of 24 GB" in plan
+    assert "CPU RAM: does NOT fit 24.0 GB (--ram-gb): needs 39.5 GB + ~3 GB for the process" in plan
+    assert "a machine with at least 43 GB of RAM" in plan

@@ -207,6 +207,21 @@ def test_a_gpu_config_on_the_cpu_says_so_loudly(tmp_path, tiny_model, capsys):
     assert ("WARNING: training on the CPU" in err) == (not torch.cuda.is_available())
 
 
+def test_out_of_gpu_memory_is_one_line_that_points_to_offload(tmp_path, tiny_model, monkeypatch, capsys):
+    from grpo.trainer import Trainer
+
+    def oom(self):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (a long driver message)")
+
+    monkeypatch.setattr(Trainer, "train_step", oom)
+    cfg = write_config(tmp_path, tiny_model, train={"eval_every": 0})
+    assert train.main(["--config", str(cfg)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "Tried to allocate" not in err
+    assert err.startswith("error: out of GPU memory in step 1") and "--set optim.offload=true" in err
+    assert f"--resume {tmp_path / 'run'}" in err
+
+
 @pytest.mark.parametrize("override,message", [
     ("optim.lrr=1e-5", "unknown config key 'optim.lrr'; valid keys in optim: lr, weight_decay"),
     ("nope.x=1", "unknown config key 'nope'; valid keys: model, data, rollout"),
