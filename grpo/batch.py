@@ -1,16 +1,28 @@
-"""Episodes -> the tensors of the update: one padded batch, cut into micro-batches.
+"""Episodes -> the tensors of the update: micro-batches in one of two layouts.
 
-Layout of every row: [left-padded prompt | completion | right padding] (qwen2.pad_batch), so the
-completions of all rows start in the same column P and the loss mask is simply the attention mask
-from column P on. The completion keeps its stop token (<|im_end|>): the model also learns when to
-stop. A micro-batch drops the columns that are padding in all of its rows, so a micro-batch of
-short episodes costs what its own longest episode costs.
-Simplification: each episode is a row of its own; its prompt is recomputed for every sample.
+Shared prefix (default, `grpo.shared_prefix: true`). The G completions of a question share its
+prompt, so each group is one row [prompt | c_1 | c_2 | ... | c_G | right padding] with segment ids
+(0 prompt, i completion i, -1 padding): the model computes the prompt once, every completion sees
+it and its own earlier tokens only (qwen2.model.shared_prefix_layout), and backward adds the
+prompt's gradients from all G completions in that one computation. Rows are filled up to
+`micro_batch_tokens` (rows x longest row); a group too long for the budget is split into parts
+that each carry the prompt again (still exact), and partial groups (episodes dropped by
+skip_truncated) are simply shorter rows.
+
+Padded (`grpo.shared_prefix: false`, for comparison and tests). Each episode is a row
+[left-padded prompt | completion | right padding], `micro_batch_size` rows at a time, each
+micro-batch padded only to its own longest prompt and completion.
+
+Either way a micro-batch lists, for each completion token, its row, its column, the column of the
+hidden state that predicts it (the token before it; for a completion's first token the prompt's
+last one), and its place (episode, index) in the (episodes, width) layout of the loss. The
+completion keeps its stop token (<|im_end|>): the model also learns when to stop.
+Simplification: micro-batches take episodes in batch order (no sorting by length).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,34 +35,114 @@ from .rollout import Episode
 
 @dataclass
 class Batch:
-    input_ids: Tensor  # (B, T): [left-padded prompt | completion | right padding]
-    attention_mask: Tensor  # (B, T), 1 on real tokens
-    loss_mask: Tensor  # (B, T - P): 1 on completion tokens (the stop token included)
-    advantages: Tensor  # (B,)
-    prompt_len: int  # P: the column of every row's first completion token
+    episodes: list[Episode]  # the episodes being trained on, groups contiguous
+    advantages: Tensor  # (E,)
+    loss_mask: Tensor  # (E, C): 1 on each episode's completion tokens (C = the longest completion)
 
 
 @dataclass
 class MicroBatch:
-    rows: slice  # which rows of the Batch
-    input_ids: Tensor  # (b, t): those rows, without all-padding columns
-    attention_mask: Tensor  # (b, t)
-    targets_start: int  # column of the first completion token in input_ids
-    loss_mask: Tensor  # (b, t - targets_start)
+    rows: slice  # which episodes of the Batch (always a contiguous run)
+    input_ids: Tensor  # (R, T)
+    attention_mask: Tensor | None  # (R, T) in the padded layout, else None
+    segment_ids: Tensor | None  # (R, T) in the shared-prefix layout, else None
+    token_row: Tensor  # (n,) for each completion token: its row ...
+    token_col: Tensor  # ... its column ...
+    predictor_col: Tensor  # ... the column of the hidden state that predicts it ...
+    token_episode: Tensor  # ... its episode (0..e-1 within this micro-batch) ...
+    token_index: Tensor  # ... and its index in that completion
+    loss_mask: Tensor  # (e, width): the Batch's loss mask for these episodes, width = longest completion
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens this micro-batch pushes through the model, padding included."""
+        return self.input_ids.numel()
 
 
-def build_batch(episodes: Sequence[Episode], advantages: Tensor, pad_id: int, device: torch.device | str) -> Batch:
-    ids, attn = pad_batch([e.prompt_ids for e in episodes], pad_id, [e.completion_ids for e in episodes], device=device)
-    P = max(len(e.prompt_ids) for e in episodes)
-    return Batch(ids, attn, attn[:, P:].float(), advantages.to(device), P)
+def build_batch(episodes: Sequence[Episode], advantages: Tensor, device: torch.device | str) -> Batch:
+    C = max(len(e.completion_ids) for e in episodes)
+    lengths = torch.tensor([len(e.completion_ids) for e in episodes])
+    loss_mask = (torch.arange(C)[None, :] < lengths[:, None]).float()
+    return Batch(list(episodes), advantages.to(device), loss_mask.to(device))
 
 
-def micro_batches(batch: Batch, size: int) -> Iterator[MicroBatch]:
-    """Consecutive groups of `size` rows, each trimmed to the columns where one of its rows is real."""
-    P = batch.prompt_len
-    for start in range(0, len(batch.input_ids), size):
-        rows = slice(start, start + size)
-        attn = batch.attention_mask[rows]
-        cols = attn.any(0).nonzero()[:, 0]
-        lo, hi = int(cols[0]), int(cols[-1]) + 1
-        yield MicroBatch(rows, batch.input_ids[rows, lo:hi], attn[:, lo:hi], P - lo, batch.loss_mask[rows, :hi - P])
+def padded_tokens(episodes: Sequence[Episode], micro_batch_size: int) -> int:
+    """Tokens the padded layout pushes through the model for these episodes (for comparison)."""
+    total = 0
+    for i in range(0, len(episodes), micro_batch_size):
+        part = episodes[i:i + micro_batch_size]
+        total += len(part) * (max(len(e.prompt_ids) for e in part) + max(len(e.completion_ids) for e in part))
+    return total
+
+
+def micro_batches(batch: Batch, *, shared_prefix: bool, micro_batch_size: int, micro_batch_tokens: int,
+                  pad_id: int, device: torch.device | str) -> list[MicroBatch]:
+    """The whole batch, cut into micro-batches of the chosen layout (see the module docstring)."""
+    if shared_prefix:
+        return _shared_prefix_micro_batches(batch, micro_batch_tokens, pad_id, device)
+    return [_padded_micro_batch(batch, slice(i, i + micro_batch_size), pad_id, device)
+            for i in range(0, len(batch.episodes), micro_batch_size)]
+
+
+def _padded_micro_batch(batch: Batch, rows: slice, pad_id: int, device: torch.device | str) -> MicroBatch:
+    episodes = batch.episodes[rows]
+    ids, attn = pad_batch([e.prompt_ids for e in episodes], pad_id, [e.completion_ids for e in episodes],
+                          device=device)
+    P = max(len(e.prompt_ids) for e in episodes)  # every completion starts in column P
+    tokens = [(i, P + j, P + j - 1, i, j) for i, e in enumerate(episodes) for j in range(len(e.completion_ids))]
+    return _micro_batch(batch, rows, ids, attn, None, tokens, device)
+
+
+def _shared_prefix_micro_batches(batch: Batch, budget: int, pad_id: int, device: torch.device | str) -> list[MicroBatch]:
+    # 1. Rows: each group's completions after one copy of its prompt, split where the budget ends.
+    rows: list[list[int]] = []  # the episodes of each row, all of one group
+    for i, e in enumerate(batch.episodes):
+        last = rows[-1] if rows else None
+        if last and batch.episodes[last[0]].group == e.group and _row_length(batch, last) + len(e.completion_ids) <= budget:
+            last.append(i)
+        else:
+            rows.append([i])
+    # 2. Micro-batches: consecutive rows while rows x longest row stays within the budget.
+    out, start = [], 0
+    while start < len(rows):
+        end, longest = start + 1, _row_length(batch, rows[start])
+        while end < len(rows) and (end - start + 1) * max(longest, _row_length(batch, rows[end])) <= budget:
+            longest = max(longest, _row_length(batch, rows[end]))
+            end += 1
+        out.append(_packed_micro_batch(batch, rows[start:end], pad_id, device))
+        start = end
+    return out
+
+
+def _row_length(batch: Batch, row: list[int]) -> int:
+    """Tokens of a shared-prefix row: the prompt once, then each completion."""
+    return len(batch.episodes[row[0]].prompt_ids) + sum(len(batch.episodes[i].completion_ids) for i in row)
+
+
+def _packed_micro_batch(batch: Batch, rows: list[list[int]], pad_id: int, device: torch.device | str) -> MicroBatch:
+    T = max(_row_length(batch, row) for row in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    segments = torch.full((len(rows), T), -1, dtype=torch.long)
+    first = rows[0][0]  # the micro-batch's first episode
+    tokens = []  # (row, column, predictor column, episode, index in its completion) per completion token
+    for r, row in enumerate(rows):
+        prompt = batch.episodes[row[0]].prompt_ids
+        ids[r, :len(prompt)] = torch.tensor(prompt)
+        segments[r, :len(prompt)] = 0
+        col = len(prompt)
+        for k, i in enumerate(row, start=1):
+            completion = batch.episodes[i].completion_ids
+            ids[r, col:col + len(completion)] = torch.tensor(completion)
+            segments[r, col:col + len(completion)] = k
+            # A completion's first token is predicted by the prompt's last one, the others by the token before.
+            tokens += [(r, col + j, col + j - 1 if j else len(prompt) - 1, i - first, j) for j in range(len(completion))]
+            col += len(completion)
+    return _micro_batch(batch, slice(first, rows[-1][-1] + 1), ids.to(device), None, segments.to(device), tokens, device)
+
+
+def _micro_batch(batch: Batch, rows: slice, ids: Tensor, attn: Tensor | None, segments: Tensor | None,
+                 tokens: list[tuple[int, int, int, int, int]], device: torch.device | str) -> MicroBatch:
+    row, col, predictor, episode, index = torch.tensor(tokens, dtype=torch.long).to(device).unbind(1)
+    loss_mask = batch.loss_mask[rows]
+    width = int(loss_mask.sum(1).max())
+    return MicroBatch(rows, ids, attn, segments, row, col, predictor, episode, index, loss_mask[:, :width])

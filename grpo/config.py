@@ -70,9 +70,13 @@ class GRPOConfig:
     beta: float = 0.0  # k3 KL weight to the frozen initial model; 0 = no reference model (DAPO)
     scale_by_std: bool = True  # divide advantages by the group std (False: Dr. GRPO)
     updates_per_batch: int = 1  # mu: optimizer updates on each rollout batch (PPO epochs)
-    micro_batch_size: int = 8  # episodes per forward/backward; gradients accumulate exactly
+    # Each group as one row [prompt | c_1 | ... | c_G]: the prompt is computed once per group, not G
+    # times, and there is no padding inside a row (grpo/batch.py). False: one padded row per episode.
+    shared_prefix: bool = True
+    micro_batch_tokens: int = 8192  # shared_prefix: tokens per forward/backward (rows x longest row)
+    micro_batch_size: int = 8  # shared_prefix false: episodes per forward/backward
     skip_truncated: bool = False  # overlong filtering: drop episodes that hit max_new_tokens
-    logprob_chunk: int = 128  # positions per chunk when turning hidden states into log-probs
+    logprob_chunk: int = 1024  # completion tokens per chunk when turning hidden states into log-probs
 
 
 @dataclass
@@ -179,6 +183,8 @@ def _validate(cfg: Config) -> None:
         (0 < cfg.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]"),
         (cfg.rollout.top_k >= 0, "rollout.top_k must be >= 0 (0 = off)"),
         (cfg.grpo.micro_batch_size >= 1, "grpo.micro_batch_size must be >= 1"),
+        (cfg.grpo.micro_batch_tokens >= 1, "grpo.micro_batch_tokens must be >= 1"),
+        (cfg.grpo.logprob_chunk >= 1, "grpo.logprob_chunk must be >= 1"),
         (cfg.grpo.updates_per_batch >= 1, "grpo.updates_per_batch must be >= 1"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (0 <= cfg.optim.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]"),

@@ -1,4 +1,4 @@
-"""Per-token log-probabilities of a batch of sequences, without materialising full logits.
+"""Per-token log-probabilities of completion tokens, without materialising full logits.
 
 The policy loss needs log pi(token_t | tokens_<t) for every completion token. The
 naive way is ``log_softmax(model(input_ids).float())`` and then a gather -- but for
@@ -7,23 +7,29 @@ Qwen2.5 the vocabulary is ~152k, so a micro-batch of 8 x 1024 tokens has
 log-softmax saved for backward. That dwarfs the 0.5B model itself.
 
 What we do instead:
-  1. run the transformer body ``model.model`` once -> hidden states (B, T, C);
-  2. walk over the target positions in chunks of ``chunk_size``; for each chunk
-     compute ``lm_head(h).float() / temperature``, log-softmax, and gather the
-     log-prob of the actual next token -> (B, chunk);
-  3. when autograd is on, wrap step 2 in ``torch.utils.checkpoint``: the chunk's
-     (B, chunk, V) logits are freed right after the forward and recomputed during
-     backward. Peak memory is one chunk of logits, not the whole sequence.
-
-The shift. Position t's hidden state predicts token t+1. Targets are
-``input_ids[:, targets_start:]`` (the completion, with its right padding), so their
-log-probs come from hidden positions ``targets_start - 1 .. T - 2``. The last
-position (T - 1) predicts a token we never have, so it is never used.
+  1. run the transformer body ``model.model`` once -> hidden states (R, T, C);
+  2. pick, for every completion token, the hidden state that predicts it -> (n, C):
+     position t's hidden state predicts token t + 1, so the predictor of a token is
+     the token before it (for the first token of a completion: the prompt's last one);
+  3. walk over those n tokens in chunks of ``chunk_tokens``; for each chunk compute
+     ``lm_head(h).float() / temperature``, log-softmax, and gather the log-prob of
+     the actual token -> (chunk,);
+  4. when autograd is on, wrap step 3 in ``torch.utils.checkpoint``: the chunk's
+     (chunk, V) logits are freed right after the forward and recomputed during
+     backward. Peak memory is one chunk of logits, not the whole micro-batch.
+Only real completion tokens reach the LM head: no logits are computed for the
+prompt or for padding.
 
 Temperature. Divide the logits by the sampling temperature: the PPO ratio compares
 the policy against the distribution the sampler actually drew from, and that
 distribution was softmax(logits / temperature). Using T=1 log-probs for samples drawn
 at T=0.7 would bias the ratio.
+
+Two layouts feed step 1 (grpo/batch.py builds them): padded rows
+[left-padded prompt | completion] with an attention mask, one row per episode, and
+shared-prefix rows [prompt | c_1 | ... | c_k] with segment ids, one row per group
+(the prompt computed once for its G completions). Step 2 on makes no difference
+between them, so both give the same numbers.
 
 Simplification: ``lm_head`` runs in the model's dtype (bf16 on GPU) and only its
 output is upcast to fp32; an fp32 copy of the (V, C) weight would be large.
@@ -31,10 +37,15 @@ output is upcast to fp32; an fp32 copy of the (V, C) weight would be large.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+if TYPE_CHECKING:
+    from .batch import MicroBatch
 
 
 def _chunk_logprobs(
@@ -42,18 +53,38 @@ def _chunk_logprobs(
 ) -> tuple[Tensor, Tensor | None]:
     """Log-prob of ``targets`` (and optionally entropy) for one chunk of hidden states.
 
-    h: (B, L, C) hidden states, targets: (B, L) token ids -> (B, L) fp32 log-probs.
+    h: (L, C) hidden states, targets: (L,) token ids -> (L,) fp32 log-probs.
     """
-    logits = lm_head(h).float() / temperature  # (B, L, V) fp32
-    logp_all = F.log_softmax(logits, dim=-1)  # (B, L, V)
-    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, L)
+    logits = lm_head(h).float() / temperature  # (L, V) fp32
+    logp_all = F.log_softmax(logits, dim=-1)  # (L, V)
+    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (L,)
     entropy = None
     if with_entropy:
         # Logging only: no graph. Being last and grad-free, the checkpoint's
         # recomputation in backward stops before reaching it.
         with torch.no_grad():
-            entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, L)
+            entropy = -(logp_all.exp() * logp_all).sum(-1)  # (L,)
     return logp, entropy
+
+
+def logprobs_in_chunks(lm_head: nn.Module, hidden: Tensor, targets: Tensor, temperature: float = 1.0,
+                       chunk_tokens: int = 1024, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Log-probs (n,) of ``targets`` (n,) given their predicting hidden states ``hidden`` (n, C),
+    ``chunk_tokens`` at a time (steps 3-4 above); and their entropies (n,) if ``with_entropy``."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    use_checkpoint = torch.is_grad_enabled()
+    logps, entropies = [], []
+    for s in range(0, hidden.shape[0], chunk_tokens):
+        h, tgt = hidden[s : s + chunk_tokens], targets[s : s + chunk_tokens]
+        if use_checkpoint:
+            # Saves only h (chunk, C) for backward; the (chunk, V) logits are recomputed.
+            lp, ent = checkpoint(_chunk_logprobs, lm_head, h, tgt, temperature, with_entropy, use_reentrant=False)
+        else:
+            lp, ent = _chunk_logprobs(lm_head, h, tgt, temperature, with_entropy)
+        logps.append(lp)
+        entropies.append(ent)
+    return torch.cat(logps), torch.cat(entropies) if with_entropy else None
 
 
 def token_logprobs(
@@ -62,10 +93,10 @@ def token_logprobs(
     attention_mask: Tensor | None,
     targets_start: int,
     temperature: float = 1.0,
-    chunk_size: int = 256,
+    chunk_tokens: int = 1024,
     with_entropy: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Log-probs of ``input_ids[:, targets_start:]`` under ``model`` at ``temperature``.
+    """Log-probs of ``input_ids[:, targets_start:]`` under ``model`` at ``temperature``, for padded rows.
 
     Args:
         model: exposes ``model.model(input_ids, attention_mask) -> (B, T, C)`` final-normed
@@ -74,7 +105,7 @@ def token_logprobs(
         attention_mask: (B, T), 1 for real tokens (or None: all real).
         targets_start: index of the first completion token (the padded prompt length); >= 1.
         temperature: the sampling temperature (> 0).
-        chunk_size: target positions per lm_head/log-softmax chunk.
+        chunk_tokens: tokens per lm_head/log-softmax chunk.
         with_entropy: also return the per-token entropy of the tempered distribution
             (detached; for logging).
 
@@ -86,30 +117,26 @@ def token_logprobs(
     B, T = input_ids.shape
     if not 1 <= targets_start < T:
         raise ValueError(f"targets_start must be in [1, T={T}), got {targets_start}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-
     hidden = model.model(input_ids, attention_mask=attention_mask)  # (B, T, C)
     # Hidden position t predicts token t + 1: drop the last position, start one early.
     hidden = hidden[:, targets_start - 1 : T - 1]  # (B, N, C), N = T - targets_start
     targets = input_ids[:, targets_start:]  # (B, N)
-
-    use_checkpoint = torch.is_grad_enabled()
-    logps, entropies = [], []
-    for s in range(0, hidden.shape[1], chunk_size):
-        h, tgt = hidden[:, s : s + chunk_size], targets[:, s : s + chunk_size]
-        if use_checkpoint:
-            # Saves only h (B, L, C) for backward; the (B, L, V) logits are recomputed.
-            lp, ent = checkpoint(
-                _chunk_logprobs, model.lm_head, h, tgt, temperature, with_entropy,
-                use_reentrant=False,
-            )
-        else:
-            lp, ent = _chunk_logprobs(model.lm_head, h, tgt, temperature, with_entropy)
-        logps.append(lp)
-        entropies.append(ent)
-
-    logp = torch.cat(logps, dim=1)  # (B, N)
+    logp, entropy = logprobs_in_chunks(model.lm_head, hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1),
+                                       temperature, chunk_tokens, with_entropy)
     if with_entropy:
-        return logp, torch.cat(entropies, dim=1)
-    return logp
+        return logp.view(targets.shape), entropy.view(targets.shape)
+    return logp.view(targets.shape)
+
+
+def micro_batch_logprobs(model: nn.Module, micro: MicroBatch, temperature: float = 1.0, chunk_tokens: int = 1024,
+                         with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Log-probs (e, width) of the completion tokens of a micro-batch's e episodes, in the same
+    layout whichever way the micro-batch was packed (zeros past each completion's end); and
+    their entropies (e, width) if ``with_entropy``."""
+    hidden = model.model(micro.input_ids, attention_mask=micro.attention_mask, segment_ids=micro.segment_ids)
+    targets = micro.input_ids[micro.token_row, micro.token_col]  # (n,)
+    logp, entropy = logprobs_in_chunks(model.lm_head, hidden[micro.token_row, micro.predictor_col], targets,
+                                       temperature, chunk_tokens, with_entropy)
+    where = (micro.token_episode, micro.token_index)  # (n,) each: the token's place in (e, width)
+    out = logp.new_zeros(micro.loss_mask.shape).index_put(where, logp)
+    return out, entropy.new_zeros(micro.loss_mask.shape).index_put(where, entropy) if with_entropy else None

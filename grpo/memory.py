@@ -116,8 +116,15 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
     opt = optimizer_state_bytes(params, offload=cfg.optim.offload, device=on_gpu)
     rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size
     seq = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
-    mb_tokens = cfg.grpo.micro_batch_size * seq
-    chunk = cfg.grpo.micro_batch_size * min(cfg.grpo.logprob_chunk, seq) * mc.vocab_size * (b + 4 + 4)
+    # Tokens per forward/backward: a shared-prefix micro-batch fills rows up to micro_batch_tokens (one
+    # episode longer than that still gets a row); a padded one is micro_batch_size rows of up to `seq`.
+    if cfg.grpo.shared_prefix:
+        mb_rows, mb_len = 1, max(cfg.grpo.micro_batch_tokens, seq)  # worst case for the mask: one long row
+        mb_tokens, mb_what = mb_len, f"{mb_len} tokens"
+    else:
+        mb_rows, mb_len = cfg.grpo.micro_batch_size, seq
+        mb_tokens, mb_what = mb_rows * seq, f"{mb_rows} x {seq} tokens"
+    chunk = cfg.grpo.logprob_chunk * mc.vocab_size * (b + 4 + 4)  # logits, fp32 copy, log-softmax
 
     def split(nbytes: int, where_cpu: bool) -> tuple[int, int]:
         return (0, nbytes) if where_cpu else (nbytes, 0)
@@ -138,10 +145,11 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
     items += [
         Item(f"rollout KV cache ({rows} rows x {seq} tokens)", kv_cache_bytes(mc, rows, seq, b), 0, "rollout"),
         Item("sampler logits", rows * mc.vocab_size * (b + 4), 0, "rollout"),
-        Item(f"activations ({cfg.grpo.micro_batch_size} x {seq} tokens, checkpointing "
-             f"{'on' if cfg.model.activation_checkpointing else 'off'})",
+        Item(f"activations ({mb_what}, recompute {'on' if cfg.model.activation_checkpointing else 'off'})",
              activation_bytes(mc, mb_tokens, b, cfg.model.activation_checkpointing), 0, "training"),
-        Item(f"log-prob chunk ({cfg.grpo.logprob_chunk} positions)", chunk, 0, "training"),
+        # Boolean mask, and the additive bias SDPA may build from it, of every row's T x T scores.
+        Item("attention mask", mb_rows * mb_len * mb_len * (1 + b), 0, "training"),
+        Item(f"log-prob chunk ({cfg.grpo.logprob_chunk} tokens)", chunk, 0, "training"),
     ]
     return items
 

@@ -22,7 +22,6 @@ Simplifications: one process, one device; the batch is rebuilt from Python lists
 from __future__ import annotations
 
 import json
-import math
 import signal
 import sys
 import time
@@ -40,11 +39,11 @@ from data.gsm8k import Problem, load_gsm8k
 from qwen2 import Qwen2, Tokenizer, load_model
 
 from .advantages import group_advantages
-from .batch import Batch, MicroBatch, build_batch, micro_batches
+from .batch import Batch, MicroBatch, build_batch, micro_batches, padded_tokens
 from .checkpoint import TrainingState, latest_checkpoint, list_checkpoints, restore_checkpoint, save_checkpoint
 from .config import Config
 from .evaluate import evaluate
-from .logprobs import token_logprobs
+from .logprobs import micro_batch_logprobs
 from .loss import policy_loss
 from .optim import OffloadAdamW
 from .rollout import Episode, encode_prompt, rollout
@@ -212,39 +211,46 @@ class Trainer:
         timings["reward"] += time.perf_counter() - t0
 
         # 3-5. log-probs, update, optimizer.
-        stats = UpdateStats()
+        stats, tokens = UpdateStats(), {}
         if keep:
-            batch = build_batch([episodes[i] for i in keep], advantages[keep], self.tokenizer.pad_token_id, self.device)
-            stats = self._update(batch, timings)
+            batch = build_batch([episodes[i] for i in keep], advantages[keep], self.device)
+            micros = micro_batches(batch, shared_prefix=cfg.grpo.shared_prefix, micro_batch_size=cfg.grpo.micro_batch_size,
+                                   micro_batch_tokens=cfg.grpo.micro_batch_tokens, pad_id=self.tokenizer.pad_token_id,
+                                   device=self.device)
+            # Tokens one forward pass over the batch pushes through the model, and what the padded
+            # layout (one [left-padded prompt | completion] row per episode) would push.
+            tokens = {"update_tokens": sum(m.num_tokens for m in micros),
+                      "padded_tokens": padded_tokens(batch.episodes, cfg.grpo.micro_batch_size)}
+            stats = self._update(batch, micros, timings)
         with warnings.catch_warnings():
             # The schedule follows training steps, also those with no update (all groups had zero
             # spread), which torch would flag as "scheduler.step() before optimizer.step()".
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
 
-        metrics = self._rollout_metrics(episodes, has_spread) | asdict(stats) | {"trained_episodes": len(keep)}
+        metrics = self._rollout_metrics(episodes, has_spread) | asdict(stats) | {"trained_episodes": len(keep)} | tokens
         metrics |= {f"time_{phase}": seconds for phase, seconds in timings.items()}
         return StepResult(metrics, episodes, problems)
 
-    def _update(self, batch: Batch, timings: dict[str, float]) -> UpdateStats:
+    def _update(self, batch: Batch, micros: list[MicroBatch], timings: dict[str, float]) -> UpdateStats:
         """mu passes over the batch; each pass accumulates micro-batch gradients, then steps the optimizer."""
         grpo = self.cfg.grpo
         t0 = time.perf_counter()
         # The PPO ratio compares against the policy that sampled: with mu = 1 that is the current
         # model itself (ratio 1, the gradient of plain GRPO); with mu > 1 it is fixed once, here.
-        old = self._logprobs(self.model, batch) if grpo.updates_per_batch > 1 else None
-        ref = self._logprobs(self.ref_model, batch) if self.ref_model is not None else None
+        old = self._logprobs(self.model, batch, micros) if grpo.updates_per_batch > 1 else None
+        ref = self._logprobs(self.ref_model, batch, micros) if self.ref_model is not None else None
         if old is not None or ref is not None:
             timings["logprobs"] = time.perf_counter() - t0
         timings["update"], timings["optimizer"] = 0.0, 0.0
 
         stats = UpdateStats()
         self.model.train()
-        bar = tqdm(total=grpo.updates_per_batch * math.ceil(len(batch.input_ids) / grpo.micro_batch_size),
-                   desc="update", leave=False, disable=not self.cfg.train.progress)
+        bar = tqdm(total=grpo.updates_per_batch * len(micros), desc="update", leave=False,
+                   disable=not self.cfg.train.progress)
         for _ in range(grpo.updates_per_batch):
             t0 = time.perf_counter()
-            for micro in micro_batches(batch, grpo.micro_batch_size):
+            for micro in micros:
                 stats.add(self._micro_step(micro, batch, old, ref), 1 / grpo.updates_per_batch)
                 bar.update()
             t1 = time.perf_counter()
@@ -258,8 +264,8 @@ class Trainer:
     def _micro_step(self, micro: MicroBatch, batch: Batch, old: Tensor | None, ref: Tensor | None) -> UpdateStats:
         """Loss of one micro-batch, its backward (gradients accumulate), and its share of the statistics."""
         cfg, grpo = self.cfg, self.cfg.grpo
-        logp, entropy = token_logprobs(self.model, micro.input_ids, micro.attention_mask, micro.targets_start,
-                                       cfg.rollout.temperature, grpo.logprob_chunk, with_entropy=True)
+        logp, entropy = micro_batch_logprobs(self.model, micro, cfg.rollout.temperature, grpo.logprob_chunk,
+                                             with_entropy=True)
         width = micro.loss_mask.shape[1]
         num_tokens = int(batch.loss_mask.sum())
         # The normalisers are the whole batch's counts, so the micro-batch losses add up to the batch loss.
@@ -267,7 +273,7 @@ class Trainer:
             logp, logp.detach() if old is None else old[micro.rows, :width], batch.advantages[micro.rows],
             micro.loss_mask, eps_low=grpo.epsilon_low, eps_high=grpo.epsilon_high, aggregation=grpo.aggregation,
             ref_logp=None if ref is None else ref[micro.rows, :width], beta=grpo.beta,
-            num_sequences=len(batch.input_ids), num_tokens=num_tokens, max_tokens=cfg.rollout.max_new_tokens)
+            num_sequences=len(batch.episodes), num_tokens=num_tokens, max_tokens=cfg.rollout.max_new_tokens)
         loss.backward()
         share = float(micro.loss_mask.sum()) / num_tokens  # per-token statistics weigh by token count
         return UpdateStats(loss=loss.item(), kl=stats.get("kl", 0.0) * share,
@@ -283,14 +289,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
 
-    def _logprobs(self, model: Qwen2, batch: Batch) -> Tensor:
-        """Log-probs (B, T - P) of the completion tokens under `model`, without gradients."""
+    def _logprobs(self, model: Qwen2, batch: Batch, micros: list[MicroBatch]) -> Tensor:
+        """Log-probs (E, C) of the completion tokens under `model`, without gradients."""
         out = torch.zeros_like(batch.loss_mask)
         with torch.no_grad():
-            for micro in micro_batches(batch, self.cfg.grpo.micro_batch_size):
-                out[micro.rows, :micro.loss_mask.shape[1]] = token_logprobs(
-                    model, micro.input_ids, micro.attention_mask, micro.targets_start, self.cfg.rollout.temperature,
-                    self.cfg.grpo.logprob_chunk)
+            for micro in micros:
+                logp, _ = micro_batch_logprobs(model, micro, self.cfg.rollout.temperature, self.cfg.grpo.logprob_chunk)
+                out[micro.rows, :logp.shape[1]] = logp
         return out
 
     def _rollout_metrics(self, episodes: list[Episode], has_spread: Tensor) -> dict[str, float]:

@@ -1,5 +1,5 @@
-"""Qwen2 / Qwen2.5 in plain PyTorch, top to bottom: RMSNorm, RoPE, attention masks, KV cache,
-attention, MLP, block, model (the config, read from config.json, is in config.py).
+"""Qwen2 / Qwen2.5 in plain PyTorch, top to bottom: RMSNorm, RoPE, attention masks (padded and
+shared-prefix rows), KV cache, attention, MLP, block, model (the config is in config.py).
 
 A decoder-only transformer. Each of the L blocks does
     x = x + Attention(RMSNorm(x))      # tokens look at earlier tokens
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .config import Qwen2Config
 
-__all__ = ["Qwen2Config", "RMSNorm", "pad_batch", "KVCache", "Attention", "MLP", "Block", "Qwen2Model", "Qwen2"]
+__all__ = ["Qwen2Config", "RMSNorm", "shared_prefix_layout", "pad_batch", "KVCache", "Attention", "MLP", "Block", "Qwen2Model", "Qwen2"]
 
 
 class RMSNorm(nn.Module):
@@ -87,6 +87,26 @@ def padding_positions(attention_mask: Tensor, seen: Tensor | int = 0) -> Tensor:
     Pads get a clamped, meaningless position; their outputs are never used.
     """
     return (seen + attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def shared_prefix_layout(segment_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Position ids (B, T) and attention mask (B, 1, T, T) of rows packed as [prompt | c_1 | c_2 | ...].
+
+    `segment_ids` is 0 on the prompt, i on the i-th completion and -1 on right padding. Every
+    completion continues the prompt: its positions start at the prompt length P, and it sees the
+    prompt and its own earlier tokens, never another completion. So each row computes exactly
+    what G rows [prompt | c_i] would, with the prompt's keys and values computed once.
+    """
+    T = segment_ids.shape[1]
+    idx = torch.arange(T, device=segment_ids.device)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    segment_start = torch.where(starts, idx, 0).cummax(-1).values  # (B, T) index where each token's segment begins
+    prompt_len = (segment_ids == 0).sum(-1, keepdim=True)  # (B, 1)
+    positions = torch.where(segment_ids == 0, idx, prompt_len + idx - segment_start).masked_fill(segment_ids < 0, 0)
+    q, k = segment_ids[:, :, None], segment_ids[:, None, :]  # (B, T, 1), (B, 1, T)
+    mask = (idx[:, None] >= idx) & (k >= 0) & ((k == 0) | (k == q))  # (B, T, T)
+    return positions, (mask | torch.eye(T, dtype=torch.bool, device=mask.device))[:, None]  # pads see themselves
 
 
 def pad_batch(prompts: Sequence[Sequence[int]], pad_id: int, completions: Sequence[Sequence[int]] | None = None, *,
@@ -234,8 +254,11 @@ class Qwen2Model(nn.Module):
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
-        positions, mask = self._positions_and_mask(input_ids, attention_mask, cache)
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
+                segment_ids: Tensor | None = None) -> Tensor:
+        """`attention_mask` (left-padded rows, optionally with a KV cache) or `segment_ids` (rows packed
+        as [prompt | c_1 | c_2 | ...], see shared_prefix_layout) says how tokens see each other."""
+        positions, mask = self.layout(input_ids, attention_mask, cache, segment_ids)
         x = self.embed_tokens(input_ids)  # (B, T, C)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         for layer in self.layers:
@@ -245,16 +268,15 @@ class Qwen2Model(nn.Module):
         return self.norm(x)
 
     @staticmethod
-    def _positions_and_mask(input_ids: Tensor, attention_mask: Tensor | None, cache: KVCache | None) -> tuple[Tensor, Tensor | None]:
-        """Position ids (B, T) and attention mask (None = plain causal, SDPA's fast path)."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+    def layout(input_ids: Tensor, attention_mask: Tensor | None, cache: KVCache | None,
+               segment_ids: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Position ids (B, T) and attention mask (None = plain causal: SDPA's fast path)."""
+        if segment_ids is not None:
+            return shared_prefix_layout(segment_ids)
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         if cache is not None:
-            return cache.begin(attention_mask.bool())
-        positions = padding_positions(attention_mask)
-        if bool(attention_mask.all()):
-            return positions, None
-        return positions, causal_padding_mask(attention_mask.bool(), 0, input_ids.shape[1])
+            return cache.begin(mask)
+        return padding_positions(mask), None if bool(mask.all()) else causal_padding_mask(mask, 0, input_ids.shape[1])
 
 
 class Qwen2(nn.Module):
@@ -269,9 +291,9 @@ class Qwen2(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
-                logits_to_keep: int = 0) -> Tensor:
+                logits_to_keep: int = 0, segment_ids: Tensor | None = None) -> Tensor:
         """Logits (B, T, vocab); with logits_to_keep=n only for the last n positions (B, n, vocab)."""
-        h = self.model(input_ids, attention_mask, cache)
+        h = self.model(input_ids, attention_mask, cache, segment_ids)
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
         return self.lm_head(h)

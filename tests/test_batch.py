@@ -1,4 +1,6 @@
-"""Episodes -> padded batch -> micro-batches: the layout, and log-probs that do not depend on the cut."""
+"""Episodes -> micro-batches: both layouts, and the shared-prefix update computing exactly what the
+padded one does (log-probs token for token, losses and every gradient), with partial groups,
+groups split across micro-batches, mu > 1 (a fixed pi_old) and beta > 0 (a reference model)."""
 
 from __future__ import annotations
 
@@ -7,53 +9,122 @@ import torch
 
 from conftest import hf_model, save_hf
 from data.rewards import Score
-from grpo.batch import build_batch, micro_batches
-from grpo.logprobs import token_logprobs
+from grpo.batch import build_batch, micro_batches, padded_tokens
+from grpo.logprobs import micro_batch_logprobs, token_logprobs
+from grpo.loss import AGGREGATIONS, policy_loss
 from grpo.rollout import Episode
-from qwen2 import load_model
+from qwen2 import load_model, pad_batch
 
-PAD = 0
+PAD, TEMPERATURE = 0, 0.7
 
 
-def episodes(seed: int = 0) -> list[Episode]:
-    """Ragged prompts and completions, so micro-batches have columns that are padding in all their rows."""
+def episodes(drop: tuple[int, ...] = (), seed: int = 0) -> list[Episode]:
+    """3 groups of 4 samples with ragged prompts and completions; `drop` removes episodes (partial groups)."""
     g = torch.Generator().manual_seed(seed)
-    prompt_lens, completion_lens = [3, 9, 4, 4, 12, 2, 6], [5, 1, 8, 3, 2, 11, 4]
+    completion_lens = [[5, 1, 8, 3], [2, 11, 4, 4], [6, 2, 9, 1]]
     out = []
-    for i, (p, c) in enumerate(zip(prompt_lens, completion_lens)):
-        prompt = torch.randint(1, 300, (p,), generator=g).tolist()
-        completion = torch.randint(1, 300, (c,), generator=g).tolist()
-        out.append(Episode(i // 2, prompt, completion, True, "", "0", Score({}, 0.0, False)))
+    for group, (prompt_len, lens) in enumerate(zip([3, 9, 6], completion_lens)):
+        prompt = torch.randint(1, 300, (prompt_len,), generator=g).tolist()
+        for n in lens:
+            completion = torch.randint(1, 300, (n,), generator=g).tolist()
+            out.append(Episode(group, prompt, completion, True, "", "0", Score({}, 0.0, False)))
+    return [e for i, e in enumerate(out) if i not in drop]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return load_model(save_hf(hf_model(seed=3), tmp_path_factory.mktemp("m") / "m"))
+
+
+def layouts(batch, **kw):
+    """Micro-batches of the same batch: padded (several sizes) and shared-prefix (several budgets,
+    the smallest splitting groups into parts that each carry the prompt)."""
+    common = dict(pad_id=PAD, device="cpu", micro_batch_size=4, micro_batch_tokens=10_000)
+    out = {f"padded-{n}": micro_batches(batch, shared_prefix=False, **common | {"micro_batch_size": n}) for n in (1, 5)}
+    for budget in (16, 40, 10_000):
+        out[f"shared-{budget}"] = micro_batches(batch, shared_prefix=True, **common | {"micro_batch_tokens": budget})
     return out
 
 
-def test_layout_is_left_padded_prompt_then_completion():
-    eps = episodes()
-    batch = build_batch(eps, torch.arange(len(eps), dtype=torch.float32), PAD, "cpu")
+def reference_logprobs(model, batch) -> torch.Tensor:
+    """One padded forward over the whole batch: (E, C) log-probs of every completion token."""
+    eps = batch.episodes
+    ids, attn = pad_batch([e.prompt_ids for e in eps], PAD, [e.completion_ids for e in eps])
     P = max(len(e.prompt_ids) for e in eps)
-    assert batch.prompt_len == P and batch.input_ids.shape == (len(eps), P + max(len(e.completion_ids) for e in eps))
-    for row, e in enumerate(eps):
-        assert batch.input_ids[row, P - len(e.prompt_ids):P].tolist() == e.prompt_ids
-        assert batch.input_ids[row, P:P + len(e.completion_ids)].tolist() == e.completion_ids
-        assert batch.loss_mask[row].sum() == len(e.completion_ids)
-        assert batch.attention_mask[row].sum() == len(e.prompt_ids) + len(e.completion_ids)
+    return token_logprobs(model, ids, attn, P, TEMPERATURE, chunk_tokens=7)
 
 
-@pytest.mark.parametrize("size", [1, 2, 3, 7])
-def test_micro_batch_logprobs_equal_the_full_batch(tmp_path, size):
-    model = load_model(save_hf(hf_model(seed=3), tmp_path / "m"))
+def test_shared_prefix_rows_hold_the_prompt_once_then_each_completion():
+    eps = episodes(drop=(2,))  # a partial group: group 0 has 3 samples
+    batch = build_batch(eps, torch.zeros(len(eps)), "cpu")
+    (micro,) = micro_batches(batch, shared_prefix=True, micro_batch_size=4, micro_batch_tokens=10_000,
+                             pad_id=PAD, device="cpu")
+    assert micro.input_ids.shape[0] == 3  # one row per group
+    row = micro.input_ids[0].tolist()
+    group0 = [e for e in eps if e.group == 0]
+    expected = group0[0].prompt_ids + [t for e in group0 for t in e.completion_ids]
+    assert row[:len(expected)] == expected and set(row[len(expected):]) <= {PAD}
+    assert micro.segment_ids[0, :len(expected)].tolist() == (
+        [0] * 3 + [k for k, e in enumerate(group0, start=1) for _ in e.completion_ids])
+    # Fewer tokens than the padded layout, which repeats the prompt and pads every row.
+    assert micro.num_tokens < padded_tokens(eps, 4)
+
+
+def test_a_group_longer_than_the_budget_is_split_and_each_part_carries_the_prompt():
     eps = episodes()
-    batch = build_batch(eps, torch.zeros(len(eps)), PAD, "cpu")
-    with torch.no_grad():
-        full = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.prompt_len, temperature=0.7)
-        got = torch.zeros_like(full)
-        trimmed = False
-        for micro in micro_batches(batch, size):
-            width = micro.loss_mask.shape[1]
-            assert torch.equal(micro.loss_mask, batch.loss_mask[micro.rows, :width])
-            trimmed |= micro.input_ids.shape[1] < batch.input_ids.shape[1]
-            got[micro.rows, :width] = token_logprobs(model, micro.input_ids, micro.attention_mask,
-                                                     micro.targets_start, temperature=0.7)
+    batch = build_batch(eps, torch.zeros(len(eps)), "cpu")
+    micros = micro_batches(batch, shared_prefix=True, micro_batch_size=4, micro_batch_tokens=16, pad_id=PAD,
+                           device="cpu")
+    group1_rows = [row for m in micros for row, seg in zip(m.input_ids, m.segment_ids)
+                   if row[:9].tolist() == eps[4].prompt_ids and (seg == 0).sum() == 9]
+    assert len(group1_rows) >= 2  # 9 prompt tokens + 21 completion tokens do not fit 16
+    assert [m.rows.start for m in micros] == sorted(m.rows.start for m in micros)
+    assert sum(m.rows.stop - m.rows.start for m in micros) == len(eps)  # every episode exactly once
+
+
+@pytest.mark.parametrize("drop", [(), (2, 5, 6)])
+def test_log_probs_are_the_same_token_for_token_in_every_layout(model, drop):
+    batch = build_batch(episodes(drop), torch.zeros(12 - len(drop)), "cpu")
     mask = batch.loss_mask.bool()
-    assert torch.allclose(got[mask], full[mask], atol=1e-5)
-    assert trimmed or size == len(eps), "the test needs micro-batches narrower than the batch"
+    with torch.no_grad():
+        ref = reference_logprobs(model, batch)
+        for name, micros in layouts(batch).items():
+            got = torch.zeros_like(batch.loss_mask)
+            for micro in micros:
+                logp, _ = micro_batch_logprobs(model, micro, TEMPERATURE, chunk_tokens=5)
+                got[micro.rows, :logp.shape[1]] = logp
+            assert torch.allclose(got[mask], ref[:, :mask.shape[1]][mask], atol=1e-5), name
+            assert (got[~mask] == 0).all(), name
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_loss_and_every_gradient_equal_the_padded_update(model, aggregation):
+    """mu = 2's fixed pi_old and beta > 0's reference log-probs as the trainer uses them, on partial groups."""
+    eps = episodes(drop=(2, 9))
+    g = torch.Generator().manual_seed(1)
+    batch = build_batch(eps, torch.randn(len(eps), generator=g), "cpu")
+    with torch.no_grad():
+        base = reference_logprobs(model, batch)
+    old = base + 0.3 * torch.randn(base.shape, generator=g)  # many ratios outside the clip range
+    ref = base + 0.3 * torch.randn(base.shape, generator=g)
+    num_tokens = int(batch.loss_mask.sum())
+
+    def update(micros):
+        model.zero_grad()
+        total = 0.0
+        for micro in micros:
+            logp, _ = micro_batch_logprobs(model, micro, TEMPERATURE, chunk_tokens=5)
+            width = micro.loss_mask.shape[1]
+            loss, _ = policy_loss(logp, old[micro.rows, :width], batch.advantages[micro.rows], micro.loss_mask,
+                                  aggregation=aggregation, ref_logp=ref[micro.rows, :width], beta=0.04,
+                                  num_sequences=len(eps), num_tokens=num_tokens, max_tokens=16)
+            loss.backward()
+            total += loss.item()
+        return total, [p.grad.clone() for p in model.parameters()]
+
+    results = {name: update(micros) for name, micros in layouts(batch).items()}
+    ref_loss, ref_grads = results.pop("padded-5")
+    for name, (loss, grads) in results.items():
+        assert loss == pytest.approx(ref_loss, rel=1e-5, abs=1e-7), name
+        for got, want in zip(grads, ref_grads):
+            assert (got - want).norm() <= 1e-5 * want.norm() + 1e-8, name

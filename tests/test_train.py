@@ -116,6 +116,29 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path, tiny_mo
     assert a == b
 
 
+def test_shared_prefix_update_equals_the_padded_one_and_logs_fewer_tokens(tmp_path, tiny_model):
+    """One step with mu = 2 and beta > 0 (write_config's defaults): same loss, KL, gradient norm and
+    weights with either layout; the token counts in metrics.jsonl show what the shared prefix saves."""
+    runs = {}
+    for shared in (True, False):
+        out = f"shared-{shared}"
+        # Adam's first steps move every weight by ~lr * sign(gradient), so rounding noise in a near-zero
+        # gradient would move a weight by lr either way; a large eps makes the update follow the gradient.
+        cfg = write_config(tmp_path, tiny_model, out=out, grpo={"shared_prefix": shared, "micro_batch_tokens": 64},
+                           optim={"eps": 1e-3}, train={"steps": 1, "eval_every": 0})
+        assert train.main(["--config", str(cfg)]) == 0
+        (row,) = metrics(tmp_path / out)
+        runs[shared] = row, load_model(latest_checkpoint(tmp_path / out) / "model")
+    (packed, packed_model), (padded, padded_model) = runs[True], runs[False]
+    assert packed["trained_episodes"] == padded["trained_episodes"] > 0
+    for key in ("loss", "kl", "entropy", "grad_norm", "clip_frac"):
+        assert packed[key] == pytest.approx(padded[key], rel=1e-4, abs=1e-7), key
+    for a, b in zip(packed_model.parameters(), padded_model.parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert padded["update_tokens"] == padded["padded_tokens"]
+    assert packed["update_tokens"] < packed["padded_tokens"] == padded["padded_tokens"]
+
+
 def test_resume_ignores_half_written_checkpoints(tmp_path, tiny_model):
     cfg = write_config(tmp_path, tiny_model, train={"steps": 2, "eval_every": 0, "save_every": 1})
     assert train.main(["--config", str(cfg)]) == 0
