@@ -24,19 +24,35 @@ and prints each time and its ratio to the baseline. The target is ours (bf16)
 
 With ``--device cuda`` (only when CUDA is available) the model lives on the GPU
 in bf16 and it reports step time and peak GPU memory (parameters + gradients +
-whatever the optimizer keeps there) for torch.optim.AdamW(fused=True) on bf16
-parameters (small, but its updates round away), OffloadAdamW(offload=False)
-and OffloadAdamW(offload=True).
+whatever the optimizer keeps there) of
+  1. torch.optim.AdamW(fused=True) on the bf16 parameters (the fastest thing
+     there is on the card, but its updates round away: no fp32 master weights)
+  2. OffloadAdamW(offload=False): fp32 state on the card
+  3. OffloadAdamW(offload=True): state in CPU RAM, the pipelined offload
+     (pinned staging slots, copies on a side stream; grpo/offload.py)
+  4. OffloadAdamW(offload=True, pipeline=False): the same state in CPU RAM,
+     moved synchronously (gradient to the host, update, weights back, one
+     parameter after another)
+and, to see how much of the copying the pipeline hides,
+  5. OffloadAdamW on bf16 parameters that live in CPU memory: the CPU work of
+     an offloaded step (upcast, fused AdamW, downcast) without any transfer
+  6. the transfers alone: each bucket's bf16 gradients to a pinned host slot
+     and bf16 weights back, one after the other, as the pipeline moves them.
+The share of copy time hidden = 1 - (pipelined - CPU work) / transfers, clipped
+to [0, 1]: 100% means the offloaded step costs no more than its CPU update.
+``--as-gpu`` runs this comparison on ``--device cpu`` too (copies between host
+tensors, no streams): a smoke test of the code, whose numbers mean nothing.
 
 Simplifications: no model, no forward or backward: gradients are random tensors
 set once, so the step runs on the same gradients each time (its cost does not
 depend on their values); no overlap with compute is measured, the GPU step time
 includes waiting for every copy. The parameter shapes come from
-``qwen2.config.Qwen2Config.from_name`` when importable, else from the hard-coded
-Qwen2.5-0.5B config below.
+``qwen2.config.Qwen2Config.from_name`` (or ``tiny``, see scripts/_bench_common.py)
+when importable, else from the hard-coded Qwen2.5-0.5B config below. The last
+output line is ``RESULT {json}`` for scripts/gpu_check.py.
 
 Usage: python scripts/bench_optim.py [--model Qwen2.5-0.5B-Instruct] [--steps 5]
-       [--warmup 1] [--device cpu|cuda] [--skip-foreach]
+       [--warmup 1] [--device cpu|cuda] [--skip-foreach] [--as-gpu]
 """
 
 from __future__ import annotations
@@ -44,6 +60,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import json
 import platform
 import statistics
 import sys
@@ -54,6 +71,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grpo.memory import optimizer_state_bytes  # noqa: E402
+from grpo.offload import DEFAULT_BUCKET_NUMEL, split_into_buckets  # noqa: E402
 from grpo.optim import OffloadAdamW  # noqa: E402
 
 # Qwen2.5-0.5B(-Instruct) config.json, for when the qwen2 package is not available.
@@ -65,7 +83,10 @@ FALLBACK_0_5B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864,
 def model_config(name: str) -> dict:
     try:
         from qwen2.config import Qwen2Config
-        cfg = Qwen2Config.from_name(name)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _bench_common import EXTRA_SHAPES
+        key = name.split("/")[-1].removesuffix("-Instruct")
+        cfg = Qwen2Config(**EXTRA_SHAPES[key]) if key in EXTRA_SHAPES else Qwen2Config.from_name(name)
         return dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
                     intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_hidden_layers,
                     num_attention_heads=cfg.num_attention_heads,
@@ -127,9 +148,38 @@ def time_steps(make_opt, shapes, dtype, device, steps, warmup):
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    del opt, params
-    gc.collect()
+    del opt, params  # freed by the next run's gc.collect()
     return (statistics.median(times), min(times)), peak
+
+
+def time_copies(shapes, device, steps, warmup, bucket_numel=DEFAULT_BUCKET_NUMEL):
+    """Median seconds to move every bucket's bf16 gradients to a host slot and bf16 weights back,
+    one bucket after the other (pinned slots on a GPU): the transfers an offloaded step makes."""
+    gc.collect()
+    cuda = device.type == "cuda"
+    params = make_params(shapes, torch.bfloat16, device)
+    buckets = [run for _, run in split_into_buckets([params], bucket_numel)]
+    slot_bytes = max(sum(p.numel() for p in run) * 2 for run in buckets)
+    slot = torch.empty(slot_bytes, dtype=torch.uint8, pin_memory=cuda)
+    times = []
+    for i in range(warmup + steps):
+        sync(device)
+        t0 = time.perf_counter()
+        for run in buckets:
+            views, offset = [], 0
+            for p in run:
+                views.append(slot[offset:offset + 2 * p.numel()].view(torch.bfloat16).view(p.shape))
+                offset += 2 * p.numel()
+            for v, p in zip(views, run):
+                v.copy_(p.grad, non_blocking=cuda)
+            sync(device)
+            for v, p in zip(views, run):
+                p.data.copy_(v, non_blocking=cuda)
+            sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    del params, slot
+    return statistics.median(times)
 
 
 def time_interleaved(runs, shapes, steps, warmup):
@@ -177,6 +227,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (allocate state)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     ap.add_argument("--skip-foreach", action="store_true", help="skip the slow torch foreach baseline")
+    ap.add_argument("--as-gpu", action="store_true",
+                    help="run the GPU comparison on --device cpu (a smoke test of its code; numbers mean nothing)")
     args = ap.parse_args()
 
     device = torch.device(args.device)
@@ -185,12 +237,15 @@ def main() -> None:
     shapes = param_shapes(model_config(args.model))
     n = sum(torch.Size(s).numel() for s in shapes)
     lr, wd = 1e-5, 0.1
+    gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"# {datetime.date.today()}  torch {torch.__version__}  {cpu_name()}  "
-          f"{torch.get_num_threads()} CPU threads" + (f"  {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
+          f"{torch.get_num_threads()} CPU threads" + (f"  {gpu_name}" if device.type == "cuda" else ""))
     print(f"# {args.model}: {len(shapes)} tensors, {n / 1e6:.1f}M parameters; "
           f"median of {args.steps} steps after {args.warmup} warm-up")
+    result = dict(script="bench_optim", model=args.model, params_m=round(n / 1e6, 1), device=str(device),
+                  device_name=gpu_name, cpu=cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__)
 
-    if device.type == "cpu":
+    if device.type == "cpu" and not args.as_gpu:
         foreach = lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=wd, foreach=True)  # noqa: E731
         fused = lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=wd, fused=True)  # noqa: E731
         ours = lambda ps: OffloadAdamW(ps, lr=lr, weight_decay=wd, offload=True)  # noqa: E731
@@ -222,25 +277,47 @@ def main() -> None:
             ok = results["OffloadAdamW, bf16 params"][0] <= 1.2 * base[0]
             print(f"target ours (bf16, with dtype round trip) <= 1.2x torch foreach (medians): "
                   f"{'met' if ok else 'NOT met'}")
+        result["ms"] = {name: dict(median=round(r[0] * 1e3, 2), min=round(r[1] * 1e3, 2), cpu=round(r[2] * 1e3, 2))
+                        for name, r in results.items()}
+        print("RESULT " + json.dumps(result, sort_keys=True), flush=True)
         return
 
-    # GPU: the model in bf16 on the card.
+    # GPU: the model in bf16 on the card (with --as-gpu on a CPU: the same code, host to host).
+    def offload_adamw(**kw):
+        return lambda ps: OffloadAdamW(ps, lr=lr, weight_decay=wd, **kw)
+
     runs = [
-        ("torch AdamW fused, bf16 (no master)", lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=wd, fused=True)),
-        ("OffloadAdamW offload=False", lambda ps: OffloadAdamW(ps, lr=lr, weight_decay=wd, offload=False)),
-        ("OffloadAdamW offload=True", lambda ps: OffloadAdamW(ps, lr=lr, weight_decay=wd, offload=True)),
+        ("torch_fused", "torch AdamW fused, bf16 (no master)", device,
+         lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=wd, fused=True)),
+        ("offload_false", "OffloadAdamW offload=False", device, offload_adamw(offload=False)),
+        ("pipelined", "OffloadAdamW offload=True, pipelined", device, offload_adamw(offload=True, pipeline=True)),
+        ("synchronous", "OffloadAdamW offload=True, synchronous", device, offload_adamw(offload=True, pipeline=False)),
+        ("cpu_update", "CPU work alone (bf16 params in RAM)", torch.device("cpu"),
+         offload_adamw(offload=True, pipeline=False)),
     ]
     model_bytes = 2 * 2 * n  # bf16 weights + bf16 grads
-    print(f"# bf16 weights + grads on the GPU: {model_bytes / 2**30:.2f} GiB")
-    for name, make in runs:
-        (med, best), peak = time_steps(make, shapes, torch.bfloat16, device, args.steps, args.warmup)
-        print(f"{name:<36} median {med * 1e3:8.1f} ms/step (min {best * 1e3:.1f})   "
+    print(f"# bf16 weights + grads on the {device.type.upper()}: {model_bytes / 2**30:.2f} GiB")
+    ms, peaks = {}, {}
+    for key, name, where, make in runs:
+        (med, best), peak = time_steps(make, shapes, torch.bfloat16, where, args.steps, args.warmup)
+        ms[key], peaks[key] = med * 1e3, peak / 2**30
+        print(f"{name:<40} median {med * 1e3:8.1f} ms/step (min {best * 1e3:.1f})   "
               f"peak GPU memory {peak / 2**30:6.2f} GiB", flush=True)
+    ms["copies"] = time_copies(shapes, device, args.steps, args.warmup) * 1e3
+    print(f"{'transfers alone (bf16 grads out, weights in)':<40} median {ms['copies']:8.1f} ms/step", flush=True)
+    exposed = ms["pipelined"] - ms["cpu_update"]
+    hidden = min(1.0, max(0.0, 1 - exposed / ms["copies"])) if ms["copies"] > 0 else 0.0
+    print(f"pipelined offload: {ms['pipelined']:.1f} ms vs synchronous {ms['synchronous']:.1f} ms "
+          f"({ms['synchronous'] / ms['pipelined']:.2f}x faster) and torch AdamW on the card {ms['torch_fused']:.1f} ms; "
+          f"it hides {hidden:.0%} of the {ms['copies']:.1f} ms of transfers (CPU work {ms['cpu_update']:.1f} ms)")
     for offload in (True, False):
         meta = [torch.nn.Parameter(torch.empty(s, dtype=torch.bfloat16, device="meta")) for s in shapes]
-        est = optimizer_state_bytes(meta, offload=offload, device=device)
+        est = optimizer_state_bytes(meta, offload=offload, device=device if device.type == "cuda" else "cuda")
         print(f"# planned OffloadAdamW(offload={offload}): host {est['cpu'] / 2**30:.2f} GiB, "
               f"device {est['device'] / 2**30:.2f} GiB")
+    result.update(ms={k: round(v, 2) for k, v in ms.items()}, peak_gib={k: round(v, 3) for k, v in peaks.items()},
+                  hidden_share=round(hidden, 3), speedup_vs_sync=round(ms["synchronous"] / ms["pipelined"], 3))
+    print("RESULT " + json.dumps(result, sort_keys=True), flush=True)
 
 
 if __name__ == "__main__":

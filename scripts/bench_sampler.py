@@ -25,10 +25,14 @@ systems run back to back in alternating order and the ratio of each pair is repo
 time and by this process's CPU time; with --threads 1 the CPU time is what the run would take on
 an idle core (with more threads than free cores, OpenMP barriers make small ops crawl).
 The default run takes ~7 minutes on 2 CPU cores (transformers alone ~4-5); --gen-len, --samples
-and --fixed-tokens scale it. On a GPU, e.g. (256 rows, 1.5B shape, bf16):
+and --fixed-tokens scale it. On a GPU, e.g. (256 rows, 1.5B shape, bf16; the random weights are
+drawn on the GPU):
     python scripts/bench_sampler.py --device cuda --dtype bfloat16 --model Qwen2.5-1.5B --samples 32
+On a GPU the wall-time ratio is the one that counts (the CPU time of the process is mostly kernel
+launches and waiting). `--model tiny` runs everything in seconds on a CPU (a smoke test; its
+numbers mean nothing). The last output line is `RESULT {json}` for scripts/gpu_check.py.
 
-Usage: python scripts/bench_sampler.py [--threads 1] [--repeats 3] [--fixed-tokens 24] [--no-hf] ...
+Usage: python scripts/bench_sampler.py [--threads 1] [--repeats 3] [--fixed-tokens 24] [--no-hf] [--cache-dir DIR] ...
 """
 
 from __future__ import annotations
@@ -36,11 +40,12 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from _bench_common import DTYPES, hardware, median, random_checkpoint, sync, timed
+from _bench_common import BENCH_DIR, DTYPES, device_name, hardware, median, print_result, random_checkpoint, sync, timed
 from qwen2 import Qwen2Config, SamplingParams, generate, load_model, pad_batch
 
 
@@ -153,14 +158,15 @@ def best_seconds(fn, device, reps: int) -> float:
     return min(timed(fn, device)[0] for _ in range(reps))  # wall: the least-disturbed run
 
 
-def gemm_roofline(cfg: Qwen2Config, rows: int, device, dtype, reps: int = 3) -> tuple[float, float]:
-    """(FLOP/s of a decode step's matmuls done back to back, FLOP/s of a large square matmul), best of reps."""
+def gemm_roofline(cfg: Qwen2Config, rows: int, device, dtype, reps: int = 3, square: int = 0) -> tuple[float, float]:
+    """(FLOP/s of a decode step's matmuls done back to back, FLOP/s of a `square`^3 matmul), best of reps.
+    square 0: 2048 on a CPU, 8192 on a GPU."""
     flops = seconds = 0.0
     for M, K, N, n in decode_gemm_shapes(cfg, rows):
         x, w = torch.randn(M, K, device=device, dtype=dtype), torch.randn(N, K, device=device, dtype=dtype)
         flops += 2 * M * K * N * n
         seconds += n * best_seconds(lambda: torch.mm(x, w.t()), device, reps)  # nn.Linear's layout
-    S = 2048 if torch.device(device).type == "cpu" else 8192
+    S = square or (2048 if torch.device(device).type == "cpu" else 8192)
     a, b = torch.randn(S, S, device=device, dtype=dtype), torch.randn(S, S, device=device, dtype=dtype)
     square = 2 * S**3 / best_seconds(lambda: torch.mm(a, b), device, reps)
     return flops / seconds, square
@@ -209,12 +215,14 @@ def main() -> None:
     ap.add_argument("--no-hf", action="store_true", help="skip transformers (ours only)")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--square-size", type=int, default=0, help="side of the square matmul (0: 2048 on a CPU, 8192 on a GPU)")
+    ap.add_argument("--cache-dir", default=str(BENCH_DIR), help="where the random checkpoint is built and reused")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
 
-    ckpt = random_checkpoint(args.model, args.dtype)
+    ckpt = random_checkpoint(args.model, args.dtype, cache_dir=Path(args.cache_dir), device=device)
     model = load_model(ckpt, device=device).eval()
     cfg = model.config
     stop_id = cfg.eos_token_id[0] if isinstance(cfg.eos_token_id, list) else cfg.eos_token_id
@@ -254,6 +262,8 @@ def main() -> None:
                   f"{tokens / x.wall:6.1f} tok/s by wall, {tokens / x.cpu:6.1f} by CPU", flush=True)
         results.append(res)
 
+    result = dict(script="bench_sampler", model=args.model, device=str(device), device_name=device_name(device),
+                  dtype=args.dtype, rows=len(rows), useful_tokens=tokens, repeats=args.repeats, torch=torch.__version__)
     print("\n| ragged batch | wall (s) | prefill (s) | CPU (s) | useful tok/s (wall) | useful tok/s (CPU) |")
     print("|---|---|---|---|---|---|")
     for who, name in [("ours", "ours"), ("hf", "transformers")]:
@@ -261,11 +271,15 @@ def main() -> None:
             wall, cpu = median([r[who].wall for r in results]), median([r[who].cpu for r in results])
             pre = median([r[who].prefill for r in results])
             print(f"| {name} | {wall:.1f} | {pre:.1f} | {cpu:.1f} | {tokens / wall:.1f} | {tokens / cpu:.1f} |")
+            result.update({f"{who}_wall_s": round(wall, 4), f"{who}_cpu_s": round(cpu, 4), f"{who}_prefill_s": round(pre, 4),
+                           f"{who}_tok_s": round(tokens / wall, 1)})
     if hf is not None:
         by_wall = [r["hf"].wall / r["ours"].wall for r in results]
         by_cpu = [r["hf"].cpu / r["ours"].cpu for r in results]
         print(f"speed-up ours / transformers: {median(by_wall):.2f}x by wall time ({', '.join(f'{x:.2f}' for x in by_wall)}), "
               f"{median(by_cpu):.2f}x by CPU time ({', '.join(f'{x:.2f}' for x in by_cpu)})")
+        result.update(speedup_wall=round(median(by_wall), 3), speedup_cpu=round(median(by_cpu), 3),
+                      speedups_wall=[round(x, 3) for x in by_wall])
 
     if args.fixed_tokens:
         print(f"\nfixed length: {len(rows)} rows x {args.fixed_tokens} tokens; decode FLOP/s vs torch.mm on the same shapes")
@@ -274,7 +288,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|---|")
         fractions = []
         for r in range(args.fixed_repeats):
-            roof, square = gemm_roofline(cfg, len(rows), device, dtype)
+            roof, square = gemm_roofline(cfg, len(rows), device, dtype, square=args.square_size)
             wall, cpu, flops = run_fixed(model, rows, args.fixed_tokens, pad_id, args.seed + r, device)
             fractions.append((flops / wall / roof, flops / cpu / roof))
             print(f"| {r} | {wall:.1f} | {cpu:.1f} | {flops / wall / 1e9:.1f} | {flops / cpu / 1e9:.1f} | {roof / 1e9:.1f} | "
@@ -282,6 +296,9 @@ def main() -> None:
                   f"{flops / wall / square:.0%} / {flops / cpu / square:.0%} |", flush=True)
         print(f"median: {median([f[0] for f in fractions]):.0%} (wall) / {median([f[1] for f in fractions]):.0%} (CPU) "
               f"of the decode-shape GEMM roofline")
+        result.update(roofline_wall=round(median([f[0] for f in fractions]), 3),
+                      roofline_cpu=round(median([f[1] for f in fractions]), 3))
+    print_result(result)
 
 
 if __name__ == "__main__":

@@ -308,7 +308,7 @@ def format_table(r: dict) -> str:
                     f"| {s['format']:.0%} | {s['length']:.1f} |")
     timing = ", ".join(f"{k} {v:.0f}s" for k, v in r["seconds"].items())
     rows += ["", f"gain: {r['gain_points']:+.1f} greedy accuracy points, {r['sampled_gain_points']:+.1f} sampled; "
-                 f"time: {timing} (total {r['total_seconds']:.0f}s, {r['threads']} threads)"]
+                 f"time: {timing} (total {r['total_seconds']:.0f}s, {r['threads']} CPU thread{'s' if r['threads'] > 1 else ''})"]
     return "\n".join(rows)
 
 

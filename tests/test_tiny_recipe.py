@@ -1,16 +1,18 @@
-"""The offline tiny recipe, shortened (`scripts/tiny_recipe.py --quick`, ~70 s on one CPU core).
+"""The offline tiny recipe, shortened (`scripts/tiny_recipe.py --quick`, ~60-130 s on one CPU core).
 
 Tokenizer -> random 0.26M-parameter Qwen2 -> SFT warm start (stopped at ~30% greedy accuracy) ->
 80 GRPO steps of 12 questions x 8 samples through the real train.py -> held-out evaluation before
 and after. The main assertion is on the held-out mean@8 accuracy (8 samples per question at the
 rollout temperature, seeded): the expected reward of the sampling policy on questions never
 trained on, which is what GRPO maximises, measured on 1600 completions. Greedy accuracy (200
-answers, each an argmax that flips or not) is noisier, so it is only asked not to fall.
+answers, each an argmax that flips or not) is noisier, so it is only asked not to fall by more
+than a few answers.
 
-Margin: seeds 0-5 of this quick recipe gained +10.6 to +18.3 points of held-out sampled accuracy
-and +8.5 to +20.5 of greedy accuracy (docs/tiny_recipe.md); the test asks for +5 and "not lower",
-so it holds with room to spare on other CPUs, whose floating-point rounding sends the run down a
-different (but equally seeded) path.
+Margin: seeds 0-5 of this quick recipe (2026-11-23, AMD EPYC, torch 2.13 CPU; shared-prefix update)
+gained +9.6 to +17.4 points of held-out sampled accuracy and +1.0 to +21.5 of greedy accuracy
+(docs/tiny_recipe.md); the test asks for +5 sampled and greedy no more than 3 points lower, so it
+holds with room on other CPUs, whose floating-point rounding sends the run down a different (but
+equally seeded) path.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import tiny_recipe  # noqa: E402
 
-MARGIN = 0.05  # held-out sampled accuracy GRPO must add over the SFT start (seeds 0-5 added 0.106-0.183)
+MARGIN = 0.05  # held-out sampled accuracy GRPO must add over the SFT start (seeds 0-5 added 0.096-0.174)
+GREEDY_SLACK = 0.03  # greedy accuracy may drop by 6 of 200 answers at most (seeds 0-5: +0.010 to +0.215)
 
 
 def test_quick_recipe_raises_held_out_accuracy(tmp_path, capsys):
@@ -43,7 +46,7 @@ def test_quick_recipe_raises_held_out_accuracy(tmp_path, capsys):
     # GRPO learned: the policy's expected accuracy on unseen questions rose by a clear margin.
     assert after["sampled"]["accuracy"] >= before["sampled"]["accuracy"] + MARGIN, results
     # ... without breaking the format or the greedy answers it started from.
-    assert after["format"] >= 0.9 and after["accuracy"] >= before["accuracy"], results
+    assert after["format"] >= 0.9 and after["accuracy"] >= before["accuracy"] - GREEDY_SLACK, results
 
     # The recipe went through the real pipeline and left its artifacts where the README says.
     assert json.loads((out / "results.json").read_text())["gain_points"] == results["gain_points"]
