@@ -55,7 +55,9 @@ def _chunk_logprobs(
 
     h: (L, C) hidden states, targets: (L,) token ids -> (L,) fp32 log-probs.
     """
-    logits = lm_head(h).float() / temperature  # (L, V) fp32
+    logits = lm_head(h).float()  # (L, V) fp32 (no copy when the model is fp32)
+    if temperature != 1.0:
+        logits = logits / temperature
     logp_all = F.log_softmax(logits, dim=-1)  # (L, V)
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (L,)
     entropy = None

@@ -1,4 +1,5 @@
-"""The GRPO policy loss: PPO-style clipped surrogate, three aggregations, optional KL.
+"""The GRPO policy loss: PPO-style clipped surrogate (or CISPO), token or sequence ratios, three
+aggregations, optional KL.
 
 Per completion token t of episode i (advantage A_i, shared by all its tokens):
 
@@ -12,6 +13,22 @@ edge *in the direction the advantage rewards* (above 1 + eps_high for A > 0, bel
 cannot push the policy arbitrarily far. Moves in the other direction are never
 clipped. eps_high > eps_low is DAPO's "clip-higher": it leaves more room to raise
 the probability of unlikely-but-good tokens, which fights entropy collapse.
+
+Variants (the defaults give the loss above):
+  * ratio_level="sequence" (GSPO, Zheng et al. 2025): one ratio per episode,
+        s_i = exp(mean_t(logp_t - old_logp_t)),
+    used for every token of the episode and clipped as a sequence, with its own much
+    smaller eps (the paper: 3e-4 / 4e-4). Its gradient reaches every token through the mean.
+  * delta (two-sided clipping, off by default): the unclipped term's ratio is capped at
+    delta, so for A < 0 a ratio that has grown far above 1 cannot make the loss explode:
+        loss_t = -min(min(ratio_t, delta) * A_i, clip(ratio_t, ...) * A_i).
+  * objective="cispo" (CISPO, MiniMax-M1): the clipped ratio becomes a stop-gradient weight on
+    the log-probability, so clipped tokens still carry gradient:
+        loss_t = -sg(min(ratio_t, 1 + eps_high)) * A_i * logp_t.
+    (TRL's cispo caps at epsilon_high itself; here the cap is 1 + eps_high, like the clip.)
+  * token_weights (B, T): multiply each token's policy term, e.g. 0/1 for "only the top
+    entropy quantile gets gradient" (Wang et al. 2025) or a truncated importance weight
+    (grpo/trainer.py builds both).
 
 Aggregation -- how token losses become one number (it decides how much each
 token weighs):
@@ -33,7 +50,8 @@ aggregation is then a plain sum over micro-batches:
 
 and so are the gradients: call ``backward()`` on each micro-batch loss (no extra
 division by the number of micro-batches) and the accumulated gradient is exactly the
-full-batch gradient. Left at None, they default to the counts of this call.
+full-batch gradient. Every variant above is per token or per sequence, so this holds
+for them too. Left at None, the normalisers default to the counts of this call.
 
 Simplification: the KL term uses the k3 estimator (below) on the sampled tokens only.
 """
@@ -44,6 +62,8 @@ import torch
 from torch import Tensor
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+OBJECTIVES = ("ppo_clip", "cispo")
+RATIO_LEVELS = ("token", "sequence")
 
 
 def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
@@ -71,6 +91,10 @@ def policy_loss(
     num_sequences: int | None = None,
     num_tokens: int | None = None,
     max_tokens: int | None = None,
+    objective: str = "ppo_clip",
+    ratio_level: str = "token",
+    delta: float | None = None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Clipped GRPO loss of one (micro-)batch.
 
@@ -87,16 +111,24 @@ def policy_loss(
         num_tokens: completion tokens in the whole batch (default: mask.sum() of this call).
         max_tokens: Dr. GRPO's constant normaliser, the generation budget
             (default: T of this call -- pass it explicitly when micro-batching).
+        objective: one of ``OBJECTIVES``: "ppo_clip" or "cispo" (see module docstring).
+        ratio_level: one of ``RATIO_LEVELS``: "token", or "sequence" (GSPO).
+        delta: two-sided clipping: cap of the unclipped ratio (None = off).
+        token_weights: (B, T) multiplies each token's policy term (None = all 1).
 
     Returns:
         loss: scalar tensor; summing it over micro-batches gives the full-batch loss.
         stats: python floats over this call's completion tokens: ``loss``,
             ``clip_frac_low`` / ``clip_frac_high`` (fraction of tokens whose gradient the
-            clip zeroed: ratio < 1 - eps_low with A < 0 / ratio > 1 + eps_high with A > 0),
+            clip zeroed: ratio < 1 - eps_low (or > delta) with A < 0 / ratio > 1 + eps_high with
+            A > 0; for CISPO, high = tokens whose weight was capped, low = 0),
             ``ratio_mean``, and ``kl`` when ``ref_logp`` is given.
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
+    if objective not in OBJECTIVES or ratio_level not in RATIO_LEVELS:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)} and ratio_level one of "
+                         f"{', '.join(RATIO_LEVELS)}; got {objective!r}, {ratio_level!r}")
     if beta > 0 and ref_logp is None:
         raise ValueError("beta > 0 needs ref_logp")
 
@@ -106,9 +138,18 @@ def policy_loss(
     # Zero the log-ratio at padding *before* exp: padded log-probs are arbitrary, and
     # exp(large) = inf would turn into NaN gradients even if masked afterwards.
     log_ratio = torch.where(mask, logp - old_logp, torch.zeros_like(logp))  # (B, T)
+    if ratio_level == "sequence":  # GSPO: the mean log-ratio of each episode, for all its tokens
+        log_ratio = (log_ratio.sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)).expand_as(logp)
     ratio = torch.exp(log_ratio)  # (B, T)
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)  # (B, T)
-    per_token = -torch.minimum(ratio * adv, clipped * adv)  # (B, T)
+    if objective == "cispo":
+        # The clipped ratio only weighs the log-prob's gradient: clipped tokens still learn.
+        per_token = -torch.clamp(ratio, max=1.0 + eps_high).detach() * adv * torch.where(mask, logp, 0.0)
+    else:
+        unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)
+        per_token = -torch.minimum(unclipped * adv, clipped * adv)  # (B, T)
+    if token_weights is not None:
+        per_token = per_token * token_weights
 
     kl = None
     if ref_logp is not None:
@@ -137,10 +178,16 @@ def policy_loss(
         def frac(x: Tensor) -> float:
             return ((x & mask).sum() / n_tok).item()
 
+        if objective == "cispo":  # nothing is zeroed; "high" counts the tokens whose weight was capped
+            low, high = torch.zeros_like(mask), ratio > 1.0 + eps_high
+        else:
+            low, high = (ratio < 1.0 - eps_low) & (adv < 0), (ratio > 1.0 + eps_high) & (adv > 0)
+            if delta is not None:  # two-sided: a negative-advantage token above delta is held too
+                low = low | ((ratio > delta) & (adv < 0))
         stats = {
             "loss": loss.item(),
-            "clip_frac_low": frac((ratio < 1.0 - eps_low) & (adv < 0)),
-            "clip_frac_high": frac((ratio > 1.0 + eps_high) & (adv > 0)),
+            "clip_frac_low": frac(low),
+            "clip_frac_high": frac(high),
             "ratio_mean": ((ratio * mask).sum() / n_tok).item(),
         }
         if kl is not None:

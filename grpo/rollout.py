@@ -4,13 +4,14 @@ Each question becomes a chat prompt (system + user, rendered with the checkpoint
 is repeated G times, and the whole batch goes through `qwen2.generate` in one call; the sampler
 prefills each distinct prompt once and shares its KV cache with the G rows. Completions are
 decoded and scored by the reward functions; the stop token (`<|im_end|>`) stays in the completion
-ids so the model is trained to stop.
+ids so the model is trained to stop. The sampler also reports the policy's entropy at every sampled
+token (logged as `entropy`), so the update need not spend a pass over the vocabulary on it.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,6 +30,7 @@ class Episode:
     text: str  # decoded completion, special tokens removed
     answer: str  # gold answer
     score: Score  # weighted reward parts, their sum (the reward), whether the answer is right
+    entropies: list[float] = field(default_factory=list)  # the sampler's entropy at each completion token
 
     @property
     def reward(self) -> float:
@@ -49,15 +51,15 @@ def rollout(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], group_s
     prompts = [encode_prompt(tokenizer, p.question, template) for p in problems]
     rows = [ids for ids in prompts for _ in range(group_size)]
     out = generate(model, rows, max_new_tokens, sampling, stop_token_ids=tokenizer.stop_token_ids,
-                   generator=generator, pad_token_id=tokenizer.pad_token_id, progress=progress)
+                   generator=generator, pad_token_id=tokenizer.pad_token_id, progress=progress, return_entropies=True)
     t1 = time.perf_counter()
     tags = template_tags(template)
     episodes = []
-    for i, (ids, toks, fin) in enumerate(zip(rows, out.tokens, out.finished)):
+    for i, (ids, toks, fin, ent) in enumerate(zip(rows, out.tokens, out.finished, out.entropies)):
         problem = problems[i // group_size]
         text = tokenizer.decode(toks, skip_special_tokens=True)
         score = combined_reward(text, problem.answer, reward_weights, tags)
-        episodes.append(Episode(i // group_size, ids, toks, fin, text, problem.answer, score))
+        episodes.append(Episode(i // group_size, ids, toks, fin, text, problem.answer, score, ent))
     if timings is not None:
         timings["generate"] = timings.get("generate", 0.0) + t1 - t0
         timings["reward"] = timings.get("reward", 0.0) + time.perf_counter() - t1

@@ -46,7 +46,7 @@ def cpu_warning(device: torch.device, dtype: torch.dtype, num_params: int) -> st
     if dtype != torch.float32:
         reasons.append(f"{str(dtype).removeprefix('torch.')} matmuls are ~100x slower than float32 on most CPUs")
     if num_params > 100e6:
-        reasons.append(f"a {num_params / 1e9:.2f}B-parameter model takes hours per step on a CPU")
+        reasons.append(f"a {num_params / 1e9:.2f}B-parameter model takes minutes to hours per step on a CPU")
     if not reasons:
         return None
     return ("WARNING: training on the CPU (no GPU found or device: cpu), and " + "; ".join(reasons) + ". "

@@ -57,7 +57,6 @@ class UpdateStats:
 
     loss: float = 0.0  # the full-batch loss: the sum of the micro-batch losses (mean over mu passes)
     kl: float = 0.0  # k3 KL to the reference model (beta > 0)
-    entropy: float = 0.0  # policy entropy per token, nats
     clip_frac: float = 0.0  # share of tokens whose gradient the PPO clip zeroed
     grad_norm: float = 0.0  # gradient norm before clipping
 
@@ -264,8 +263,7 @@ class Trainer:
     def _micro_step(self, micro: MicroBatch, batch: Batch, old: Tensor | None, ref: Tensor | None) -> UpdateStats:
         """Loss of one micro-batch, its backward (gradients accumulate), and its share of the statistics."""
         cfg, grpo = self.cfg, self.cfg.grpo
-        logp, entropy = micro_batch_logprobs(self.model, micro, cfg.rollout.temperature, grpo.logprob_chunk,
-                                             with_entropy=True)
+        logp, _ = micro_batch_logprobs(self.model, micro, cfg.rollout.temperature, grpo.logprob_chunk)
         width = micro.loss_mask.shape[1]
         num_tokens = int(batch.loss_mask.sum())
         # The normalisers are the whole batch's counts, so the micro-batch losses add up to the batch loss.
@@ -277,7 +275,6 @@ class Trainer:
         loss.backward()
         share = float(micro.loss_mask.sum()) / num_tokens  # per-token statistics weigh by token count
         return UpdateStats(loss=loss.item(), kl=stats.get("kl", 0.0) * share,
-                           entropy=float((entropy * micro.loss_mask).sum()) / num_tokens,
                            clip_frac=(stats["clip_frac_low"] + stats["clip_frac_high"]) * share)
 
     def _optimizer_step(self) -> float:
@@ -303,8 +300,10 @@ class Trainer:
         metrics = {"reward": sum(e.reward for e in episodes) / n}
         for part in self.cfg.reward.weights:
             metrics[f"reward_{part}"] = sum(e.score.parts[part] for e in episodes) / n
+        tokens = sum(len(e.completion_ids) for e in episodes)
         return metrics | dict(accuracy=sum(e.score.correct for e in episodes) / n,
-                              length=sum(len(e.completion_ids) for e in episodes) / n,
+                              length=tokens / n,
+                              entropy=sum(sum(e.entropies) for e in episodes) / max(1, tokens),
                               truncated=sum(not e.finished for e in episodes) / n,
                               zero_spread_groups=int((~has_spread).sum()) // G,
                               lr=self.scheduler.get_last_lr()[0])

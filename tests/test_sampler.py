@@ -84,13 +84,16 @@ def test_logprobs_match_a_full_forward(models):
     _, ours = models
     prompts = ragged_prompts(ours.config.vocab_size, [4, 7], seed=5)
     out = generate(ours, prompts, 10, SamplingParams(temperature=0.7), stop_token_ids=[STOP], return_logprobs=True,
-                   generator=torch.Generator().manual_seed(0))
-    for p, toks, lps in zip(prompts, out.tokens, out.logprobs):
+                   return_entropies=True, generator=torch.Generator().manual_seed(0))
+    for p, toks, lps, ents in zip(prompts, out.tokens, out.logprobs, out.entropies):
         ids = torch.tensor([p + toks])
         with torch.no_grad():
             logits = ours(ids)[0, len(p) - 1:-1] / 0.7
-        ref = logits.log_softmax(-1).gather(-1, torch.tensor(toks)[:, None])[:, 0]
+        full = logits.log_softmax(-1)
+        ref = full.gather(-1, torch.tensor(toks)[:, None])[:, 0]
         assert torch.allclose(torch.tensor(lps), ref, atol=1e-4)
+        assert torch.allclose(torch.tensor(ents), -(full.exp() * full).sum(-1), atol=1e-4)
+    assert generate(ours, prompts, 3, GREEDY).entropies is None  # only computed when asked for
 
 
 def _empirical(logits, n, **kw):

@@ -68,3 +68,8 @@ def test_recipe_refuses_to_mix_runs(tmp_path):
     (out / "recipe.json").write_text(json.dumps({"seed": 1, "quick": True, "gsm8k_file": "x"}) + "\n")
     with pytest.raises(ValueError, match="other settings.*--fresh"):
         tiny_recipe.main(["--quick", "--out", str(out), "--seed", "0"])
+
+
+def test_quick_and_full_recipes_default_to_separate_directories():
+    assert tiny_recipe.default_out(quick=True) != tiny_recipe.default_out(quick=False) == "runs/tiny"
+    assert "runs/tiny/sft" in (ROOT / "configs" / "tiny.yaml").read_text()  # what the full recipe writes

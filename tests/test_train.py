@@ -184,6 +184,7 @@ def test_sigint_during_a_step_leaves_a_loadable_checkpoint(tmp_path, tiny_model)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+    assert f"continue with: python train.py --resume {tmp_path / 'run'}" in err
     ckpt = latest_checkpoint(tmp_path / "run")
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert state["step"] >= 2
@@ -363,3 +364,20 @@ def test_grpo_maximises_a_reward_it_can_reach(tmp_path, tiny_model, seed):
     r = [row["reward"] for row in metrics(tmp_path / "run")]
     # Seeds 0, 1, 2 went from <= 0.003 in the first 3 steps to 0.90-0.98 (mean of the last 3); wide margin.
     assert sum(r[:3]) / 3 < 0.05 and sum(r[-3:]) / 3 > 0.5, r
+
+
+def test_sft_writes_its_checkpoint_atomically_and_never_over_another(tmp_path, tiny_model):
+    """scripts/sft.py: the model appears under --out only when complete, the log names that final
+    folder, and an existing non-empty --out is refused in one line."""
+    data = write_jsonl(make_problems(8, seed=3), tmp_path / "train.jsonl")
+    out = tmp_path / "sft"
+    common = [sys.executable, "scripts/sft.py", "--model", str(tiny_model), "--data", str(data), "--out", str(out),
+              "--steps", "2", "--batch-size", "4", "--lr", "1e-3", "--device", "cpu", "--dtype", "float32"]
+    res = subprocess.run(common, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert f"saved {out} (" in res.stdout and ".tmp" not in res.stdout
+    assert (out / "model.safetensors").is_file() and not out.with_name("sft.tmp").exists()
+    load_model(out)
+    res = subprocess.run(common, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "already exists and is not empty" in res.stderr
