@@ -8,6 +8,7 @@ Each reward is a pure function `(completion, answer) -> float`:
                  (a softer shaping signal, like open-r1's "tag_count"/willccbb's "xmlcount")
     integer      1.0 if the <answer> content is a plain integer
     correctness  1.0 if the <answer> content equals the gold number
+    (overlong    DAPO's soft length penalty, in tokens: `overlong_penalty`, added by the trainer)
 
 `combined_reward` weights and sums them into a `Score`; GSM8K_WEIGHTS is the
 default recipe (format 0.1 + correctness 1.0, so a perfect completion scores
@@ -152,6 +153,18 @@ REWARD_FUNCTIONS: dict[str, RewardFn] = {
 }
 
 
+def overlong_penalty(length: int, max_tokens: int, buffer: int) -> float:
+    """DAPO's soft overlong punishment of a completion of `length` tokens: 0 up to max_tokens - buffer,
+    then linearly down to -1 at max_tokens, and -1 beyond. A reward part of its own, in tokens
+    rather than text, so the trainer adds it (reward.overlong), not `combined_reward`."""
+    start = max_tokens - buffer
+    if length <= start:
+        return 0.0
+    if length >= max_tokens:
+        return -1.0
+    return (start - length) / buffer
+
+
 @dataclass(frozen=True)
 class Score:
     """A completion's score: each weighted reward part, their sum, and whether the answer is right."""
@@ -159,6 +172,10 @@ class Score:
     parts: dict[str, float]  # name -> weight * reward, one entry per name in the weights
     total: float  # sum of the parts: the reward GRPO maximises
     correct: bool  # the answer equals the gold number, whatever the weights (for accuracy)
+
+    def plus(self, name: str, value: float) -> Score:
+        """This score with one more part (e.g. the overlong penalty)."""
+        return Score({**self.parts, name: value}, self.total + value, self.correct)
 
 
 def combined_reward(

@@ -38,6 +38,8 @@ class Batch:
     episodes: list[Episode]  # the episodes being trained on, groups contiguous
     advantages: Tensor  # (E,)
     loss_mask: Tensor  # (E, C): 1 on each episode's completion tokens (C = the longest completion)
+    entropies: Tensor  # (E, C): the sampler's entropy at each completion token (0 where unknown)
+    sampler_logprobs: Tensor | None  # (E, C): the sampler's log-probs, when the rollout kept them
 
 
 @dataclass
@@ -63,7 +65,16 @@ def build_batch(episodes: Sequence[Episode], advantages: Tensor, device: torch.d
     C = max(len(e.completion_ids) for e in episodes)
     lengths = torch.tensor([len(e.completion_ids) for e in episodes])
     loss_mask = (torch.arange(C)[None, :] < lengths[:, None]).float()
-    return Batch(list(episodes), advantages.to(device), loss_mask.to(device))
+
+    def per_token(values: Sequence[Sequence[float]]) -> Tensor:
+        out = torch.zeros(len(episodes), C)
+        for i, row in enumerate(values):
+            out[i, :len(row)] = torch.tensor(row, dtype=torch.float32)
+        return out.to(device)
+
+    logprobs = per_token([e.sampler_logprobs for e in episodes]) if all(e.sampler_logprobs for e in episodes) else None
+    return Batch(list(episodes), advantages.to(device), loss_mask.to(device), per_token([e.entropies for e in episodes]),
+                 logprobs)
 
 
 def padded_tokens(episodes: Sequence[Episode], micro_batch_size: int) -> int:

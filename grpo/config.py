@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -49,6 +50,11 @@ class RolloutConfig:
     temperature: float = 1.0  # the loss scores tokens at this same temperature
     top_p: float = 1.0
     top_k: int = 0
+    # DAPO dynamic sampling: groups whose samples all got the same reward carry no signal; sample more
+    # questions (up to max_extra_rounds more rounds of prompts_per_step) until the step has
+    # prompts_per_step groups with spread, and train on exactly those.
+    dynamic_sampling: bool = False
+    max_extra_rounds: int = 2
 
     @property
     def sampling(self) -> SamplingParams:
@@ -57,9 +63,18 @@ class RolloutConfig:
 
 
 @dataclass
+class OverlongConfig:
+    # DAPO's soft overlong punishment, a reward part of its own: 0 up to max_tokens - buffer
+    # completion tokens, then linearly down to -1 at max_tokens, -1 beyond. max_tokens 0 = off.
+    max_tokens: int = 0
+    buffer: int = 0
+
+
+@dataclass
 class RewardConfig:
     # Weighted reward functions from data/rewards.py; each part is logged on its own.
     weights: dict[str, float] = field(default_factory=lambda: {"format": 0.1, "correctness": 1.0})
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)
 
 
 @dataclass
@@ -68,7 +83,21 @@ class GRPOConfig:
     epsilon_high: float = 0.28  # DAPO clip-higher: more room for low-probability tokens to grow
     aggregation: str = "token_mean"  # token_mean (DAPO) | seq_mean_token_mean (GRPO) | seq_mean_token_sum_norm (Dr. GRPO)
     beta: float = 0.0  # k3 KL weight to the frozen initial model; 0 = no reference model (DAPO)
-    scale_by_std: bool = True  # divide advantages by the group std (False: Dr. GRPO)
+    # Advantages are reward - group mean, divided by the std of the group (GRPO), of the whole batch,
+    # or not at all (Dr. GRPO). Replaces the boolean scale_by_std (true = group, false = none).
+    scale_rewards: str = "group"  # group | batch | none
+    loss: str = "ppo_clip"  # ppo_clip | cispo (MiniMax-M1: clipped ratio as a stop-gradient weight)
+    ratio_level: str = "token"  # token | sequence (GSPO: one ratio per episode, with its own clip range)
+    sequence_epsilon_low: float = 3e-4  # GSPO's clip range, used with ratio_level: sequence
+    sequence_epsilon_high: float = 4e-4
+    delta: float | None = None  # two-sided clipping: for A < 0 the ratio is capped at delta (> 1 + epsilon_high)
+    top_entropy_quantile: float = 1.0  # only this top fraction of tokens by (sampling) entropy get gradient
+    # pi_old of the PPO ratio (mu > 1) is always the trainer's own log-probs, taken from the first
+    # update pass (it runs on the weights that sampled). "sampler" also treats the sampler as the
+    # behaviour policy: every token's loss is weighted by min(pi_old / pi_sampler, tis_cap), a
+    # truncated importance-sampling correction of their numeric mismatch (bf16, other batch shapes).
+    old_logprobs: str = "recompute"  # recompute | sampler
+    tis_cap: float = 2.0
     updates_per_batch: int = 1  # mu: optimizer updates on each rollout batch (PPO epochs)
     # Each group as one row [prompt | c_1 | ... | c_G]: the prompt is computed once per group, not G
     # times, and there is no padding inside a row (grpo/batch.py). False: one padded row per episode.
@@ -171,7 +200,8 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
 
 def _validate(cfg: Config) -> None:
     from data.rewards import REWARD_FUNCTIONS
-    from grpo.loss import AGGREGATIONS
+    from grpo.advantages import SCALE_REWARDS
+    from grpo.loss import AGGREGATIONS, OBJECTIVES, RATIO_LEVELS
 
     checks = [
         (cfg.model.dtype in ("bfloat16", "float32", "float16"), "model.dtype must be bfloat16, float32 or float16"),
@@ -192,6 +222,25 @@ def _validate(cfg: Config) -> None:
         (cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
     ]
     for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    g, overlong = cfg.grpo, cfg.reward.overlong
+    variants = [
+        (g.scale_rewards in SCALE_REWARDS, f"grpo.scale_rewards must be one of {', '.join(SCALE_REWARDS)}"),
+        (g.loss in OBJECTIVES, f"grpo.loss must be one of {', '.join(OBJECTIVES)}"),
+        (g.ratio_level in RATIO_LEVELS, f"grpo.ratio_level must be one of {', '.join(RATIO_LEVELS)}"),
+        (g.old_logprobs in ("recompute", "sampler"), "grpo.old_logprobs must be recompute or sampler"),
+        (g.delta is None or g.delta > 1 + g.epsilon_high,
+         f"grpo.delta must be > 1 + grpo.epsilon_high = {1 + g.epsilon_high:g} (it caps the ratio of A < 0 tokens)"),
+        (g.delta is None or g.loss == "ppo_clip", "grpo.delta (two-sided clipping) applies to grpo.loss: ppo_clip only"),
+        (0 < g.top_entropy_quantile <= 1, "grpo.top_entropy_quantile must be in (0, 1] (1 = every token)"),
+        (g.tis_cap >= 1, "grpo.tis_cap must be >= 1"),
+        (cfg.rollout.max_extra_rounds >= 0, "rollout.max_extra_rounds must be >= 0"),
+        (overlong.max_tokens >= 0 and 0 <= overlong.buffer <= overlong.max_tokens,
+         "reward.overlong needs 0 <= buffer <= max_tokens (max_tokens 0 = off)"),
+        (overlong.max_tokens == 0 or overlong.buffer > 0, "reward.overlong.buffer must be > 0 when max_tokens is set"),
+    ]
+    for ok, msg in variants:
         if not ok:
             raise ConfigError(msg)
     for name in cfg.reward.weights:
@@ -251,8 +300,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
         if raw is None:
             raise ConfigError(f"{path} is empty: that would silently mean every default (Qwen2.5-3B-Instruct on "
                               "GSM8K); write the settings you want into it (see config.yaml), or pass another --config")
+    _migrate(raw)  # the file's (or the saved run's) renamed keys first, so that --set can override them
     for text in overrides:
         keys, value = parse_override(text)
+        if keys == ["grpo", "scale_by_std"]:
+            keys, value = ["grpo", "scale_rewards"], _scale_rewards_from(value)
         node = raw
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -262,3 +314,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
     cfg = _build(Config, raw, "")
     _validate(cfg)
     return cfg
+
+
+def _migrate(raw: dict[str, Any]) -> None:
+    """Keys that were renamed keep working, with a note (configs and checkpoints of older runs)."""
+    grpo = raw.get("grpo")
+    if isinstance(grpo, dict) and "scale_by_std" in grpo:
+        if "scale_rewards" in grpo:
+            raise ConfigError("grpo.scale_by_std and grpo.scale_rewards both given: keep grpo.scale_rewards only")
+        grpo["scale_rewards"] = _scale_rewards_from(grpo.pop("scale_by_std"))
+
+
+def _scale_rewards_from(scale_by_std: Any) -> str:
+    """The deprecated boolean grpo.scale_by_std as grpo.scale_rewards: true = group, false = none."""
+    if not isinstance(scale_by_std, bool):
+        raise ConfigError(f"grpo.scale_by_std = {scale_by_std!r} has the wrong type (expected bool)")
+    value = "group" if scale_by_std else "none"
+    print(f"note: grpo.scale_by_std is deprecated; read as grpo.scale_rewards={value}", file=sys.stderr)
+    return value

@@ -193,3 +193,25 @@ def policy_loss(
         if kl is not None:
             stats["kl"] = ((kl * mask).sum() / n_tok).item()
     return loss, stats
+
+
+def top_entropy_mask(entropies: Tensor, mask: Tensor, quantile: float) -> Tensor:
+    """1.0 on the `quantile` share of `mask`'s tokens with the highest entropy, else 0.0 (B, T).
+
+    "Beyond the 80/20 rule" (Wang et al. 2025): the few high-entropy "forking" tokens carry the
+    learning signal. The threshold is taken over the whole batch, so micro-batching keeps the loss
+    exact; ties at the threshold are kept.
+    """
+    mask = mask.bool()
+    if quantile >= 1.0:
+        return mask.float()
+    threshold = torch.quantile(entropies[mask].float(), 1.0 - quantile)
+    return (mask & (entropies >= threshold)).float()
+
+
+def truncated_importance_weights(old_logp: Tensor, sampler_logp: Tensor, mask: Tensor, cap: float) -> Tensor:
+    """min(pi_old / pi_sampler, cap) per token (B, T): the sampler drew the tokens, the loss's pi_old is
+    the trainer's own computation of the same policy; numerically they differ (bf16, other kernels),
+    and this truncated importance-sampling weight corrects for it (Yao et al. 2025). 0 on padding."""
+    ratio = torch.exp(torch.where(mask.bool(), old_logp - sampler_logp, 0.0))
+    return torch.clamp(ratio, max=cap) * mask

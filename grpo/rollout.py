@@ -17,7 +17,7 @@ import torch
 
 from data.gsm8k import Problem
 from data.prompts import build_messages, template_tags
-from data.rewards import Score, combined_reward
+from data.rewards import Score, combined_reward, overlong_penalty
 from qwen2 import Qwen2, SamplingParams, Tokenizer, generate
 
 
@@ -31,6 +31,7 @@ class Episode:
     answer: str  # gold answer
     score: Score  # weighted reward parts, their sum (the reward), whether the answer is right
     entropies: list[float] = field(default_factory=list)  # the sampler's entropy at each completion token
+    sampler_logprobs: list[float] = field(default_factory=list)  # its log-probs (grpo.old_logprobs: sampler)
 
     @property
     def reward(self) -> float:
@@ -44,14 +45,21 @@ def encode_prompt(tokenizer: Tokenizer, question: str, template: str) -> list[in
 @torch.no_grad()
 def rollout(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], group_size: int, *, max_new_tokens: int,
             template: str, reward_weights: dict[str, float], sampling: SamplingParams,
-            generator: torch.Generator | None = None, progress: bool = False,
+            overlong: tuple[int, int] | None = None, generator: torch.Generator | None = None,
+            progress: bool = False, return_logprobs: bool = False, first_group: int = 0,
             timings: dict[str, float] | None = None) -> list[Episode]:
-    """Sample `group_size` completions for each problem and score them."""
+    """Sample `group_size` completions for each problem and score them.
+
+    `overlong` = (max_tokens, buffer) adds DAPO's soft length penalty as the reward part "overlong";
+    `return_logprobs` keeps the sampler's log-probs (grpo.old_logprobs: sampler); groups are numbered
+    from `first_group` (a step that samples in several rounds).
+    """
     t0 = time.perf_counter()
     prompts = [encode_prompt(tokenizer, p.question, template) for p in problems]
     rows = [ids for ids in prompts for _ in range(group_size)]
     out = generate(model, rows, max_new_tokens, sampling, stop_token_ids=tokenizer.stop_token_ids,
-                   generator=generator, pad_token_id=tokenizer.pad_token_id, progress=progress, return_entropies=True)
+                   generator=generator, pad_token_id=tokenizer.pad_token_id, progress=progress, return_entropies=True,
+                   return_logprobs=return_logprobs)
     t1 = time.perf_counter()
     tags = template_tags(template)
     episodes = []
@@ -59,7 +67,10 @@ def rollout(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], group_s
         problem = problems[i // group_size]
         text = tokenizer.decode(toks, skip_special_tokens=True)
         score = combined_reward(text, problem.answer, reward_weights, tags)
-        episodes.append(Episode(i // group_size, ids, toks, fin, text, problem.answer, score, ent))
+        if overlong is not None:
+            score = score.plus("overlong", overlong_penalty(len(toks), *overlong))
+        episodes.append(Episode(first_group + i // group_size, ids, toks, fin, text, problem.answer, score, ent,
+                                out.logprobs[i] if return_logprobs else []))
     if timings is not None:
         timings["generate"] = timings.get("generate", 0.0) + t1 - t0
         timings["reward"] = timings.get("reward", 0.0) + time.perf_counter() - t1

@@ -22,7 +22,6 @@ Simplifications: one process, one device; the batch is rebuilt from Python lists
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
 import warnings
@@ -43,8 +42,9 @@ from .batch import Batch, MicroBatch, build_batch, micro_batches, padded_tokens
 from .checkpoint import TrainingState, latest_checkpoint, list_checkpoints, restore_checkpoint, save_checkpoint
 from .config import Config
 from .evaluate import evaluate
+from .interrupt import Interrupt
 from .logprobs import micro_batch_logprobs
-from .loss import policy_loss
+from .loss import policy_loss, top_entropy_mask, truncated_importance_weights
 from .optim import OffloadAdamW
 from .rollout import Episode, encode_prompt, rollout
 from .runtime import cpu_warning, enable_activation_checkpointing, resolve_device
@@ -70,37 +70,6 @@ class StepResult:
     metrics: dict[str, float]  # one line of metrics.jsonl (without the step number)
     episodes: list[Episode]  # all N x G scored completions
     problems: list[Problem]  # the N questions, indexed by Episode.group
-
-
-class Interrupt:
-    """Ctrl-C handling that never tears a step in half.
-
-    Before a step's first optimizer update, SIGINT raises KeyboardInterrupt at once: the step is
-    abandoned and the weights are still those of the last completed step. From `defer()` (called
-    just before the first update) to `release()` (after the step is logged), it is held back and
-    raised at `release()`, so the step in progress completes first.
-    """
-
-    def __init__(self):
-        self.deferring = self.pending = False
-        self._previous = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum, frame):
-        if not self.deferring:
-            raise KeyboardInterrupt
-        self.pending = True
-        print("\ninterrupt: finishing the current step, then saving", file=sys.stderr)
-
-    def defer(self) -> None:
-        self.deferring = True
-
-    def release(self) -> None:
-        self.deferring = False
-        if self.pending:
-            raise KeyboardInterrupt
-
-    def restore(self) -> None:
-        signal.signal(signal.SIGINT, self._previous)
 
 
 class Trainer:
@@ -193,24 +162,26 @@ class Trainer:
                 writer.close() if hasattr(writer, "close") else writer.finish()
 
     def train_step(self) -> StepResult:
-        cfg, timings = self.cfg, {}
-        # 1. generate: N questions x G samples.
-        problems = [self.train_set[i] for i in self.data.take(cfg.rollout.prompts_per_step)]
-        G = cfg.rollout.group_size
-        episodes = rollout(self.model, self.tokenizer, problems, G, max_new_tokens=cfg.rollout.max_new_tokens,
-                           template=cfg.data.template, reward_weights=cfg.reward.weights,
-                           sampling=cfg.rollout.sampling, generator=self.generator, progress=cfg.train.progress,
-                           timings=timings)
+        cfg, timings, N, G = self.cfg, {}, self.cfg.rollout.prompts_per_step, self.cfg.rollout.group_size
+        # 1. generate: N questions x G samples, scored. With dynamic sampling (DAPO), more rounds of N
+        #    questions until N groups have reward spread (or the rounds run out).
+        problems, episodes = self._rollout(N, timings)
+        rounds = 1
+        while cfg.rollout.dynamic_sampling and rounds <= cfg.rollout.max_extra_rounds and self._spread_groups(episodes) < N:
+            more_problems, more = self._rollout(N, timings, first_group=len(problems))
+            problems, episodes, rounds = problems + more_problems, episodes + more, rounds + 1
 
         # 2. reward -> advantages; only episodes that carry a learning signal are trained on.
         t0 = time.perf_counter()
         advantages, has_spread = group_advantages(torch.tensor([e.reward for e in episodes]), G,
-                                                  scale_by_std=cfg.grpo.scale_by_std)
+                                                  scale=cfg.grpo.scale_rewards)
+        if cfg.rollout.dynamic_sampling:  # train on the first N groups with spread: a full step's worth
+            has_spread &= (has_spread.view(-1, G)[:, 0].cumsum(0) <= N).repeat_interleave(G)
         keep = [i for i, e in enumerate(episodes) if has_spread[i] and (e.finished or not cfg.grpo.skip_truncated)]
         timings["reward"] += time.perf_counter() - t0
 
         # 3-5. log-probs, update, optimizer.
-        stats, tokens = UpdateStats(), {}
+        stats, extra = UpdateStats(), {}
         if keep:
             batch = build_batch([episodes[i] for i in keep], advantages[keep], self.device)
             micros = micro_batches(batch, shared_prefix=cfg.grpo.shared_prefix, micro_batch_size=cfg.grpo.micro_batch_size,
@@ -218,39 +189,64 @@ class Trainer:
                                    device=self.device)
             # Tokens one forward pass over the batch pushes through the model, and what the padded
             # layout (one [left-padded prompt | completion] row per episode) would push.
-            tokens = {"update_tokens": sum(m.num_tokens for m in micros),
-                      "padded_tokens": padded_tokens(batch.episodes, cfg.grpo.micro_batch_size)}
-            stats = self._update(batch, micros, timings)
+            extra = {"update_tokens": sum(m.num_tokens for m in micros),
+                     "padded_tokens": padded_tokens(batch.episodes, cfg.grpo.micro_batch_size)}
+            stats, extra_update = self._update(batch, micros, timings)
+            extra |= extra_update
         with warnings.catch_warnings():
             # The schedule follows training steps, also those with no update (all groups had zero
             # spread), which torch would flag as "scheduler.step() before optimizer.step()".
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
 
-        metrics = self._rollout_metrics(episodes, has_spread) | asdict(stats) | {"trained_episodes": len(keep)} | tokens
+        metrics = self._rollout_metrics(episodes, has_spread) | asdict(stats) | {"trained_episodes": len(keep)} | extra
+        if cfg.rollout.dynamic_sampling:
+            metrics |= {"questions_sampled": len(problems), "groups_kept": len({episodes[i].group for i in keep}),
+                        "sampling_rounds": rounds}
         metrics |= {f"time_{phase}": seconds for phase, seconds in timings.items()}
         return StepResult(metrics, episodes, problems)
 
-    def _update(self, batch: Batch, micros: list[MicroBatch], timings: dict[str, float]) -> UpdateStats:
+    def _rollout(self, n: int, timings: dict[str, float], first_group: int = 0) -> tuple[list[Problem], list[Episode]]:
+        """The next n training questions, G samples each, scored."""
+        cfg = self.cfg
+        problems = [self.train_set[i] for i in self.data.take(n)]
+        overlong = cfg.reward.overlong
+        episodes = rollout(self.model, self.tokenizer, problems, cfg.rollout.group_size,
+                           max_new_tokens=cfg.rollout.max_new_tokens, template=cfg.data.template,
+                           reward_weights=cfg.reward.weights, sampling=cfg.rollout.sampling,
+                           overlong=(overlong.max_tokens, overlong.buffer) if overlong.max_tokens else None,
+                           generator=self.generator, progress=cfg.train.progress,
+                           return_logprobs=cfg.grpo.old_logprobs == "sampler", first_group=first_group, timings=timings)
+        return problems, episodes
+
+    def _spread_groups(self, episodes: list[Episode]) -> int:
+        """How many groups got different rewards (the ones that carry a learning signal)."""
+        G = self.cfg.rollout.group_size
+        return int(group_advantages(torch.tensor([e.reward for e in episodes]), G)[1].sum()) // G
+
+    def _update(self, batch: Batch, micros: list[MicroBatch], timings: dict[str, float]) -> tuple[UpdateStats, dict]:
         """mu passes over the batch; each pass accumulates micro-batch gradients, then steps the optimizer."""
         grpo = self.cfg.grpo
         t0 = time.perf_counter()
-        # The PPO ratio compares against the policy that sampled: with mu = 1 that is the current
-        # model itself (ratio 1, the gradient of plain GRPO); with mu > 1 it is fixed once, here.
-        old = self._logprobs(self.model, batch, micros) if grpo.updates_per_batch > 1 else None
         ref = self._logprobs(self.ref_model, batch, micros) if self.ref_model is not None else None
-        if old is not None or ref is not None:
+        if ref is not None:
             timings["logprobs"] = time.perf_counter() - t0
         timings["update"], timings["optimizer"] = 0.0, 0.0
+        # pi_old of the PPO ratio: the first pass runs on the weights that sampled, so its log-probs
+        # (detached) are pi_old exactly: ratio 1, plain GRPO's gradient. Later passes (mu > 1) reuse
+        # them, so no separate forward pass is needed for them.
+        old = torch.zeros_like(batch.loss_mask)
+        weights = top_entropy_mask(batch.entropies, batch.loss_mask, grpo.top_entropy_quantile)
 
         stats = UpdateStats()
         self.model.train()
         bar = tqdm(total=grpo.updates_per_batch * len(micros), desc="update", leave=False,
                    disable=not self.cfg.train.progress)
-        for _ in range(grpo.updates_per_batch):
+        for epoch in range(grpo.updates_per_batch):
             t0 = time.perf_counter()
             for micro in micros:
-                stats.add(self._micro_step(micro, batch, old, ref), 1 / grpo.updates_per_batch)
+                stats.add(self._micro_step(micro, batch, old, ref, weights, first_pass=epoch == 0),
+                          1 / grpo.updates_per_batch)
                 bar.update()
             t1 = time.perf_counter()
             stats.grad_norm += self._optimizer_step() / grpo.updates_per_batch
@@ -258,20 +254,35 @@ class Trainer:
             timings["optimizer"] += time.perf_counter() - t1
         bar.close()
         self.model.eval()
-        return stats
+        extra = {}
+        if batch.sampler_logprobs is not None:  # how far the sampler's numbers are from the trainer's
+            mask = batch.loss_mask.bool()
+            ratio = torch.exp(old - batch.sampler_logprobs)[mask]
+            extra = {"tis_ratio_mean": float(ratio.mean()), "tis_ratio_max": float(ratio.max())}
+        return stats, extra
 
-    def _micro_step(self, micro: MicroBatch, batch: Batch, old: Tensor | None, ref: Tensor | None) -> UpdateStats:
+    def _micro_step(self, micro: MicroBatch, batch: Batch, old: Tensor, ref: Tensor | None, weights: Tensor,
+                    first_pass: bool) -> UpdateStats:
         """Loss of one micro-batch, its backward (gradients accumulate), and its share of the statistics."""
         cfg, grpo = self.cfg, self.cfg.grpo
         logp, _ = micro_batch_logprobs(self.model, micro, cfg.rollout.temperature, grpo.logprob_chunk)
-        width = micro.loss_mask.shape[1]
+        rows, width = micro.rows, micro.loss_mask.shape[1]
+        if first_pass:
+            old[rows, :width] = logp.detach()
+        token_weights = weights[rows, :width]
+        if batch.sampler_logprobs is not None:  # grpo.old_logprobs: sampler
+            token_weights = token_weights * truncated_importance_weights(
+                old[rows, :width], batch.sampler_logprobs[rows, :width], micro.loss_mask, grpo.tis_cap)
+        sequence = grpo.ratio_level == "sequence"
         num_tokens = int(batch.loss_mask.sum())
         # The normalisers are the whole batch's counts, so the micro-batch losses add up to the batch loss.
         loss, stats = policy_loss(
-            logp, logp.detach() if old is None else old[micro.rows, :width], batch.advantages[micro.rows],
-            micro.loss_mask, eps_low=grpo.epsilon_low, eps_high=grpo.epsilon_high, aggregation=grpo.aggregation,
-            ref_logp=None if ref is None else ref[micro.rows, :width], beta=grpo.beta,
-            num_sequences=len(batch.episodes), num_tokens=num_tokens, max_tokens=cfg.rollout.max_new_tokens)
+            logp, old[rows, :width], batch.advantages[rows], micro.loss_mask,
+            eps_low=grpo.sequence_epsilon_low if sequence else grpo.epsilon_low,
+            eps_high=grpo.sequence_epsilon_high if sequence else grpo.epsilon_high,
+            aggregation=grpo.aggregation, ref_logp=None if ref is None else ref[rows, :width], beta=grpo.beta,
+            num_sequences=len(batch.episodes), num_tokens=num_tokens, max_tokens=cfg.rollout.max_new_tokens,
+            objective=grpo.loss, ratio_level=grpo.ratio_level, delta=grpo.delta, token_weights=token_weights)
         loss.backward()
         share = float(micro.loss_mask.sum()) / num_tokens  # per-token statistics weigh by token count
         return UpdateStats(loss=loss.item(), kl=stats.get("kl", 0.0) * share,
@@ -298,7 +309,7 @@ class Trainer:
     def _rollout_metrics(self, episodes: list[Episode], has_spread: Tensor) -> dict[str, float]:
         n, G = len(episodes), self.cfg.rollout.group_size
         metrics = {"reward": sum(e.reward for e in episodes) / n}
-        for part in self.cfg.reward.weights:
+        for part in episodes[0].score.parts:  # the weighted reward functions, and overlong when on
             metrics[f"reward_{part}"] = sum(e.score.parts[part] for e in episodes) / n
         tokens = sum(len(e.completion_ids) for e in episodes)
         return metrics | dict(accuracy=sum(e.score.correct for e in episodes) / n,

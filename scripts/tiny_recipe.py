@@ -173,6 +173,19 @@ def default_out(quick: bool) -> str:
     return "runs/tiny-quick" if quick else "runs/tiny"
 
 
+def reuse_stages(source: Path, out: Path, settings: dict) -> None:
+    """Link the stages before GRPO (tokenizer, models, data, SFT evaluation) from another run of the same
+    seed and mode into `out`, so that only GRPO and its evaluation run here."""
+    stamp = source / "recipe.json"
+    theirs = json.loads(stamp.read_text()) if stamp.is_file() else None
+    if theirs is None or {k: theirs.get(k) for k in settings} != settings or not (source / "eval_sft.json").is_file():
+        raise ValueError(f"--reuse {source}: not a recipe directory of the same seed and mode with a finished SFT "
+                         f"stage ({settings}); run it first")
+    for name in ("tokenizer", "init", "data", "sft", "eval_sft.json"):
+        if not (out / name).exists():
+            (out / name).symlink_to((source / name).resolve())
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None,
@@ -186,6 +199,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help=f"GSM8K JSONL for the tokenizer corpus (default: {GSM8K_TRAIN.relative_to(ROOT)} if present, "
                          f"else {GSM8K_FIXTURE.relative_to(ROOT)})")
     ap.add_argument("--fresh", action="store_true", help="delete --out first and redo every stage")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a GRPO setting of configs/tiny.yaml, e.g. --set grpo.loss=cispo (repeatable)")
+    ap.add_argument("--reuse", metavar="DIR", default=None,
+                    help="take the tokenizer, model, data, SFT and its evaluation from another recipe directory of "
+                         "the same seed and mode (scripts/ablate.py runs one SFT per seed for all variants)")
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
     return ap.parse_args(argv)
 
@@ -203,8 +221,11 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     gsm8k_file = Path(args.gsm8k_file) if args.gsm8k_file else (GSM8K_TRAIN if GSM8K_TRAIN.is_file() else GSM8K_FIXTURE)
 
-    # Outputs of another seed or mode must not be silently mixed into this run.
+    # Outputs of another seed, mode or variant must not be silently mixed into this run.
     settings = {"seed": args.seed, "quick": args.quick, "gsm8k_file": str(gsm8k_file)}
+    shared = dict(settings)  # what the stages before GRPO depend on
+    if args.overrides:
+        settings["set"] = args.overrides
     stamp = out / "recipe.json"
     if stamp.is_file() and json.loads(stamp.read_text()) != settings:
         raise ValueError(f"{out} holds a run with other settings ({stamp.read_text().strip()}): "
@@ -212,9 +233,11 @@ def main(argv: list[str] | None = None) -> dict:
     stamp.write_text(json.dumps(settings) + "\n")
 
     paths = dict(tok=out / "tokenizer", init=out / "init", data=out / "data", sft=out / "sft", grpo=out / "grpo")
+    if args.reuse:
+        reuse_stages(Path(args.reuse), out, shared)
     train_file, test_file = paths["data"] / "train.jsonl", paths["data"] / "test.jsonl"
     overrides = [f"model.path={paths['sft']}", f"data.train_file={train_file}", f"data.test_file={test_file}",
-                 f"train.out_dir={paths['grpo']}", f"train.seed={args.seed}", *sizes["grpo"]]
+                 f"train.out_dir={paths['grpo']}", f"train.seed={args.seed}", *sizes["grpo"], *args.overrides]
     cfg = load_config(CONFIG, overrides)
     # Seconds per stage; stages reused from an earlier (possibly interrupted) call keep their time.
     previous = out / "results.json"

@@ -19,9 +19,9 @@ def test_two_groups_of_two_with_std():
 
 def test_without_std_is_centred_reward():
     # Dr. GRPO: A = r - mean. [1, 0] -> [0.5, -0.5]; [1, 0, 0, 0] -> [0.75, -0.25 x 3]
-    adv, _ = group_advantages(torch.tensor([1.0, 0.0, 1.0, 0.0]), 2, scale_by_std=False)
+    adv, _ = group_advantages(torch.tensor([1.0, 0.0, 1.0, 0.0]), 2, scale="none")
     torch.testing.assert_close(adv, torch.tensor([0.5, -0.5, 0.5, -0.5]))
-    adv, _ = group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), 4, scale_by_std=False)
+    adv, _ = group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), 4, scale="none")
     torch.testing.assert_close(adv, torch.tensor([0.75, -0.25, -0.25, -0.25]))
 
 
@@ -39,7 +39,7 @@ def test_zero_spread_groups_are_zero_and_flagged():
     # groups: [1, 1] (all right), [0, 1] (mixed), [0, 0] (all wrong), [0.3, 0.3]
     rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.3, 0.3])
     for scale in (True, False):
-        adv, ok = group_advantages(rewards, 2, scale_by_std=scale)
+        adv, ok = group_advantages(rewards, 2, scale="group" if scale else "none")
         assert ok.tolist() == [False, False, True, True, False, False, False, False]
         assert adv[~ok].eq(0).all()
         assert adv[2] < 0 < adv[3]
@@ -57,3 +57,13 @@ def test_bad_inputs():
         group_advantages(torch.zeros(4), 1)
     with pytest.raises(ValueError):
         group_advantages(torch.zeros(5), 2)
+
+
+def test_batch_scale_divides_by_the_std_of_all_rewards():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])  # groups of 3: means 1/3 and 2/3
+    adv, _ = group_advantages(rewards, 3, scale="batch")
+    std = float(rewards.std())  # unbiased over all 6: sqrt(0.3) = 0.5477
+    expected = torch.tensor([2 / 3, -1 / 3, -1 / 3, -2 / 3, 1 / 3, 1 / 3]) / (std + 1e-4)
+    torch.testing.assert_close(adv, expected)
+    with pytest.raises(ValueError, match="scale must be one of group, batch, none"):
+        group_advantages(rewards, 3, scale="std")

@@ -97,9 +97,20 @@ def test_log_probs_are_the_same_token_for_token_in_every_layout(model, drop):
             assert (got[~mask] == 0).all(), name
 
 
+VARIANTS = {  # the loss variants of grpo.loss / ratio_level / delta / top_entropy_quantile / old_logprobs
+    "ppo_clip": {},
+    "cispo": {"objective": "cispo"},
+    "gspo": {"ratio_level": "sequence", "eps_low": 3e-4, "eps_high": 4e-4},
+    "two_sided": {"delta": 1.5},
+    "token_weights": {"token_weights": True},
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
-def test_loss_and_every_gradient_equal_the_padded_update(model, aggregation):
-    """mu = 2's fixed pi_old and beta > 0's reference log-probs as the trainer uses them, on partial groups."""
+def test_loss_and_every_gradient_equal_the_padded_update(model, aggregation, variant):
+    """mu = 2's fixed pi_old and beta > 0's reference log-probs as the trainer uses them, on partial
+    groups, for every loss variant: micro-batching and packing change nothing."""
     eps = episodes(drop=(2, 9))
     g = torch.Generator().manual_seed(1)
     batch = build_batch(eps, torch.randn(len(eps), generator=g), "cpu")
@@ -108,6 +119,8 @@ def test_loss_and_every_gradient_equal_the_padded_update(model, aggregation):
     old = base + 0.3 * torch.randn(base.shape, generator=g)  # many ratios outside the clip range
     ref = base + 0.3 * torch.randn(base.shape, generator=g)
     num_tokens = int(batch.loss_mask.sum())
+    extra = dict(VARIANTS[variant])
+    weights = torch.rand(base.shape, generator=g) if extra.pop("token_weights", False) else None
 
     def update(micros):
         model.zero_grad()
@@ -117,7 +130,8 @@ def test_loss_and_every_gradient_equal_the_padded_update(model, aggregation):
             width = micro.loss_mask.shape[1]
             loss, _ = policy_loss(logp, old[micro.rows, :width], batch.advantages[micro.rows], micro.loss_mask,
                                   aggregation=aggregation, ref_logp=ref[micro.rows, :width], beta=0.04,
-                                  num_sequences=len(eps), num_tokens=num_tokens, max_tokens=16)
+                                  num_sequences=len(eps), num_tokens=num_tokens, max_tokens=16,
+                                  token_weights=None if weights is None else weights[micro.rows, :width], **extra)
             loss.backward()
             total += loss.item()
         return total, [p.grad.clone() for p in model.parameters()]

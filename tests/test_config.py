@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,31 @@ def test_sampling_parameters_are_checked():
     with pytest.raises(ConfigError, match="rollout.top_k must be >= 0"):
         load_config(ROOT / "config.yaml", ["rollout.top_k=-1"])
     assert load_config(ROOT / "config.yaml", ["rollout.top_k=5", "rollout.top_p=0.9"]).rollout.sampling.top_k == 5
+
+
+@pytest.mark.parametrize("override,message", [
+    ("grpo.delta=1.2", "grpo.delta must be > 1 + grpo.epsilon_high = 1.28"),
+    ("grpo.scale_rewards=std", "grpo.scale_rewards must be one of group, batch, none"),
+    ("grpo.loss=gspo", "grpo.loss must be one of ppo_clip, cispo"),
+    ("grpo.ratio_level=episode", "grpo.ratio_level must be one of token, sequence"),
+    ("grpo.top_entropy_quantile=0", "grpo.top_entropy_quantile must be in (0, 1]"),
+    ("grpo.old_logprobs=vllm", "grpo.old_logprobs must be recompute or sampler"),
+    ("reward.overlong={max_tokens: 10, buffer: 20}", "reward.overlong needs 0 <= buffer <= max_tokens"),
+    ("reward.overlong.max_tokens=10", "reward.overlong.buffer must be > 0 when max_tokens is set"),
+])
+def test_variant_settings_are_checked_in_one_line(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(ROOT / "config.yaml", [override])
+
+
+def test_two_sided_clip_needs_ppo_clip():
+    with pytest.raises(ConfigError, match="applies to grpo.loss: ppo_clip only"):
+        load_config(ROOT / "config.yaml", ["grpo.delta=2", "grpo.loss=cispo"])
+
+
+def test_scale_by_std_still_works_with_a_note(capsys):
+    assert load_config(ROOT / "config.yaml", ["grpo.scale_by_std=false"]).grpo.scale_rewards == "none"
+    assert "grpo.scale_by_std is deprecated; read as grpo.scale_rewards=none" in capsys.readouterr().err
+    assert load_config(None, [], base={"grpo": {"scale_by_std": True}}).grpo.scale_rewards == "group"  # old checkpoints
+    with pytest.raises(ConfigError, match="both given"):
+        load_config(None, [], base={"grpo": {"scale_by_std": True, "scale_rewards": "batch"}})

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from grpo.loss import AGGREGATIONS, k3_kl, policy_loss
+from grpo.loss import AGGREGATIONS, k3_kl, policy_loss, top_entropy_mask, truncated_importance_weights
 
 EPS_LOW, EPS_HIGH = 0.2, 0.28  # clip range [0.8, 1.28]
 
@@ -217,3 +217,20 @@ def test_unknown_objective_or_ratio_level_is_a_clear_error():
     logp, old, adv, mask = _two_sequences()
     with pytest.raises(ValueError, match="objective must be one of ppo_clip, cispo and ratio_level one of token, sequence"):
         policy_loss(logp, old, adv, mask, objective="gspo")
+
+
+def test_top_entropy_mask_keeps_the_top_quantile_of_real_tokens():
+    entropies = torch.tensor([[0.1, 0.9, 0.5, 9.0], [0.7, 0.3, 0.2, 0.8]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])  # the 9.0 is padding: it must not count
+    # 7 real tokens; the top 3/7 by entropy are 0.9, 0.8, 0.7.
+    got = top_entropy_mask(entropies, mask, 3 / 7)
+    assert got.tolist() == [[0, 1, 0, 0], [1, 0, 0, 1]]
+    assert torch.equal(top_entropy_mask(entropies, mask, 1.0), mask.float())
+
+
+def test_truncated_importance_weights_hand_computed():
+    old = torch.tensor([[math.log(0.5), math.log(0.9), 0.0]])
+    sampler = torch.tensor([[math.log(0.4), math.log(0.3), 5.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    # 0.5 / 0.4 = 1.25; 0.9 / 0.3 = 3 -> capped at 2; padding -> 0.
+    torch.testing.assert_close(truncated_importance_weights(old, sampler, mask, cap=2.0), torch.tensor([[1.25, 2.0, 0.0]]))

@@ -17,6 +17,7 @@ from data.rewards import (
     answers_match,
     combined_reward,
     correctness_reward,
+    overlong_penalty,
     extract_answer,
     format_reward,
     integer_reward,
@@ -271,3 +272,14 @@ def test_unknown_template_lists_the_valid_ones():
     with pytest.raises(ValueError) as info:
         build_messages("q", "cot")
     assert all(name in str(info.value) for name in TEMPLATES)
+
+
+@pytest.mark.parametrize("length,expected", [(0, 0.0), (6, 0.0), (7, -0.25), (8, -0.5), (10, -1.0), (12, -1.0)])
+def test_overlong_penalty_is_zero_then_linear_then_minus_one(length, expected):
+    # max_tokens 10, buffer 4: free up to 6 tokens, -1 from 10 on (DAPO's soft overlong punishment).
+    assert overlong_penalty(length, max_tokens=10, buffer=4) == pytest.approx(expected)
+
+
+def test_a_score_gains_a_part():
+    score = combined_reward(completion("...", P.answer), P.answer, GSM8K_WEIGHTS).plus("overlong", -0.5)
+    assert score.parts["overlong"] == -0.5 and score.total == pytest.approx(PERFECT - 0.5) and score.correct

@@ -381,3 +381,46 @@ def test_sft_writes_its_checkpoint_atomically_and_never_over_another(tmp_path, t
     res = subprocess.run(common, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "already exists and is not empty" in res.stderr
+
+
+@pytest.mark.parametrize("sections", [
+    {"grpo": {"ratio_level": "sequence"}},
+    {"grpo": {"loss": "cispo"}},
+    {"grpo": {"delta": 1.5}},
+    {"grpo": {"top_entropy_quantile": 0.3}},
+    {"grpo": {"scale_rewards": "batch"}},
+    {"grpo": {"old_logprobs": "sampler", "tis_cap": 1.5}},
+    {"reward": {"overlong": {"max_tokens": 12, "buffer": 6}}},
+], ids=["gspo", "cispo", "two_sided", "top_entropy", "batch_std", "sampler_tis", "overlong"])
+def test_every_variant_trains_end_to_end(tmp_path, tiny_model, sections):
+    """write_config's defaults (mu = 2, beta > 0, micro-batches of 3) with each variant switched on."""
+    base = {"train": {"steps": 2, "eval_every": 0}}
+    for name, values in sections.items():
+        base[name] = values if name != "reward" else {"weights": {"format": 0.1, "correctness": 1.0, "odd_length": 1.0},
+                                                      **values}
+    assert train.main(["--config", str(write_config(tmp_path, tiny_model, **base))]) == 0
+    rows = metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2] and any(r["grad_norm"] > 0 for r in rows)
+    if "overlong" in sections.get("reward", {}):
+        assert all(-1.0 <= r["reward_overlong"] <= 0.0 for r in rows) and any(r["reward_overlong"] < 0 for r in rows)
+    if sections.get("grpo", {}).get("old_logprobs") == "sampler":
+        # fp32 on a CPU: the sampler's and the trainer's log-probs agree to rounding.
+        trained = [r for r in rows if r["trained_episodes"]]
+        assert trained and all(abs(r["tis_ratio_mean"] - 1) < 1e-3 and r["tis_ratio_max"] < 1.01 for r in trained)
+
+
+def test_dynamic_sampling_samples_more_rounds_until_groups_have_spread(tmp_path, tiny_model):
+    # A random model never writes the format, so format + correctness rewards are all 0: no group has
+    # spread, and every extra round is used; with the odd-length reward most groups have spread.
+    flat = write_config(tmp_path, tiny_model, out="flat", reward={"weights": {"format": 0.1, "correctness": 1.0}},
+                        rollout={"dynamic_sampling": True, "max_extra_rounds": 2}, train={"steps": 1, "eval_every": 0})
+    assert train.main(["--config", str(flat)]) == 0
+    (row,) = metrics(tmp_path / "flat")
+    assert (row["sampling_rounds"], row["questions_sampled"], row["groups_kept"], row["trained_episodes"]) == (3, 6, 0, 0)
+    spread = write_config(tmp_path, tiny_model, out="spread", rollout={"dynamic_sampling": True, "max_extra_rounds": 5},
+                          train={"steps": 3, "eval_every": 0})
+    assert train.main(["--config", str(spread)]) == 0
+    for row in metrics(tmp_path / "spread"):
+        assert row["groups_kept"] <= 2 and row["questions_sampled"] == 2 * row["sampling_rounds"]
+        assert row["trained_episodes"] == 4 * row["groups_kept"]  # whole groups of G = 4
+        assert row["groups_kept"] == 2 or row["sampling_rounds"] == 6
