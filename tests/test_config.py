@@ -83,3 +83,13 @@ def test_scale_by_std_still_works_with_a_note(capsys):
     assert load_config(None, [], base={"grpo": {"scale_by_std": True}}).grpo.scale_rewards == "group"  # old checkpoints
     with pytest.raises(ConfigError, match="both given"):
         load_config(None, [], base={"grpo": {"scale_by_std": True, "scale_rewards": "batch"}})
+
+
+def test_the_command_line_prints_a_bad_setting_as_one_line():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "train.py", "--dry-run", "--set", "grpo.loss=gspo"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == "error: grpo.loss must be one of ppo_clip, cispo"

@@ -254,12 +254,13 @@ def test_out_of_gpu_memory_is_one_line_that_points_to_offload(tmp_path, tiny_mod
     ("reward.weights={answer: 1}", "unknown reward 'answer' in reward.weights; valid: format"),
     ("rollout.group_size=1", "rollout.group_size must be >= 2"),
 ])
-def test_bad_config_values_are_rejected_with_the_choices(override, message):
+def test_bad_config_values_are_rejected_with_the_choices(override, message, capsys):
     with pytest.raises(ConfigError) as e:
         load_config(ROOT / "config.yaml", [override])
     assert message in str(e.value)
-    res = run_cli("--dry-run", "--set", override)
-    assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert train.main(["--dry-run", "--set", override]) == 2  # the CLI itself: tests/test_config.py runs a process
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
 
 
 def test_overrides_are_typed():
@@ -275,46 +276,56 @@ def test_lr_schedule_warmup_then_cosine_to_min_ratio():
     assert f[6] == pytest.approx(0.9)  # halfway through the decay
 
 
-def test_eval_script_writes_per_question_results(tmp_path, tiny_model):
+def eval_script():
+    """scripts/eval.py as a module (its run() is what `python scripts/eval.py` calls)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_script", ROOT / "scripts" / "eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_script_writes_per_question_results(tmp_path, tiny_model, capsys):
     data = write_jsonl(make_problems(6, seed=1, split="test"), tmp_path / "test.jsonl")
     out = tmp_path / "eval.jsonl"
-    res = subprocess.run([sys.executable, "scripts/eval.py", "--model", str(tiny_model), "--data", str(data),
-                          "--out", str(out), "--max-new-tokens", "8", "--batch-size", "4", "--dtype", "float32",
-                          "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    common = ["--model", str(tiny_model), "--data", str(data), "--max-new-tokens", "8", "--batch-size", "4",
+              "--dtype", "float32", "--device", "cpu"]
+    # One real process (the command users type), the other cases in this process.
+    res = subprocess.run([sys.executable, "scripts/eval.py", *common, "--out", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 6 and {"question", "answer", "completion", "correct", "reward"} <= rows[0].keys()
     assert "accuracy 0.0000 (0/6)" in res.stdout  # a random model solves nothing
-    common = ["scripts/eval.py", "--model", str(tiny_model), "--data", str(data), "--max-new-tokens", "8",
-              "--batch-size", "4", "--dtype", "float32", "--device", "cpu", "--out", str(tmp_path / "k.jsonl")]
-    res = subprocess.run([sys.executable, *common, "--samples", "3", "--temperature", "1.0", "--seed", "5"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
+    script = eval_script()
+    k = ["--out", str(tmp_path / "k.jsonl")]
+    assert script.run([*common, *k, "--samples", "3", "--temperature", "1.0", "--seed", "5"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "k.jsonl").read_text().splitlines()]
     assert len(rows) == 18 and [r["question"] for r in rows[:3]] == [rows[0]["question"]] * 3
-    assert "pass@3 0.0000 (0/6 questions)" in res.stdout and "(0/18)" in res.stdout
-    res = subprocess.run([sys.executable, *common, "--samples", "3"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 2 and "1 when temperature is 0" in res.stderr and "Traceback" not in res.stderr
-    res = subprocess.run([sys.executable, "scripts/eval.py", "--model", str(tmp_path / "missing"), "--data", str(data)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and "run python download.py" in res.stderr and "Traceback" not in res.stderr
+    captured = capsys.readouterr()
+    assert "pass@3 0.0000 (0/6 questions)" in captured.out and "(0/18)" in captured.out
+    assert script.run([*common, *k, "--samples", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "1 when temperature is 0" in err and len(err.strip().splitlines()) == 1
+    assert script.run(["--model", str(tmp_path / "missing"), "--data", str(data)]) == 2
+    assert "run python download.py" in capsys.readouterr().err
 
 
-def test_eval_script_writes_next_to_the_model_and_names_data_when_offline(tmp_path, tiny_model):
+def test_eval_script_writes_next_to_the_model_and_names_data_when_offline(tmp_path, tiny_model, capsys, monkeypatch):
     data = write_jsonl(make_problems(2, seed=1, split="test"), tmp_path / "held_out.jsonl")
     before = sorted(p.name for p in tiny_model.iterdir())
-    res = subprocess.run([sys.executable, "scripts/eval.py", "--model", str(tiny_model), "--data", str(data),
-                          "--max-new-tokens", "4", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 0, res.stderr
+    script = eval_script()
+    assert script.run(["--model", str(tiny_model), "--data", str(data), "--max-new-tokens", "4", "--device", "cpu"]) == 0
     assert (tiny_model.parent / "model_eval_held_out.jsonl").is_file()
     assert sorted(p.name for p in tiny_model.iterdir()) == before  # the HF model folder stays clean
     # No --data and no downloaded GSM8K (cwd without datasets/): one line that names --data.
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval.py"), "--model", str(tiny_model)],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
-    assert "run python download.py, or pass --data FILE" in res.stderr and "runs/tiny/data/test.jsonl" in res.stderr
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert script.run(["--model", str(tiny_model)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "run python download.py, or pass --data FILE" in err and "runs/tiny/data/test.jsonl" in err
 
 
 def test_evaluate_greedy_and_seeded_mean_at_k(tiny_model):
