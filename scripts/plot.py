@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        print("matplotlib is not installed, so no plot was drawn: pip install matplotlib")
+        print('matplotlib is not installed, so no plot was drawn: pip install matplotlib (or pip install -e ".[plot]")')
         return None
     out = plot(steps, evals, args.out or Path(args.metrics).with_name("curve.png"), smooth=args.smooth,
                baseline=args.baseline, title=args.title)
