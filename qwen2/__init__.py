@@ -1,8 +1,8 @@
 """Qwen2.5 from scratch: model, config, checkpoint loading, tokenizer and sampler."""
 
 from .config import Qwen2Config
-from .model import KVCache, Qwen2, pad_batch
-from .sampler import GREEDY, GenerationOutput, SamplingParams, generate
+from .model import KVCache, Qwen2
+from .sampler import GREEDY, GenerationOutput, SamplingParams, generate, pad_batch
 from .tokenizer import Tokenizer
 from .weights import CheckpointError, load_model, save_model
 

@@ -12,14 +12,12 @@ in fp32, and (for the small models) an LM head tied to the token embedding.
 Parameter names are exactly Hugging Face's (`model.layers.0.self_attn.q_proj.weight`, ...), so an
 official checkpoint loads with a plain `load_state_dict` (see weights.py).
 
-Padding convention: batches are left-padded, `attention_mask` is 1 on real tokens, and positions
-count real tokens only (as transformers' `generate` does). `forward` returns logits; log-probs,
-losses and activation checkpointing belong to the trainer (grpo/).
+Padding convention: batches are left-padded (qwen2.sampler.pad_batch), `attention_mask` is 1 on
+real tokens, and positions count real tokens only (as transformers' `generate` does). `forward`
+returns logits; log-probs, losses and activation checkpointing belong to the trainer (grpo/).
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +25,7 @@ from torch import Tensor, nn
 
 from .config import Qwen2Config
 
-__all__ = ["Qwen2Config", "RMSNorm", "shared_prefix_layout", "pad_batch", "KVCache", "Attention", "MLP", "Block", "Qwen2Model", "Qwen2"]
+__all__ = ["Qwen2Config", "RMSNorm", "shared_prefix_layout", "KVCache", "Attention", "MLP", "Block", "Qwen2Model", "Qwen2"]
 
 
 class RMSNorm(nn.Module):
@@ -107,23 +105,6 @@ def shared_prefix_layout(segment_ids: Tensor) -> tuple[Tensor, Tensor]:
     q, k = segment_ids[:, :, None], segment_ids[:, None, :]  # (B, T, 1), (B, 1, T)
     mask = (idx[:, None] >= idx) & (k >= 0) & ((k == 0) | (k == q))  # (B, T, T)
     return positions, (mask | torch.eye(T, dtype=torch.bool, device=mask.device))[:, None]  # pads see themselves
-
-
-def pad_batch(prompts: Sequence[Sequence[int]], pad_id: int, completions: Sequence[Sequence[int]] | None = None, *,
-              device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-    """Token lists -> ids and attention mask (B, P + C): [left-padded prompt | completion | right padding].
-
-    P and C are the longest prompt and completion. Left-padding the prompts lines up the first
-    completion token of every row in column P; without completions this is the sampler's prefill.
-    """
-    completions = completions if completions is not None else [[] for _ in prompts]
-    P, C = max(len(p) for p in prompts), max(len(c) for c in completions)
-    ids = torch.full((len(prompts), P + C), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), P + C), dtype=torch.long)
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-        ids[i, P - len(p):P + len(c)] = torch.tensor([*p, *c], dtype=torch.long)
-        mask[i, P - len(p):P + len(c)] = 1
-    return ids.to(device), mask.to(device)
 
 
 class KVCache:

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .model import Qwen2, pad_batch
+from .model import Qwen2
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,23 @@ def token_logprob_and_entropy(logits: Tensor, tokens: Tensor, temperature: float
     scaled = logits.float() / (temperature if temperature > 0 else 1.0)
     logp = scaled.log_softmax(-1)
     return logp.gather(-1, tokens[:, None])[:, 0], -(logp.exp() * logp).sum(-1)
+
+
+def pad_batch(prompts: Sequence[Sequence[int]], pad_id: int, completions: Sequence[Sequence[int]] | None = None, *,
+              device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """Token lists -> ids and attention mask (B, P + C): [left-padded prompt | completion | right padding].
+
+    P and C are the longest prompt and completion. Left-padding the prompts lines up the first
+    completion token of every row in column P; without completions this is the sampler's prefill.
+    """
+    completions = completions if completions is not None else [[] for _ in prompts]
+    P, C = max(len(p) for p in prompts), max(len(c) for c in completions)
+    ids = torch.full((len(prompts), P + C), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), P + C), dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        ids[i, P - len(p):P + len(c)] = torch.tensor([*p, *c], dtype=torch.long)
+        mask[i, P - len(p):P + len(c)] = 1
+    return ids.to(device), mask.to(device)
 
 
 # --- the decode loop ------------------------------------------------------------------------------
