@@ -45,6 +45,9 @@ def setup(args: argparse.Namespace):
         config_path = "config.yaml"
     cfg = load_config(config_path, args.overrides, base=base)
     if args.dry_run:
+        from grpo.memory import format_plan, plan_memory
+
+        print(format_plan(plan_memory(cfg), cfg, card_gb=args.card_gb, ram_gb=args.ram_gb))
         return cfg, None
     from grpo.trainer import Trainer
 
@@ -63,10 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # before training started: nothing to save
         print("interrupted", file=sys.stderr)
         return 130
-    if trainer is None:
-        from grpo.memory import format_plan, plan_memory
-
-        print(format_plan(plan_memory(cfg), cfg, card_gb=args.card_gb, ram_gb=args.ram_gb))
+    if trainer is None:  # --dry-run: the plan is printed
         return 0
     try:
         trainer.run(stop_after=args.stop_after)

@@ -1,7 +1,8 @@
 """Training checkpoints that are never half-written, and the last K of them kept.
 
 A checkpoint is a directory `RUN/checkpoints/step_000025/` holding
-    model/               HF-format model + tokenizer files (shareable, loadable by transformers)
+    model/               HF-format model + tokenizer files (shareable, loadable by transformers), or
+    adapter/             with LoRA: a PEFT adapter directory (+ tokenizer files) for the base model
     optimizer.pt         optimizer state (fp32 master weights, moments) and LR-scheduler state
     rng.pt               RNG states (sampling generator, torch CPU)
     trainer_state.json   step, data position, and the config it was made with (written last)
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from qwen2 import Qwen2, Tokenizer, save_model
+from qwen2.lora import has_lora, save_adapter
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 LOG_FILES = ("metrics.jsonl", "samples.jsonl")
@@ -58,8 +60,12 @@ def save_checkpoint(run_dir: str | Path, state: TrainingState, model: Qwen2, tok
     final = root / f"step_{state.step:06d}"
     tmp = root / f"step_{state.step:06d}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp / "model")
-    tokenizer.save_pretrained(tmp / "model")
+    if has_lora(model):  # only the adapters changed: save them, for the base model.path
+        save_adapter(model, tmp / "adapter", base_model=config["model"]["path"])
+        tokenizer.save_pretrained(tmp / "adapter")
+    else:
+        save_model(model, tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
     torch.save(state.rng, tmp / "rng.pt")
     trainer_state = {"step": state.step, "data": state.data, "config": config}

@@ -23,11 +23,23 @@ from qwen2 import SamplingParams
 
 
 @dataclass
+class LoraConfig:
+    # LoRA (qwen2/lora.py): rank 0 = off (full fine-tuning). Only the adapters train; the frozen base
+    # doubles as the KL reference, and checkpoints are PEFT adapter directories.
+    rank: int = 0
+    alpha: float = 32.0  # the adapters' term is scaled by alpha / rank
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                        "up_proj", "down_proj"])
+
+
+@dataclass
 class ModelConfig:
     path: str = "checkpoints/Qwen2.5-3B-Instruct"  # HF-format directory written by download.py
     dtype: str = "bfloat16"  # bfloat16 | float32 (training and sampling dtype of the weights)
     device: str = "auto"  # auto = cuda when available, else cpu
     activation_checkpointing: bool = True  # recompute each block in backward: far less activation memory
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -158,6 +170,10 @@ class ConfigError(ValueError):
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the annotated type, allowing int -> float."""
     origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_coerce(v, typing.get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {value!r}")
@@ -240,6 +256,20 @@ def _validate(cfg: Config) -> None:
          "reward.overlong needs 0 <= buffer <= max_tokens (max_tokens 0 = off)"),
         (overlong.max_tokens == 0 or overlong.buffer > 0, "reward.overlong.buffer must be > 0 when max_tokens is set"),
     ]
+    lora = cfg.model.lora
+    if lora.rank:
+        from qwen2.lora import TARGETS
+
+        unknown = sorted(set(lora.targets) - set(TARGETS))
+        variants += [
+            (not unknown and bool(lora.targets), f"unknown model.lora.targets {', '.join(unknown) or '(none)'}; "
+                                                 f"valid: {', '.join(TARGETS)}"),
+            (lora.alpha > 0 and 0 <= lora.dropout < 1, "model.lora needs alpha > 0 and 0 <= dropout < 1"),
+            (lora.dropout == 0 or g.updates_per_batch == 1,
+             "model.lora.dropout > 0 cannot serve grpo.updates_per_batch > 1: pi_old comes from the first training "
+             "pass, which dropout would perturb; set model.lora.dropout=0"),
+        ]
+    variants.append((lora.rank >= 0, "model.lora.rank must be >= 0 (0 = off, full fine-tuning)"))
     for ok, msg in variants:
         if not ok:
             raise ConfigError(msg)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from qwen2 import Qwen2, Qwen2Config
+from qwen2.lora import add_lora
 
 from .config import Config
 from .offload import DEFAULT_BUCKET_NUMEL, is_own_master, split_into_buckets, state_device, working_buffers
@@ -111,9 +112,14 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
     b = torch.finfo(getattr(torch, cfg.model.dtype)).bits // 8
     n = mc.num_params
     on_gpu = torch.device(device)
+    lora = cfg.model.lora
     with torch.device("meta"):
-        params = list(Qwen2(mc).to(getattr(torch, cfg.model.dtype)).parameters())
-    opt = optimizer_state_bytes(params, offload=cfg.optim.offload, device=on_gpu)
+        model = Qwen2(mc).to(getattr(torch, cfg.model.dtype))
+        if lora.rank:  # only the adapters train: they alone have gradients and optimizer state
+            add_lora(model, lora.rank, lora.alpha, lora.targets)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    trained = sum(p.numel() for p in trainable)
+    opt = optimizer_state_bytes(trainable, offload=cfg.optim.offload, device=on_gpu)
     rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size
     seq = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
     # Tokens per forward/backward: a shared-prefix micro-batch fills rows up to micro_batch_tokens (one
@@ -130,10 +136,12 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
         return (0, nbytes) if where_cpu else (nbytes, 0)
 
     items = [Item("weights", n * b, 0, "both")]
-    if cfg.grpo.beta > 0:
+    if lora.rank:
+        items.append(Item(f"LoRA adapters (rank {lora.rank}, {trained / 1e6:.1f}M params)", trained * b, 0, "both"))
+    elif cfg.grpo.beta > 0:  # with LoRA the reference is the base model itself (adapters off)
         items.append(Item("reference model (beta > 0)", n * b, 0, "both"))
     items += [
-        Item("gradients", n * b, 0, "training"),
+        Item("gradients", trained * b, 0, "training"),
         Item("fp32 master weights", *split(opt["master"], cfg.optim.offload), "both"),
         Item("Adam moments (fp32 x2)", *split(opt["exp_avg"] + opt["exp_avg_sq"], cfg.optim.offload), "both"),
     ]

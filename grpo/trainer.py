@@ -28,7 +28,6 @@ import warnings
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,6 +35,7 @@ from tqdm.auto import tqdm
 
 from data.gsm8k import Problem, load_gsm8k
 from qwen2 import Qwen2, Tokenizer, load_model
+from qwen2.lora import adapters_disabled, add_lora, load_adapter
 
 from .advantages import group_advantages
 from .batch import Batch, MicroBatch, build_batch, micro_batches, padded_tokens
@@ -47,6 +47,7 @@ from .logprobs import micro_batch_logprobs
 from .loss import policy_loss, top_entropy_mask, truncated_importance_weights
 from .optim import OffloadAdamW
 from .rollout import Episode, encode_prompt, rollout
+from .run_log import RunLog
 from .runtime import cpu_warning, enable_activation_checkpointing, resolve_device
 from .schedule import DataOrder, lr_factor
 
@@ -83,18 +84,27 @@ class Trainer:
             self._refuse_to_overwrite()
 
         ckpt = latest_checkpoint(resume) if resume else None
-        model_dir = ckpt / "model" if ckpt else Path(cfg.model.path)
+        lora = cfg.model.lora
+        if ckpt and (ckpt / "adapter").is_dir() != bool(lora.rank):
+            raise ValueError(f"{ckpt} was trained {'with' if lora.rank == 0 else 'without'} LoRA: resume it with "
+                             "its own model.lora settings")
+        model_dir = ckpt / "model" if ckpt and not lora.rank else Path(cfg.model.path)
         if not model_dir.is_dir():
             raise FileNotFoundError(f"model.path {model_dir} not found: run python download.py, or point "
                                     "--set model.path=DIR at a Hugging Face Qwen2 checkpoint directory "
                                     "(python scripts/tiny_recipe.py builds an offline tiny one)")
         self.model = load_model(model_dir, device=self.device, dtype=self.dtype)
+        if ckpt and lora.rank:
+            load_adapter(self.model, ckpt / "adapter")
+        elif lora.rank:  # B = 0: training starts from the base model exactly
+            add_lora(self.model, lora.rank, lora.alpha, lora.targets, lora.dropout,
+                     generator=torch.Generator(device=self.device).manual_seed(cfg.train.seed))
         warning = cpu_warning(self.device, self.dtype, sum(p.numel() for p in self.model.parameters()))
         if warning:
             print(warning, file=sys.stderr, flush=True)
         self.tokenizer = Tokenizer.from_pretrained(model_dir)
         self.ref_model = None
-        if cfg.grpo.beta > 0:  # frozen initial policy for the KL term
+        if cfg.grpo.beta > 0 and not lora.rank:  # frozen initial policy for the KL term (LoRA: adapters off)
             self.ref_model = load_model(cfg.model.path, device=self.device, dtype=self.dtype).requires_grad_(False)
         if cfg.model.activation_checkpointing:
             enable_activation_checkpointing(self.model)
@@ -103,7 +113,8 @@ class Trainer:
         self.eval_set = load_gsm8k(cfg.data.test_file)[:cfg.train.eval_size] if cfg.train.eval_every else []
 
         optim = cfg.optim
-        self.optimizer = OffloadAdamW(self.model.parameters(), lr=optim.lr, betas=(optim.beta1, optim.beta2),
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # with LoRA: the adapters only
+        self.optimizer = OffloadAdamW(trainable, lr=optim.lr, betas=(optim.beta1, optim.beta2),
                                       eps=optim.eps, weight_decay=optim.weight_decay, offload=optim.offload)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, partial(lr_factor, warmup=optim.warmup_steps, total=cfg.train.steps, min_ratio=optim.min_lr_ratio))
@@ -116,7 +127,7 @@ class Trainer:
             self.data = DataOrder(len(self.train_set), cfg.train.seed, **state.data)
             print(f"resumed from {ckpt} at step {self.step}")
         self.interrupt: Interrupt | None = None
-        self.writers = self._external_loggers()
+        self.log = RunLog(self.out_dir, cfg)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -125,6 +136,7 @@ class Trainer:
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        self.log.open()
         self.interrupt = interrupt = Interrupt()
         last_saved = self.step
         snapshot = self._capture()  # the state after the last completed step
@@ -138,7 +150,7 @@ class Trainer:
                 interrupt.defer()  # a Ctrl-C now waits until the step is on the books
                 self.step += 1
                 steps_this_run += 1
-                self._log(result, time.perf_counter() - t0)
+                self.log.step(self.step, result.metrics, result.episodes, result.problems, time.perf_counter() - t0)
                 snapshot = self._capture()
                 interrupt.release()
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
@@ -158,8 +170,7 @@ class Trainer:
             raise
         finally:
             interrupt.restore()
-            for writer in self.writers:
-                writer.close() if hasattr(writer, "close") else writer.finish()
+            self.log.close()
 
     def train_step(self) -> StepResult:
         cfg, timings, N, G = self.cfg, {}, self.cfg.rollout.prompts_per_step, self.cfg.rollout.group_size
@@ -228,8 +239,10 @@ class Trainer:
         """mu passes over the batch; each pass accumulates micro-batch gradients, then steps the optimizer."""
         grpo = self.cfg.grpo
         t0 = time.perf_counter()
-        ref = self._logprobs(self.ref_model, batch, micros) if self.ref_model is not None else None
-        if ref is not None:
+        ref = None
+        if self.cfg.grpo.beta > 0:  # the frozen reference: a copy, or with LoRA the base (adapters off)
+            with adapters_disabled(self.model):
+                ref = self._logprobs(self.ref_model or self.model, batch, micros)
             timings["logprobs"] = time.perf_counter() - t0
         timings["update"], timings["optimizer"] = 0.0, 0.0
         # pi_old of the PPO ratio: the first pass runs on the weights that sampled, so its log-probs
@@ -342,22 +355,6 @@ class Trainer:
             raise ValueError(f"no training problem in {path} fits data.max_prompt_tokens={limit}: raise it")
         return kept
 
-    def _external_loggers(self) -> list[Any]:
-        writers = []
-        if self.cfg.train.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                writers.append(SummaryWriter(str(self.out_dir / "tensorboard")))
-            except ImportError:
-                print("train.tensorboard=true but tensorboard is not installed (pip install tensorboard): skipping")
-        if self.cfg.train.wandb:
-            try:
-                import wandb
-                writers.append(wandb.init(project="qwen-grpo", config=self.cfg.to_dict(), dir=str(self.out_dir)))
-            except ImportError:
-                print("train.wandb=true but wandb is not installed (pip install wandb): skipping")
-        return writers
-
     # -- checkpoints, evaluation, logs ------------------------------------------------------------
 
     def _capture(self) -> TrainingState:
@@ -375,32 +372,4 @@ class Trainer:
                               batch_size=cfg.rollout.prompts_per_step * cfg.rollout.group_size, progress=cfg.train.progress)
         print(f"eval step {self.step}: accuracy {summary['accuracy']:.3f} on {summary['n']} test questions "
               f"(mean length {summary['length']:.0f}, truncated {summary['truncated']:.2f})")
-        self._append("metrics.jsonl", {"step": self.step, **{f"eval_{k}": v for k, v in summary.items()}})
-
-    def _append(self, name: str, record: dict[str, Any]) -> None:
-        with open(self.out_dir / name, "a") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        if name != "metrics.jsonl":
-            return
-        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
-        for writer in self.writers:
-            if hasattr(writer, "add_scalar"):
-                for key, value in scalars.items():
-                    writer.add_scalar(key, value, record["step"])
-            else:
-                writer.log(scalars, step=record["step"])
-
-    def _log(self, result: StepResult, seconds: float) -> None:
-        m, n_shown = result.metrics, self.cfg.train.samples_per_step
-        self._append("metrics.jsonl", {"step": self.step, **m, "time_step": seconds})
-        for e in result.episodes[::max(1, len(result.episodes) // max(1, n_shown))][:n_shown]:
-            self._append("samples.jsonl", {"step": self.step, "question": result.problems[e.group].question,
-                                           "answer": e.answer, "completion": e.text, "reward": e.reward,
-                                           "finished": e.finished})
-        parts = " ".join(f"{k.removeprefix('reward_')} {v:.2f}" for k, v in m.items() if k.startswith("reward_"))
-        times = " ".join(f"{k.removeprefix('time_')} {v:.1f}s" for k, v in m.items() if k.startswith("time_"))
-        groups = len(result.episodes) // self.cfg.rollout.group_size
-        print(f"step {self.step}/{self.cfg.train.steps} | reward {m['reward']:.3f} ({parts}) | acc {m['accuracy']:.3f} "
-              f"| len {m['length']:.0f} | trunc {m['truncated']:.2f} | zero-spread {m['zero_spread_groups']}/{groups} "
-              f"| loss {m['loss']:.4f} | kl {m['kl']:.4f} | ent {m['entropy']:.3f} | gnorm {m['grad_norm']:.3f} "
-              f"| lr {m['lr']:.2e} | {seconds:.1f}s ({times})", flush=True)
+        self.log.append("metrics.jsonl", {"step": self.step, **{f"eval_{k}": v for k, v in summary.items()}})

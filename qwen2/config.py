@@ -123,5 +123,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "Qwen2.5-1.5B": _preset(1536, 8960, 28, 12, 2, True),
     "Qwen2.5-3B": _preset(2048, 11008, 36, 16, 2, True),
     "Qwen2.5-7B": _preset(3584, 18944, 28, 28, 4, False, vocab=152064),
+    "Qwen2.5-14B": _preset(5120, 13824, 48, 40, 8, False, vocab=152064),
     "Qwen2.5-Math-1.5B": _preset(1536, 8960, 28, 12, 2, True, rope_theta=10000.0, max_position_embeddings=4096),
 }

@@ -51,6 +51,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                 ["grpo.scale_rewards=none", "grpo.aggregation=seq_mean_token_sum_norm"]),
     "batch_std": ("advantages divided by the batch's reward std", ["grpo.scale_rewards=batch"]),
     "top_entropy": ("only the top 20% of tokens by entropy get gradient", ["grpo.top_entropy_quantile=0.2"]),
+    "lora": ("LoRA rank 8 on every projection (alpha 16), 10x the learning rate: the base stays frozen",
+             ["model.lora.rank=8", "model.lora.alpha=16", "optim.lr=3e-3"]),
 }
 # The quick recipe has no evaluation during GRPO; the ablation plots one every 20 steps.
 EVAL = ["train.eval_every=20", "train.eval_size=200"]

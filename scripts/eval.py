@@ -32,7 +32,8 @@ from data.prompts import TEMPLATES  # noqa: E402
 from data.rewards import GSM8K_WEIGHTS  # noqa: E402
 from grpo.evaluate import evaluate  # noqa: E402
 from grpo.runtime import DTYPES, resolve_device  # noqa: E402
-from qwen2 import SamplingParams, Tokenizer, load_model  # noqa: E402
+from qwen2 import SamplingParams, Tokenizer  # noqa: E402
+from qwen2.lora import load_adapted_model  # noqa: E402
 
 DEFAULT_DATA = "datasets/gsm8k/test.jsonl"
 
@@ -44,7 +45,8 @@ def default_out(model: Path, data: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="HF-format model directory (a checkpoint's model/ folder)")
+    ap.add_argument("--model", required=True, help="HF-format model directory (a checkpoint's model/ folder), or a "
+                                                   "LoRA checkpoint's adapter/ folder (its base is loaded first)")
     ap.add_argument("--data", default=DEFAULT_DATA, help=f"GSM8K-format JSONL (default: {DEFAULT_DATA})")
     ap.add_argument("--out", default=None, help="per-question results JSONL (default: <model>_eval_<data name>.jsonl "
                                                 "next to the model folder)")
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = load_gsm8k(data)[: args.limit]
     device = resolve_device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.float32 if device.type == "cpu" else torch.bfloat16)
-    model = load_model(args.model, device=device, dtype=dtype)
+    model = load_adapted_model(args.model, device=device, dtype=dtype)  # a model, or a LoRA adapter on its base
     tokenizer = Tokenizer.from_pretrained(args.model)
     t0 = time.perf_counter()
     summary, results = evaluate(model, tokenizer, problems, max_new_tokens=args.max_new_tokens, template=args.template,

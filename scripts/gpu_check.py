@@ -23,6 +23,8 @@ take the others down, and a memory cap holds for one process only):
               pipelined faster than synchronous.
   fit-7b      scripts/bench_step.py on the largest Qwen2.5 shape whose plan fits an 80 GB card
               and this machine's RAM with offload (trying smaller ones if it fails). Information.
+  lora-7b     scripts/bench_step.py: Qwen2.5-7B shape with LoRA (rank 16) under a 24 GB cap, with
+              README's smaller batch for it (8 x 8, 4096-token micro-batches). Target: completes.
 
 Everything runs from the repository with what a bare GPU machine has (torch, transformers,
 tokenizers, safetensors, pytest, pyyaml, jinja2): random checkpoints are built in a temporary
@@ -59,12 +61,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-STEPS = ["cuda-tests", "fit-24gb", "sampler", "optimizer", "fit-7b"]
+STEPS = ["cuda-tests", "fit-24gb", "sampler", "optimizer", "fit-7b", "lora-7b"]
 SMOKE_ENV = "GPU_CHECK_SMOKE"  # tests/test_gpu.py runs its tests on the CPU when this is 1
 
 # Seconds each child may run on a GPU machine (x --timeout-scale); a step's children together stay
 # under 10 minutes, the limit of one command on the machines we borrow.
 TIMEOUTS = {"cuda-tests": 420, "fit-24gb-on": 330, "fit-24gb-off": 210, "sampler": 540, "optimizer": 420,
+            "lora-7b": 540,
             "fit-7b": 540}
 SMOKE_TIMEOUT = 240
 # The smoke runs' tiny GRPO batch: 2 questions x 4 samples, 8 new tokens.
@@ -273,6 +276,27 @@ def step_fit_24gb(ctx: Context) -> list[Row]:
     return rows
 
 
+# LoRA on the 7B shape under a 24 GB cap, with README's smaller batch for it (the default plans to
+# 22.0 GB, too close to 24): 8 questions x 8 samples, 4096-token micro-batches.
+LORA_7B_SETS = ["--set", "model.lora.rank=16", "--set", "rollout.prompts_per_step=8",
+                "--set", "grpo.micro_batch_tokens=4096"]
+
+
+def step_lora_7b(ctx: Context) -> list[Row]:
+    model = "tiny" if ctx.smoke else "Qwen2.5-7B-Instruct"
+    sets = ["--set", "model.lora.rank=4"] if ctx.smoke else [*LORA_7B_SETS, "--cap-gb", "24"]
+    child = run_child(ctx, "lora-7b", bench_step_args(ctx, model, *sets, "--steps", "2"), ctx.timeout("lora-7b"))
+    r = child.result or {}
+    check = f"lora-7b: {'tiny' if ctx.smoke else '7B'} LoRA full step {'on the CPU' if ctx.smoke else 'under a 24 GB cap'}"
+    if r.get("status") != "ok":
+        why = f"out of memory: {r.get('message', '')[:160]}" if r.get("status") == "oom" else child.why()
+        return [Row(check, "FAIL", why, "completes: rollout + update + optimizer")]
+    last = r["steps"][-1]
+    memory = "" if ctx.smoke else f"; peak {gb(r['peak_gb'])} vs {gb(r['plan_gb'])} planned"
+    return [Row(check, "PASS", f"{len(r['steps'])} steps; steady step {phases(last)}{memory}",
+                "completes: rollout + update + optimizer")]
+
+
 def step_sampler(ctx: Context) -> list[Row]:
     args = ["scripts/bench_sampler.py", "--cache-dir", str(ctx.work / "checkpoints")]
     if ctx.smoke:
@@ -376,7 +400,7 @@ def step_fit_7b(ctx: Context) -> list[Row]:
 
 STEP_FUNCTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "cuda-tests": step_cuda_tests, "fit-24gb": step_fit_24gb, "sampler": step_sampler,
-    "optimizer": step_optimizer, "fit-7b": step_fit_7b,
+    "optimizer": step_optimizer, "fit-7b": step_fit_7b, "lora-7b": step_lora_7b,
 }
 
 

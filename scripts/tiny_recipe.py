@@ -64,7 +64,8 @@ from data.synthetic import KINDS, format_completion, make_problems, write_jsonl 
 from grpo.checkpoint import latest_checkpoint, list_checkpoints  # noqa: E402
 from grpo.config import load_config  # noqa: E402
 from grpo.evaluate import evaluate  # noqa: E402
-from qwen2 import Qwen2, Qwen2Config, Tokenizer, load_model, save_model  # noqa: E402
+from qwen2 import Qwen2, Qwen2Config, Tokenizer, save_model  # noqa: E402
+from qwen2.lora import load_adapted_model  # noqa: E402
 from qwen2.bpe_trainer import train_bpe_tokenizer  # noqa: E402
 
 CONFIG = ROOT / "configs" / "tiny.yaml"
@@ -150,7 +151,7 @@ def held_out_eval(model_dir: Path, test_file: Path, cfg, out_file: Path, seed: i
     """Held-out evaluation, saved as JSON: greedy accuracy, mean reward, strict-format rate, and
     "sampled": the same questions sampled group_size times at the rollout temperature (mean@k, the
     expected reward GRPO maximises; seeded, so before and after see the same random numbers)."""
-    model = load_model(model_dir, dtype=torch.float32)
+    model = load_adapted_model(model_dir, dtype=torch.float32)  # a LoRA run's checkpoint is an adapter
     tokenizer = Tokenizer.from_pretrained(model_dir)
     problems = load_gsm8k(test_file)
     common = dict(max_new_tokens=cfg.rollout.max_new_tokens, template=cfg.data.template,
@@ -298,7 +299,8 @@ def main(argv: list[str] | None = None) -> dict:
         return bool(ckpts) and json.loads((ckpts[-1] / "trainer_state.json").read_text())["step"] >= cfg.train.steps
 
     stage("grpo", grpo_done(), run_grpo, paths["grpo"])
-    final = latest_checkpoint(paths["grpo"]) / "model"
+    last = latest_checkpoint(paths["grpo"])
+    final = last / "adapter" if (last / "adapter").is_dir() else last / "model"
     after = stage("eval_grpo", (out / "eval_grpo.json").is_file(),
                   lambda: held_out_eval(final, test_file, cfg, out / "eval_grpo.json", args.seed), out / "eval_grpo.json")
     after = after or json.loads((out / "eval_grpo.json").read_text())["summary"]

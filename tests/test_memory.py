@@ -10,6 +10,7 @@ from grpo.memory import activation_bytes, format_plan, plan_memory
 from grpo.optim import OffloadAdamW
 from grpo.runtime import enable_activation_checkpointing
 from qwen2 import Qwen2, Qwen2Config
+from qwen2.lora import add_lora
 
 TINY = Qwen2Config(vocab_size=500, hidden_size=128, intermediate_size=352, num_hidden_layers=3,
                    num_attention_heads=4, num_key_value_heads=2)
@@ -43,6 +44,28 @@ def test_plan_equals_real_tensor_bytes(offload):
     cache = model.new_cache(3 * 4, 24 + 40)
     kv = plan["rollout KV cache"]
     assert kv.gpu == tensor_bytes([cache.k, cache.v, cache.key_mask, cache.num_real])
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_lora_plan_equals_real_tensor_bytes(offload):
+    """With LoRA only the adapters have gradients and optimizer state; the base is weights only."""
+    cfg = load_config(None, [f"optim.offload={str(offload).lower()}", "model.dtype=bfloat16", "model.lora.rank=4",
+                             "model.lora.targets=[q_proj, v_proj, down_proj]"])
+    plan = {i.name.split(" (")[0]: i for i in plan_memory(cfg, TINY, device="cpu")}
+    model = Qwen2(TINY).to(torch.bfloat16)
+    model.init_weights()
+    add_lora(model, 4, 8.0, ["q_proj", "v_proj", "down_proj"])
+    adapters = [p for p in model.parameters() if p.requires_grad]
+    assert plan["weights"].gpu + plan["LoRA adapters"].gpu == tensor_bytes(model.parameters())
+    assert plan["LoRA adapters"].gpu == tensor_bytes(adapters) > 0 and "reference model" not in plan
+    model(torch.randint(0, 500, (2, 8))).float().logsumexp(-1).sum().backward()
+    assert plan["gradients"].gpu == tensor_bytes(p.grad for p in model.parameters() if p.grad is not None)
+    opt = OffloadAdamW(adapters, lr=1e-3, offload=offload)
+    opt.step()
+    state = [opt.state[p] for p in adapters]
+    master, moments = plan["fp32 master weights"], plan["Adam moments"]
+    assert master.gpu + master.cpu == tensor_bytes(s["master"] for s in state)
+    assert moments.gpu + moments.cpu == tensor_bytes([s["exp_avg"] for s in state] + [s["exp_avg_sq"] for s in state])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -1,0 +1,72 @@
+"""What a run writes as it goes: metrics.jsonl, samples.jsonl, one console line per step, and
+TensorBoard / Weights & Biases when asked for (`train.tensorboard`, `train.wandb`).
+
+Simplification: appends line by line (no buffering); a resumed run first drops the lines of steps
+after its checkpoint (grpo/checkpoint.py), so the files always match the checkpointed state.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from data.gsm8k import Problem
+
+from .config import Config
+from .rollout import Episode
+
+
+class RunLog:
+    def __init__(self, out_dir: Path, cfg: Config):
+        self.out_dir, self.cfg = out_dir, cfg
+        self.writers: list[Any] = []  # opened by open(), when the run starts
+
+    def open(self) -> None:
+        if self.cfg.train.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writers.append(SummaryWriter(str(self.out_dir / "tensorboard")))
+            except ImportError:
+                print("train.tensorboard=true but tensorboard is not installed (pip install tensorboard): skipping")
+        if self.cfg.train.wandb:
+            try:
+                import wandb
+                self.writers.append(wandb.init(project="qwen-grpo", config=self.cfg.to_dict(), dir=str(self.out_dir)))
+            except ImportError:
+                print("train.wandb=true but wandb is not installed (pip install wandb): skipping")
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close() if hasattr(writer, "close") else writer.finish()
+        self.writers = []
+
+    def append(self, name: str, record: dict[str, Any]) -> None:
+        """One JSON line in out_dir/name; the numbers of metrics.jsonl also go to the external loggers."""
+        with open(self.out_dir / name, "a") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if name != "metrics.jsonl":
+            return
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        for writer in self.writers:
+            if hasattr(writer, "add_scalar"):
+                for key, value in scalars.items():
+                    writer.add_scalar(key, value, record["step"])
+            else:
+                writer.log(scalars, step=record["step"])
+
+    def step(self, step: int, metrics: dict[str, float], episodes: list[Episode], problems: list[Problem],
+             seconds: float) -> None:
+        """The step's metrics line, a few of its completions, and the console line."""
+        m, n_shown = metrics, self.cfg.train.samples_per_step
+        self.append("metrics.jsonl", {"step": step, **m, "time_step": seconds})
+        for e in episodes[::max(1, len(episodes) // max(1, n_shown))][:n_shown]:
+            self.append("samples.jsonl", {"step": step, "question": problems[e.group].question, "answer": e.answer,
+                                          "completion": e.text, "reward": e.reward, "finished": e.finished})
+        parts = " ".join(f"{k.removeprefix('reward_')} {v:.2f}" for k, v in m.items() if k.startswith("reward_"))
+        times = " ".join(f"{k.removeprefix('time_')} {v:.1f}s" for k, v in m.items() if k.startswith("time_"))
+        groups = len(episodes) // self.cfg.rollout.group_size
+        print(f"step {step}/{self.cfg.train.steps} | reward {m['reward']:.3f} ({parts}) | acc {m['accuracy']:.3f} "
+              f"| len {m['length']:.0f} | trunc {m['truncated']:.2f} | zero-spread {m['zero_spread_groups']}/{groups} "
+              f"| loss {m['loss']:.4f} | kl {m['kl']:.4f} | ent {m['entropy']:.3f} | gnorm {m['grad_norm']:.3f} "
+              f"| lr {m['lr']:.2e} | {seconds:.1f}s ({times})", flush=True)
