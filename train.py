@@ -5,6 +5,7 @@
     python train.py --config configs/tiny.yaml        # the offline CPU recipe
     python train.py --resume runs/gsm8k               # continue from the last checkpoint
     python train.py --dry-run                         # memory plan only: does it fit the card?
+    torchrun --nproc_per_node=2 train.py              # one run on 2 GPUs (or 2 CPU processes): FSDP2
 
 Logs one line per step, writes metrics.jsonl, samples.jsonl and checkpoints into train.out_dir.
 """
@@ -12,6 +13,7 @@ Logs one line per step, writes metrics.jsonl, samples.jsonl and checkpoints into
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dry-run", action="store_true", help="print the memory plan for this config and exit")
     ap.add_argument("--card-gb", type=float, default=None, help="with --dry-run: GPU size in GB (default: the visible GPU, else 24)")
     ap.add_argument("--ram-gb", type=float, default=None, help="with --dry-run: CPU RAM in GB (default: this machine's)")
+    ap.add_argument("--ranks", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
+                    help="with --dry-run: plan per GPU for this many torchrun processes (default: WORLD_SIZE, else 1)")
     ap.add_argument("--stop-after", type=int, default=None, metavar="N",
                     help="stop (with a checkpoint) after N steps of this run, e.g. to fit a job time limit")
     return ap.parse_args(argv)
@@ -47,21 +51,35 @@ def setup(args: argparse.Namespace):
     if args.dry_run:
         from grpo.memory import format_plan, plan_memory
 
-        print(format_plan(plan_memory(cfg), cfg, card_gb=args.card_gb, ram_gb=args.ram_gb))
+        if args.ranks < 1 or cfg.rollout.prompts_per_step % args.ranks:
+            raise ValueError(f"--ranks {args.ranks} must be >= 1 and divide rollout.prompts_per_step={cfg.rollout.prompts_per_step}")
+        print(format_plan(plan_memory(cfg, ranks=args.ranks), cfg, card_gb=args.card_gb, ram_gb=args.ram_gb,
+                          ranks=args.ranks))
         return cfg, None
+    from grpo.distributed import init_from_env, launched_by_torchrun
     from grpo.trainer import Trainer
 
-    return cfg, Trainer(cfg, resume=args.resume)
+    dist = init_from_env(cfg.model.device) if launched_by_torchrun() else None  # torchrun: one rank of several
+    return cfg, Trainer(cfg, resume=args.resume, dist=dist)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    from grpo.distributed import shutdown
+
+    try:
+        return run(parse_args(argv))
+    finally:
+        shutdown()  # leave the process group (torchrun), if any
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         cfg, trainer = setup(args)
     except (ConfigError, FileNotFoundError, ValueError) as e:
-        # Bad input: one line with the cause and what to do, no traceback. Errors once training
-        # runs are bugs, and keep their traceback.
-        print(f"error: {e}", file=sys.stderr)
+        # Bad input: one line with the cause and what to do, no traceback (under torchrun from rank 0
+        # only: every rank finds the same). Errors once training runs are bugs, and keep their traceback.
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before training started: nothing to save
         print("interrupted", file=sys.stderr)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from data.rewards import Score
 from qwen2 import pad_batch
 
 from .rollout import Episode
@@ -75,6 +76,14 @@ def build_batch(episodes: Sequence[Episode], advantages: Tensor, device: torch.d
     logprobs = per_token([e.sampler_logprobs for e in episodes]) if all(e.sampler_logprobs for e in episodes) else None
     return Batch(list(episodes), advantages.to(device), loss_mask.to(device), per_token([e.entropies for e in episodes]),
                  logprobs)
+
+
+def filler_batch(pad_id: int, device: torch.device | str) -> Batch:
+    """One padding token that carries no loss: what a rank with nothing to train runs, so that the
+    collective forward and backward passes of the others go on (grpo/distributed.py)."""
+    batch = build_batch([Episode(0, [pad_id], [pad_id], True, "", "", Score({}, 0.0, False))], torch.zeros(1), device)
+    batch.loss_mask.zero_()
+    return batch
 
 
 def padded_tokens(episodes: Sequence[Episode], micro_batch_size: int) -> int:
@@ -154,6 +163,5 @@ def _packed_micro_batch(batch: Batch, rows: list[list[int]], pad_id: int, device
 def _micro_batch(batch: Batch, rows: slice, ids: Tensor, attn: Tensor | None, segments: Tensor | None,
                  tokens: list[tuple[int, int, int, int, int]], device: torch.device | str) -> MicroBatch:
     row, col, predictor, episode, index = torch.tensor(tokens, dtype=torch.long).to(device).unbind(1)
-    loss_mask = batch.loss_mask[rows]
-    width = int(loss_mask.sum(1).max())
-    return MicroBatch(rows, ids, attn, segments, row, col, predictor, episode, index, loss_mask[:, :width])
+    width = int(index.max()) + 1  # the longest completion (not the loss mask's sum: a filler batch has none)
+    return MicroBatch(rows, ids, attn, segments, row, col, predictor, episode, index, batch.loss_mask[rows, :width])

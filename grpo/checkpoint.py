@@ -5,6 +5,7 @@ A checkpoint is a directory `RUN/checkpoints/step_000025/` holding
     adapter/             with LoRA: a PEFT adapter directory (+ tokenizer files) for the base model
     optimizer.pt         optimizer state (fp32 master weights, moments) and LR-scheduler state
     rng.pt               RNG states (sampling generator, torch CPU)
+                         (with N ranks: optimizer_rank{r}.pt and rng_rank{r}.pt, each rank's own)
     trainer_state.json   step, data position, and the config it was made with (written last)
 Everything is written into `step_000025.tmp-<pid>/` and renamed into place at the end, so a run
 killed mid-save leaves only a `.tmp-` directory, which resume ignores. Tensors are read back with
@@ -31,6 +32,8 @@ import torch
 from qwen2 import Qwen2, Tokenizer, save_model
 from qwen2.lora import has_lora, save_adapter
 
+from .distributed import Dist, full_state_dict
+
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 LOG_FILES = ("metrics.jsonl", "samples.jsonl")
 
@@ -53,43 +56,72 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 
 def save_checkpoint(run_dir: str | Path, state: TrainingState, model: Qwen2, tokenizer: Tokenizer,
-                    optimizer: torch.optim.Optimizer, scheduler: Any, config: dict[str, Any], keep: int = 2) -> Path:
-    """Write the checkpoint of `state.step` atomically and delete all but the newest `keep`."""
+                    optimizer: torch.optim.Optimizer, scheduler: Any, config: dict[str, Any], keep: int = 2,
+                    dist: Dist | None = None) -> Path:
+    """Write the checkpoint of `state.step` atomically and delete all but the newest `keep`.
+
+    With several ranks (`dist`) every rank calls it: the model is gathered and written whole by
+    rank 0, each rank writes its optimizer shards and RNG states, and rank 0 marks the checkpoint
+    complete and renames it once all have written."""
+    main = dist is None or dist.main
     root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{state.step:06d}"
-    tmp = root / f"step_{state.step:06d}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if has_lora(model):  # only the adapters changed: save them, for the base model.path
-        save_adapter(model, tmp / "adapter", base_model=config["model"]["path"])
-        tokenizer.save_pretrained(tmp / "adapter")
-    else:
-        save_model(model, tmp / "model")
-        tokenizer.save_pretrained(tmp / "model")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-    torch.save(state.rng, tmp / "rng.pt")
-    trainer_state = {"step": state.step, "data": state.data, "config": config}
-    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")  # last: marks it complete
-    if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a periodic save)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    tmp = root / f"step_{state.step:06d}.tmp-{dist.token if dist else os.getpid()}"
+    weights = full_state_dict(model) if dist else None  # collective: every rank takes part
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if has_lora(model):  # only the adapters changed: save them, for the base model.path
+            save_adapter(model, tmp / "adapter", base_model=config["model"]["path"])
+            tokenizer.save_pretrained(tmp / "adapter")
+        else:
+            save_model(model, tmp / "model", state_dict=weights)
+            tokenizer.save_pretrained(tmp / "model")
+    if dist:
+        dist.barrier()  # the directory exists before the other ranks write into it
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / _per_rank("optimizer", dist))
+    torch.save(state.rng, tmp / _per_rank("rng", dist))
+    if dist:
+        dist.barrier()  # every rank's files are written
+    if main:
+        trainer_state = {"step": state.step, "data": state.data, "config": config, "ranks": dist.world if dist else 1}
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")  # last: marks it complete
+        if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a periodic save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    if dist:
+        dist.barrier()
     return final
 
 
+def _per_rank(name: str, dist: Dist | None) -> str:
+    """optimizer.pt for one process; optimizer_rank{r}.pt for each rank of several (its own shards)."""
+    return f"{name}.pt" if dist is None else f"{name}_rank{dist.rank}.pt"
+
+
+def saved_ranks(ckpt: Path) -> int:
+    return json.loads((ckpt / "trainer_state.json").read_text()).get("ranks", 1)
+
+
 def restore_checkpoint(ckpt: Path, run_dir: str | Path, optimizer: torch.optim.Optimizer, scheduler: Any,
-                       generator: torch.Generator) -> TrainingState:
+                       generator: torch.Generator, dist: Dist | None = None) -> TrainingState:
     """Put optimizer, LR schedule and RNGs back as they were at `ckpt`, and drop the lines of
     `run_dir`'s logs that belong to later steps. The model itself is loaded from ckpt/'model'."""
-    opt_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+    ranks = saved_ranks(ckpt)
+    if ranks != (dist.world if dist else 1):
+        raise ValueError(f"{ckpt} was written by {ranks} process(es); resume it with the same number "
+                         f"(torchrun --nproc_per_node={ranks}), or start a new run from its model/ folder")
+    opt_state = torch.load(ckpt / _per_rank("optimizer", dist), map_location="cpu", weights_only=True)
     optimizer.load_state_dict(opt_state["optimizer"])
     scheduler.load_state_dict(opt_state["scheduler"])
-    rng = torch.load(ckpt / "rng.pt", map_location="cpu", weights_only=True)
+    rng = torch.load(ckpt / _per_rank("rng", dist), map_location="cpu", weights_only=True)
     generator.set_state(rng["sampler"])
     torch.set_rng_state(rng["torch"])
     saved = json.loads((ckpt / "trainer_state.json").read_text())
-    trim_logs(run_dir, saved["step"])
+    if dist is None or dist.main:
+        trim_logs(run_dir, saved["step"])
     return TrainingState(saved["step"], saved["data"], rng)
 
 

@@ -7,7 +7,8 @@ Qwen2.5 the vocabulary is ~152k, so a micro-batch of 8 x 1024 tokens has
 log-softmax saved for backward. That dwarfs the 0.5B model itself.
 
 What we do instead:
-  1. run the transformer body ``model.model`` once -> hidden states (R, T, C);
+  1. run the transformer body once -> hidden states (R, T, C) (inside ``model(..., head=...)``, so
+     that a sharded model gathers its embedding and LM head for steps 2-4 too);
   2. pick, for every completion token, the hidden state that predicts it -> (n, C):
      position t's hidden state predicts token t + 1, so the predictor of a token is
      the token before it (for the first token of a completion: the prompt's last one);
@@ -101,8 +102,8 @@ def token_logprobs(
     """Log-probs of ``input_ids[:, targets_start:]`` under ``model`` at ``temperature``, for padded rows.
 
     Args:
-        model: exposes ``model.model(input_ids, attention_mask) -> (B, T, C)`` final-normed
-            hidden states and ``model.lm_head: (C -> V)``.
+        model: ``model(input_ids, attention_mask=..., head=f)`` returns f(final-normed hidden
+            states (B, T, C)), and ``model.lm_head`` maps C -> V (qwen2.Qwen2).
         input_ids: (B, T) ``[left-padded prompt | completion | right padding]``.
         attention_mask: (B, T), 1 for real tokens (or None: all real).
         targets_start: index of the first completion token (the padded prompt length); >= 1.
@@ -119,12 +120,15 @@ def token_logprobs(
     B, T = input_ids.shape
     if not 1 <= targets_start < T:
         raise ValueError(f"targets_start must be in [1, T={T}), got {targets_start}")
-    hidden = model.model(input_ids, attention_mask=attention_mask)  # (B, T, C)
-    # Hidden position t predicts token t + 1: drop the last position, start one early.
-    hidden = hidden[:, targets_start - 1 : T - 1]  # (B, N, C), N = T - targets_start
     targets = input_ids[:, targets_start:]  # (B, N)
-    logp, entropy = logprobs_in_chunks(model.lm_head, hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1),
-                                       temperature, chunk_tokens, with_entropy)
+
+    def head(hidden: Tensor) -> tuple[Tensor, Tensor | None]:
+        # Hidden position t predicts token t + 1: drop the last position, start one early.
+        hidden = hidden[:, targets_start - 1 : T - 1]  # (B, N, C), N = T - targets_start
+        return logprobs_in_chunks(model.lm_head, hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1),
+                                  temperature, chunk_tokens, with_entropy)
+
+    logp, entropy = model(input_ids, attention_mask=attention_mask, head=head)
     if with_entropy:
         return logp.view(targets.shape), entropy.view(targets.shape)
     return logp.view(targets.shape)
@@ -135,10 +139,13 @@ def micro_batch_logprobs(model: nn.Module, micro: MicroBatch, temperature: float
     """Log-probs (e, width) of the completion tokens of a micro-batch's e episodes, in the same
     layout whichever way the micro-batch was packed (zeros past each completion's end); and
     their entropies (e, width) if ``with_entropy``."""
-    hidden = model.model(micro.input_ids, attention_mask=micro.attention_mask, segment_ids=micro.segment_ids)
     targets = micro.input_ids[micro.token_row, micro.token_col]  # (n,)
-    logp, entropy = logprobs_in_chunks(model.lm_head, hidden[micro.token_row, micro.predictor_col], targets,
-                                       temperature, chunk_tokens, with_entropy)
+
+    def head(hidden: Tensor) -> tuple[Tensor, Tensor | None]:
+        return logprobs_in_chunks(model.lm_head, hidden[micro.token_row, micro.predictor_col], targets,
+                                  temperature, chunk_tokens, with_entropy)
+
+    logp, entropy = model(micro.input_ids, attention_mask=micro.attention_mask, segment_ids=micro.segment_ids, head=head)
     where = (micro.token_episode, micro.token_index)  # (n,) each: the token's place in (e, width)
     out = logp.new_zeros(micro.loss_mask.shape).index_put(where, logp)
     return out, entropy.new_zeros(micro.loss_mask.shape).index_put(where, entropy) if with_entropy else None

@@ -106,8 +106,11 @@ def optimizer_state_bytes(
     return out
 
 
-def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: str = "cuda") -> list[Item]:
-    """The plan for training on `device` ("cuda"; tests plan for "cpu" to compare with real tensors)."""
+def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: str = "cuda", ranks: int = 1) -> list[Item]:
+    """The plan for training on `device` ("cuda"; tests plan for "cpu" to compare with real tensors),
+    per GPU when `ranks` processes share the work (torchrun: FSDP2 shards weights, gradients and
+    optimizer state; each rank samples rows / ranks; a step gathers the full weights for sampling
+    and one or two FSDP units at a time in training)."""
     mc = model_config or model_config_for(cfg)
     b = torch.finfo(getattr(torch, cfg.model.dtype)).bits // 8
     n = mc.num_params
@@ -133,15 +136,22 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
     chunk = cfg.grpo.logprob_chunk * mc.vocab_size * (b + 4 + 4)  # logits, fp32 copy, log-softmax
 
     def split(nbytes: int, where_cpu: bool) -> tuple[int, int]:
-        return (0, nbytes) if where_cpu else (nbytes, 0)
+        return (-(-nbytes // ranks), 0) if not where_cpu else (0, -(-nbytes // ranks))  # this rank's shard
 
-    items = [Item("weights", n * b, 0, "both")]
+    shard = -(-n * b // ranks)
+    items = [Item("weights" + (f" (1/{ranks} each)" if ranks > 1 else ""), shard, 0, "both")]
+    if ranks > 1:
+        root = mc.vocab_size * mc.hidden_size * (1 if mc.tie_word_embeddings else 2) + mc.hidden_size
+        unit = (n - root) // mc.num_hidden_layers
+        items += [Item("weights gathered for sampling", n * b - shard, 0, "rollout"),
+                  Item("FSDP units gathered in training", (root + unit) * b, 0, "training")]
     if lora.rank:
         items.append(Item(f"LoRA adapters (rank {lora.rank}, {trained / 1e6:.1f}M params)", trained * b, 0, "both"))
     elif cfg.grpo.beta > 0:  # with LoRA the reference is the base model itself (adapters off)
-        items.append(Item("reference model (beta > 0)", n * b, 0, "both"))
+        items.append(Item("reference model (beta > 0)", shard, 0, "both"))
+    rows = rows // ranks  # each rank samples its share of the questions
     items += [
-        Item("gradients", trained * b, 0, "training"),
+        Item("gradients", -(-trained * b // ranks), 0, "training"),
         Item("fp32 master weights", *split(opt["master"], cfg.optim.offload), "both"),
         Item("Adam moments (fp32 x2)", *split(opt["exp_avg"] + opt["exp_avg_sq"], cfg.optim.offload), "both"),
     ]
@@ -149,7 +159,8 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
     state_gpu = 0 if cfg.optim.offload else opt["master"] + opt["exp_avg"] + opt["exp_avg_sq"]
     state_cpu = opt["master"] + opt["exp_avg"] + opt["exp_avg_sq"] - state_gpu
     if opt["scratch"] or opt["staging"]:
-        items.append(Item("optimizer working buffers", opt["device"] - state_gpu, opt["cpu"] - state_cpu, "training"))
+        items.append(Item("optimizer working buffers", -(-(opt["device"] - state_gpu) // ranks),
+                          -(-(opt["cpu"] - state_cpu) // ranks), "training"))
     items += [
         Item(f"rollout KV cache ({rows} rows x {seq} tokens)", kv_cache_bytes(mc, rows, seq, b), 0, "rollout"),
         Item("sampler logits", rows * mc.vocab_size * (b + 4), 0, "rollout"),
@@ -199,7 +210,8 @@ def out_of_memory_message(cfg: Config, step: int) -> str:
             f"--resume {cfg.train.out_dir}")
 
 
-def format_plan(items: list[Item], cfg: Config, card_gb: float | None = None, ram_gb: float | None = None) -> str:
+def format_plan(items: list[Item], cfg: Config, card_gb: float | None = None, ram_gb: float | None = None,
+                ranks: int = 1) -> str:
     """The plan as a table, then whether it fits the card (`card_gb`, default: the visible GPU, else
     24) and this machine's RAM (`ram_gb`, default: its physical memory), and what to try if not."""
     gpu_here = torch.cuda.is_available()
@@ -208,12 +220,13 @@ def format_plan(items: list[Item], cfg: Config, card_gb: float | None = None, ra
     ram_source = "this machine; --ram-gb sets it" if ram_gb is None else "--ram-gb"
     ram_gb = host_ram_gb() if ram_gb is None else ram_gb
     mc = model_config_for(cfg)
+    per = f", per rank of {ranks} (torchrun)" if ranks > 1 else ""
     lines = [f"memory plan: {Path(cfg.model.path).name} ({mc.num_params / 1e9:.2f}B params, {cfg.model.dtype}), "
-             f"optim.offload={str(cfg.optim.offload).lower()}", f"{'':52s} {'GPU GB':>8s} {'CPU GB':>8s}"]
+             f"optim.offload={str(cfg.optim.offload).lower()}{per}", f"{'':52s} {'GPU GB':>8s} {'CPU GB':>8s}"]
     for i in items:
         lines.append(f"  {i.name:50s} {i.gpu / GB:8.2f} {i.cpu / GB:8.2f}")
-    peak, host = peak_gpu(items) / GB, sum(i.cpu for i in items) / GB
-    lines.append(f"  {'GPU peak (larger of rollout and training phase)':50s} {peak:8.2f} {host:8.2f}")
+    peak, host = peak_gpu(items) / GB, sum(i.cpu for i in items) * ranks / GB  # all ranks share the machine's RAM
+    lines.append(f"  {'GPU peak (larger of rollout and training phase)':50s} {peak:8.2f} {host / ranks:8.2f}")
 
     card = f"a card of {card_gb:.0f} GB" + ("" if gpu_here else " (no GPU here; --card-gb sets the size)")
     gpu_fits = peak + GPU_OVERHEAD_GB <= card_gb

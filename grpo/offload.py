@@ -172,23 +172,23 @@ class OffloadPipeline:
     def _on_copy_stream(self) -> contextlib.AbstractContextManager:
         return torch.cuda.stream(self.copy_stream) if self.cuda else contextlib.nullcontext()
 
-    def _fetch(self, k: int, params: list[Tensor]) -> tuple[list[Tensor], Any]:
-        """Queue the D2H copies of ``params``' grads into slot k % 2; returns the
+    def _fetch(self, k: int, grads: list[Tensor]) -> tuple[list[Tensor], Any]:
+        """Queue the D2H copies of ``grads`` into slot k % 2; returns the
         staged views and an event that fires when they have arrived (None on CPU)."""
-        staging = _carve(self.slots[k % 2], params, params[0].dtype)
+        staging = _carve(self.slots[k % 2], grads, grads[0].dtype)
         with self._on_copy_stream():
-            for st, p in zip(staging, params):
-                st.copy_(p.grad, non_blocking=self.cuda)
+            for st, g in zip(staging, grads):
+                st.copy_(g, non_blocking=self.cuda)
             done = None
             if self.cuda:
                 done = torch.cuda.Event()
                 done.record(self.copy_stream)
         return staging, done
 
-    def step(self, buckets: Sequence[list[Tensor]], update: UpdateFn) -> None:
-        """For each bucket (parameters of one dtype, at most ``slot_bytes`` together):
-        grads to the host, ``update(k, grads)``, new weights back into the
-        parameters. The transfers of neighbouring buckets overlap the update."""
+    def step(self, buckets: Sequence[tuple[list[Tensor], list[Tensor]]], update: UpdateFn) -> None:
+        """For each bucket, (weights, their grads) of one dtype, at most ``slot_bytes``
+        together: grads to the host, ``update(k, grads)``, new weights back into the
+        weights. The transfers of neighbouring buckets overlap the update."""
         if not buckets:
             return
         if self.cuda:
@@ -199,18 +199,18 @@ class OffloadPipeline:
         # the weights of bucket k have left it; and the CPU writes into a slot
         # only after waiting for that slot's grads to arrive, which is after
         # every earlier copy from it.
-        pending = self._fetch(0, buckets[0])
-        for k, params in enumerate(buckets):
+        pending = self._fetch(0, buckets[0][1])
+        for k, (weights, _) in enumerate(buckets):
             staging, done = pending
             if k + 1 < len(buckets):
-                pending = self._fetch(k + 1, buckets[k + 1])  # next bucket travels while we compute
+                pending = self._fetch(k + 1, buckets[k + 1][1])  # next bucket travels while we compute
             if done is not None:
                 done.synchronize()  # bucket k's grads are in host memory
             new_weights = update(k, staging)
             for st, w in zip(staging, new_weights):
                 st.copy_(w)  # downcast into the (now free) staging slot
             with self._on_copy_stream():
-                for st, p in zip(staging, params):
-                    p.copy_(st, non_blocking=self.cuda)
+                for st, w in zip(staging, weights):
+                    w.copy_(st, non_blocking=self.cuda)
         if self.cuda:
             compute.wait_stream(self.copy_stream)  # next forward sees the new weights

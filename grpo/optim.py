@@ -64,11 +64,19 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 from .offload import (DEFAULT_BUCKET_NUMEL, OffloadPipeline, is_own_master, split_into_buckets,
                       state_device, uses_staging, working_buffers)
 
-__all__ = ["AdamWHyper", "AdamWState", "OffloadAdamW"]
+
+def local(t: Tensor) -> Tensor:
+    """The part of a tensor that lives in this process: an FSDP2-sharded parameter (or gradient) is a
+    DTensor, and the optimizer works on its local shard (multi-process runs, grpo/distributed.py)."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+__all__ = ["AdamWHyper", "AdamWState", "OffloadAdamW", "local"]
 
 # -- The AdamW maths, on lists of fp32 tensors that all live on one device. --
 
@@ -236,12 +244,12 @@ class OffloadAdamW(torch.optim.Optimizer):
                     raise RuntimeError("OffloadAdamW supports dense real parameters only")
                 if "master" not in self.state[p]:
                     self.state[p].update(self._new_state(p))
-                master = self.state[p]["master"]
-                b.aliased.append(master.device == p.device and master.data_ptr() == p.data_ptr())
+                master, weight = self.state[p]["master"], local(p)
+                b.aliased.append(master.device == weight.device and master.data_ptr() == weight.data_ptr())
             states = [self.state[p] for p in params]
             b.state = AdamWState(*([st[key] for st in states] for key in ("master", "exp_avg", "exp_avg_sq", "step")))
             buckets.append(b)
-        plan = working_buffers([b.params for b in buckets], self.offload, pipeline=self.pipeline)
+        plan = working_buffers([[local(p) for p in b.params] for b in buckets], self.offload, pipeline=self.pipeline)
         self._scratch, self._pipelines = {}, {}  # free the old buffers before allocating new ones
         self._scratch = {dev: torch.empty(n, dtype=torch.float32, device=dev)
                          for dev, n in plan.scratch_numel.items()}
@@ -251,6 +259,7 @@ class OffloadAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def _new_state(self, p: Tensor) -> dict[str, Tensor]:
+        p = local(p)
         dev = state_device(p.device, self.offload)
         own = is_own_master(p, dev)  # then no copy: the parameter is the master
         master = p.detach() if own else torch.empty(p.shape, dtype=torch.float32, device=dev).copy_(p)
@@ -317,10 +326,10 @@ class OffloadAdamW(torch.optim.Optimizer):
     def _step_local(self, b: _Bucket, idx: list[int]) -> None:
         """Synchronous step: CPU-only runs, ``offload=False``, and devices
         without CUDA streams."""
-        self._update(b, idx, [b.params[i].grad for i in idx])
+        self._update(b, idx, [local(b.params[i].grad) for i in idx])
         for i in idx:
             if not b.aliased[i]:
-                b.params[i].copy_(b.state.masters[i])  # round to the model dtype
+                local(b.params[i]).copy_(b.state.masters[i])  # round to the model dtype
 
     def _step_staged(self, pipeline: OffloadPipeline, work: list[tuple[_Bucket, list[int]]]) -> None:
         """Offloaded step through the staging slots (see ``grpo/offload.py``)."""
@@ -330,7 +339,8 @@ class OffloadAdamW(torch.optim.Optimizer):
             self._update(b, idx, host_grads)  # fp32 grads straight from the slot, others via scratch
             return [b.state.masters[i] for i in idx]
 
-        pipeline.step([[b.params[i] for i in idx] for b, idx in work], update)
+        pipeline.step([([local(b.params[i]) for i in idx], [local(b.params[i].grad) for i in idx]) for b, idx in work],
+                      update)
 
     # -- master weights and checkpoints -----------------------------------
 
@@ -343,7 +353,7 @@ class OffloadAdamW(torch.optim.Optimizer):
         for b in self._buckets or []:
             for p, master, aliased in zip(b.params, b.state.masters, b.aliased):
                 if not aliased:
-                    master.copy_(p)
+                    master.copy_(local(p))
 
     @torch.no_grad()
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -380,6 +390,6 @@ class OffloadAdamW(torch.optim.Optimizer):
         for b in buckets:
             for p, master, aliased in zip(b.params, b.state.masters, b.aliased):
                 if not aliased:
-                    p.copy_(master)
+                    local(p).copy_(master)
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)

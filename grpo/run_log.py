@@ -8,8 +8,11 @@ after its checkpoint (grpo/checkpoint.py), so the files always match the checkpo
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from torch import Tensor
 
 from data.gsm8k import Problem
 
@@ -57,7 +60,7 @@ class RunLog:
 
     def step(self, step: int, metrics: dict[str, float], episodes: list[Episode], problems: list[Problem],
              seconds: float) -> None:
-        """The step's metrics line, a few of its completions, and the console line."""
+        """The step's metrics line, a few of its completions (this process's), and the console line."""
         m, n_shown = metrics, self.cfg.train.samples_per_step
         self.append("metrics.jsonl", {"step": step, **m, "time_step": seconds})
         for e in episodes[::max(1, len(episodes) // max(1, n_shown))][:n_shown]:
@@ -65,8 +68,27 @@ class RunLog:
                                           "completion": e.text, "reward": e.reward, "finished": e.finished})
         parts = " ".join(f"{k.removeprefix('reward_')} {v:.2f}" for k, v in m.items() if k.startswith("reward_"))
         times = " ".join(f"{k.removeprefix('time_')} {v:.1f}s" for k, v in m.items() if k.startswith("time_"))
-        groups = len(episodes) // self.cfg.rollout.group_size
         print(f"step {step}/{self.cfg.train.steps} | reward {m['reward']:.3f} ({parts}) | acc {m['accuracy']:.3f} "
-              f"| len {m['length']:.0f} | trunc {m['truncated']:.2f} | zero-spread {m['zero_spread_groups']}/{groups} "
+              f"| len {m['length']:.0f} | trunc {m['truncated']:.2f} | zero-spread {m['zero_spread_groups']}/{m['groups']} "
               f"| loss {m['loss']:.4f} | kl {m['kl']:.4f} | ent {m['entropy']:.3f} | gnorm {m['grad_norm']:.3f} "
               f"| lr {m['lr']:.2e} | {seconds:.1f}s ({times})", flush=True)
+
+
+def rollout_metrics(episodes: list[Episode], has_spread: Tensor, group_size: int,
+                    total: Callable[[list[float]], list[float]] = list) -> dict[str, float]:
+    """Means over the step's episodes: sums and counts first (`total` adds them up over ranks),
+    then one division, so several ranks log the numbers one process would."""
+    parts = list(episodes[0].score.parts)  # the weighted reward functions, and overlong when on
+    sums = {"reward": sum(e.reward for e in episodes),
+            **{f"reward_{p}": sum(e.score.parts[p] for e in episodes) for p in parts},
+            "accuracy": sum(e.score.correct for e in episodes),
+            "length": sum(len(e.completion_ids) for e in episodes),
+            "truncated": sum(not e.finished for e in episodes),
+            "entropy": sum(sum(e.entropies) for e in episodes),
+            "zero_spread_groups": int((~has_spread).sum()) // group_size}
+    *totals, n = total([*sums.values(), len(episodes)])
+    metrics = {k: v / n for k, v in zip(sums, totals)}
+    metrics["entropy"] = metrics["entropy"] / max(metrics["length"], 1e-9)  # per token, not per episode
+    metrics["zero_spread_groups"] = int(round(metrics["zero_spread_groups"] * n))
+    metrics["groups"] = int(n) // group_size
+    return metrics

@@ -5,18 +5,18 @@ One step (`Trainer.train_step`):
   1. generate  take N questions, sample G completions each with our KV-cache sampler
   2. reward    score every completion; group-normalise rewards into advantages; drop groups whose
                rewards are all equal (no signal) and, optionally, truncated episodes
-  3. logprobs  (only when needed) log-probs of the old policy (mu > 1) and of the reference (beta > 0)
+  3. logprobs  (beta > 0 only) log-probs of the frozen reference model, for the KL term
   4. update    mu passes over the batch in micro-batches; gradients accumulate exactly
   5. optimizer clip the gradient norm, AdamW step (optionally offloaded), LR schedule
 
-Why mu > 1 recomputes the old policy's log-probs instead of taking the sampler's own
-(`generate(..., return_logprobs=True)`): the sampler computes them in another way (one token at a
-time against a KV cache, other batch shapes, so other kernels and, in bf16, other rounding), so
-they differ from the training forward's by numerical noise. As pi_old, that noise would make the
-PPO ratio differ from 1 before any update and the clip would act on it. One extra forward pass
-without gradients gives the exact pi_old of the function we differentiate.
+Where pi_old (the PPO ratio's denominator) comes from: the first update pass runs on the weights
+that sampled, so its detached log-probs are pi_old exactly and later passes (mu > 1) reuse them. The
+sampler's own log-probs are not used for it: computed one token at a time against a KV cache, with
+other kernels and (in bf16) other rounding, they would make the ratio differ from 1 before any
+update (`grpo.old_logprobs: sampler` uses them only as a truncated importance weight instead).
 
-Simplifications: one process, one device; the batch is rebuilt from Python lists each step.
+Simplifications: the batch is rebuilt from Python lists each step; with several processes
+(torchrun, grpo/distributed.py) data parallel only.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from data.gsm8k import Problem, load_gsm8k
@@ -38,16 +39,17 @@ from qwen2 import Qwen2, Tokenizer, load_model
 from qwen2.lora import adapters_disabled, add_lora, load_adapter
 
 from .advantages import group_advantages
-from .batch import Batch, MicroBatch, build_batch, micro_batches, padded_tokens
+from .batch import Batch, MicroBatch, build_batch, filler_batch, micro_batches, padded_tokens
 from .checkpoint import TrainingState, latest_checkpoint, list_checkpoints, restore_checkpoint, save_checkpoint
 from .config import Config
+from .distributed import Dist, check_distributed, full_weights, in_lockstep, shard
 from .evaluate import evaluate
 from .interrupt import Interrupt
 from .logprobs import micro_batch_logprobs
 from .loss import policy_loss, top_entropy_mask, truncated_importance_weights
 from .optim import OffloadAdamW
 from .rollout import Episode, encode_prompt, rollout
-from .run_log import RunLog
+from .run_log import RunLog, rollout_metrics
 from .runtime import cpu_warning, enable_activation_checkpointing, resolve_device
 from .schedule import DataOrder, lr_factor
 
@@ -74,11 +76,13 @@ class StepResult:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, resume: str | Path | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: Config, resume: str | Path | None = None, dist: Dist | None = None):
+        self.cfg, self.dist = cfg, dist
         self.out_dir = Path(cfg.train.out_dir)
-        self.device = resolve_device(cfg.model.device)
+        self.device = dist.device if dist else resolve_device(cfg.model.device)
         self.dtype = getattr(torch, cfg.model.dtype)
+        if dist:
+            check_distributed(cfg, dist)
         torch.manual_seed(cfg.train.seed)
         if resume is None:
             self._refuse_to_overwrite()
@@ -93,7 +97,8 @@ class Trainer:
             raise FileNotFoundError(f"model.path {model_dir} not found: run python download.py, or point "
                                     "--set model.path=DIR at a Hugging Face Qwen2 checkpoint directory "
                                     "(python scripts/tiny_recipe.py builds an offline tiny one)")
-        self.model = load_model(model_dir, device=self.device, dtype=self.dtype)
+        load_to = "cpu" if dist else self.device  # several ranks: each shards the CPU copy onto its device
+        self.model = load_model(model_dir, device=load_to, dtype=self.dtype)
         if ckpt and lora.rank:
             load_adapter(self.model, ckpt / "adapter")
         elif lora.rank:  # B = 0: training starts from the base model exactly
@@ -105,9 +110,13 @@ class Trainer:
         self.tokenizer = Tokenizer.from_pretrained(model_dir)
         self.ref_model = None
         if cfg.grpo.beta > 0 and not lora.rank:  # frozen initial policy for the KL term (LoRA: adapters off)
-            self.ref_model = load_model(cfg.model.path, device=self.device, dtype=self.dtype).requires_grad_(False)
+            self.ref_model = load_model(cfg.model.path, device=load_to, dtype=self.dtype).requires_grad_(False)
         if cfg.model.activation_checkpointing:
             enable_activation_checkpointing(self.model)
+        if dist:
+            for model in (self.model, self.ref_model):
+                if model is not None:
+                    shard(model, dist)
 
         self.train_set = self._load_problems(cfg.data.train_file)
         self.eval_set = load_gsm8k(cfg.data.test_file)[:cfg.train.eval_size] if cfg.train.eval_every else []
@@ -118,14 +127,15 @@ class Trainer:
                                       eps=optim.eps, weight_decay=optim.weight_decay, offload=optim.offload)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, partial(lr_factor, warmup=optim.warmup_steps, total=cfg.train.steps, min_ratio=optim.min_lr_ratio))
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed)
+        # Each rank samples with its own stream; rank 0's is the one-process stream.
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1_000_003 * (dist.rank if dist else 0))
         self.data = DataOrder(len(self.train_set), cfg.train.seed)
         self.step = 0
         if ckpt:
-            state = restore_checkpoint(ckpt, self.out_dir, self.optimizer, self.scheduler, self.generator)
+            state = restore_checkpoint(ckpt, self.out_dir, self.optimizer, self.scheduler, self.generator, dist)
             self.step = state.step
             self.data = DataOrder(len(self.train_set), cfg.train.seed, **state.data)
-            print(f"resumed from {ckpt} at step {self.step}")
+            self._say(f"resumed from {ckpt} at step {self.step}")
         self.interrupt: Interrupt | None = None
         self.log = RunLog(self.out_dir, cfg)
 
@@ -135,8 +145,9 @@ class Trainer:
         """Train until train.steps (or `stop_after` more steps), evaluating and saving on schedule."""
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        self.log.open()
+        if self.main:
+            (self.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            self.log.open()
         self.interrupt = interrupt = Interrupt()
         last_saved = self.step
         snapshot = self._capture()  # the state after the last completed step
@@ -150,7 +161,8 @@ class Trainer:
                 interrupt.defer()  # a Ctrl-C now waits until the step is on the books
                 self.step += 1
                 steps_this_run += 1
-                self.log.step(self.step, result.metrics, result.episodes, result.problems, time.perf_counter() - t0)
+                if self.main:
+                    self.log.step(self.step, result.metrics, result.episodes, result.problems, time.perf_counter() - t0)
                 snapshot = self._capture()
                 interrupt.release()
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
@@ -191,17 +203,19 @@ class Trainer:
         keep = [i for i, e in enumerate(episodes) if has_spread[i] and (e.finished or not cfg.grpo.skip_truncated)]
         timings["reward"] += time.perf_counter() - t0
 
-        # 3-5. log-probs, update, optimizer.
+        # 3-5. log-probs, update, optimizer (with several ranks, all of them when any has episodes).
         stats, extra = UpdateStats(), {}
-        if keep:
-            batch = build_batch([episodes[i] for i in keep], advantages[keep], self.device)
+        trained = int(self._sum([len(keep)])[0])
+        if trained:
+            batch = (build_batch([episodes[i] for i in keep], advantages[keep], self.device) if keep
+                     else filler_batch(self.tokenizer.pad_token_id, self.device))
             micros = micro_batches(batch, shared_prefix=cfg.grpo.shared_prefix, micro_batch_size=cfg.grpo.micro_batch_size,
                                    micro_batch_tokens=cfg.grpo.micro_batch_tokens, pad_id=self.tokenizer.pad_token_id,
                                    device=self.device)
             # Tokens one forward pass over the batch pushes through the model, and what the padded
             # layout (one [left-padded prompt | completion] row per episode) would push.
-            extra = {"update_tokens": sum(m.num_tokens for m in micros),
-                     "padded_tokens": padded_tokens(batch.episodes, cfg.grpo.micro_batch_size)}
+            local = [sum(m.num_tokens for m in micros), padded_tokens(batch.episodes, cfg.grpo.micro_batch_size)] if keep else [0, 0]
+            extra = dict(zip(("update_tokens", "padded_tokens"), map(int, self._sum(local))))
             stats, extra_update = self._update(batch, micros, timings)
             extra |= extra_update
         with warnings.catch_warnings():
@@ -210,7 +224,7 @@ class Trainer:
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
 
-        metrics = self._rollout_metrics(episodes, has_spread) | asdict(stats) | {"trained_episodes": len(keep)} | extra
+        metrics = rollout_metrics(episodes, has_spread, G, self._sum) | {"lr": self.scheduler.get_last_lr()[0]} | asdict(stats) | {"trained_episodes": trained} | extra
         if cfg.rollout.dynamic_sampling:
             metrics |= {"questions_sampled": len(problems), "groups_kept": len({episodes[i].group for i in keep}),
                         "sampling_rounds": rounds}
@@ -220,15 +234,33 @@ class Trainer:
     def _rollout(self, n: int, timings: dict[str, float], first_group: int = 0) -> tuple[list[Problem], list[Episode]]:
         """The next n training questions, G samples each, scored."""
         cfg = self.cfg
-        problems = [self.train_set[i] for i in self.data.take(n)]
+        problems = [self.train_set[i] for i in self.data.take(n)]  # the same order on every rank ...
+        if self.dist:  # ... of which each rank samples its own slice
+            share = n // self.dist.world
+            problems = problems[self.dist.rank * share:(self.dist.rank + 1) * share]
         overlong = cfg.reward.overlong
-        episodes = rollout(self.model, self.tokenizer, problems, cfg.rollout.group_size,
-                           max_new_tokens=cfg.rollout.max_new_tokens, template=cfg.data.template,
-                           reward_weights=cfg.reward.weights, sampling=cfg.rollout.sampling,
-                           overlong=(overlong.max_tokens, overlong.buffer) if overlong.max_tokens else None,
-                           generator=self.generator, progress=cfg.train.progress,
-                           return_logprobs=cfg.grpo.old_logprobs == "sampler", first_group=first_group, timings=timings)
+        with full_weights(self.model):
+            episodes = rollout(self.model, self.tokenizer, problems, cfg.rollout.group_size,
+                               max_new_tokens=cfg.rollout.max_new_tokens, template=cfg.data.template,
+                               reward_weights=cfg.reward.weights, sampling=cfg.rollout.sampling,
+                               overlong=(overlong.max_tokens, overlong.buffer) if overlong.max_tokens else None,
+                               generator=self.generator, progress=cfg.train.progress and self.main,
+                               return_logprobs=cfg.grpo.old_logprobs == "sampler", first_group=first_group,
+                               timings=timings)
         return problems, episodes
+
+    @property
+    def main(self) -> bool:
+        """The process that prints and writes logs: the only one, or rank 0 of several."""
+        return self.dist is None or self.dist.main
+
+    def _sum(self, values: list[float]) -> list[float]:
+        """Summed over ranks (as they are with one process)."""
+        return self.dist.sum(values) if self.dist else list(values)
+
+    def _say(self, message: str) -> None:
+        if self.main:
+            print(message, flush=True)
 
     def _spread_groups(self, episodes: list[Episode]) -> int:
         """How many groups got different rewards (the ones that carry a learning signal)."""
@@ -238,11 +270,14 @@ class Trainer:
     def _update(self, batch: Batch, micros: list[MicroBatch], timings: dict[str, float]) -> tuple[UpdateStats, dict]:
         """mu passes over the batch; each pass accumulates micro-batch gradients, then steps the optimizer."""
         grpo = self.cfg.grpo
+        # The loss normalisers are the whole step's counts (over all ranks).
+        counts = tuple(int(c) for c in self._sum([batch.loss_mask.sum().item(), batch.loss_mask.any(1).sum().item()]))
+        schedule = in_lockstep(micros, self.dist)
         t0 = time.perf_counter()
         ref = None
         if self.cfg.grpo.beta > 0:  # the frozen reference: a copy, or with LoRA the base (adapters off)
             with adapters_disabled(self.model):
-                ref = self._logprobs(self.ref_model or self.model, batch, micros)
+                ref = self._logprobs(self.ref_model or self.model, batch, schedule)
             timings["logprobs"] = time.perf_counter() - t0
         timings["update"], timings["optimizer"] = 0.0, 0.0
         # pi_old of the PPO ratio: the first pass runs on the weights that sampled, so its log-probs
@@ -253,12 +288,12 @@ class Trainer:
 
         stats = UpdateStats()
         self.model.train()
-        bar = tqdm(total=grpo.updates_per_batch * len(micros), desc="update", leave=False,
-                   disable=not self.cfg.train.progress)
+        bar = tqdm(total=grpo.updates_per_batch * len(schedule), desc="update", leave=False,
+                   disable=not (self.cfg.train.progress and self.main))
         for epoch in range(grpo.updates_per_batch):
             t0 = time.perf_counter()
-            for micro in micros:
-                stats.add(self._micro_step(micro, batch, old, ref, weights, first_pass=epoch == 0),
+            for micro, weight in schedule:
+                stats.add(self._micro_step(micro, batch, old, ref, weights, epoch == 0, counts, weight),
                           1 / grpo.updates_per_batch)
                 bar.update()
             t1 = time.perf_counter()
@@ -267,16 +302,18 @@ class Trainer:
             timings["optimizer"] += time.perf_counter() - t1
         bar.close()
         self.model.eval()
+        stats.loss, stats.kl, stats.clip_frac = self._sum([stats.loss, stats.kl, stats.clip_frac])
         extra = {}
         if batch.sampler_logprobs is not None:  # how far the sampler's numbers are from the trainer's
             mask = batch.loss_mask.bool()
             ratio = torch.exp(old - batch.sampler_logprobs)[mask]
-            extra = {"tis_ratio_mean": float(ratio.mean()), "tis_ratio_max": float(ratio.max())}
+            extra = {"tis_ratio_mean": float(ratio.mean()), "tis_ratio_max": float(ratio.max())}  # this rank's
         return stats, extra
 
     def _micro_step(self, micro: MicroBatch, batch: Batch, old: Tensor, ref: Tensor | None, weights: Tensor,
-                    first_pass: bool) -> UpdateStats:
-        """Loss of one micro-batch, its backward (gradients accumulate), and its share of the statistics."""
+                    first_pass: bool, counts: tuple[int, int], weight: float = 1.0) -> UpdateStats:
+        """Loss of one micro-batch, its backward (gradients accumulate), and its share of the statistics.
+        `counts` = (completion tokens, sequences) of the whole step; `weight` 0 = a filler pass."""
         cfg, grpo = self.cfg, self.cfg.grpo
         logp, _ = micro_batch_logprobs(self.model, micro, cfg.rollout.temperature, grpo.logprob_chunk)
         rows, width = micro.rows, micro.loss_mask.shape[1]
@@ -287,18 +324,18 @@ class Trainer:
             token_weights = token_weights * truncated_importance_weights(
                 old[rows, :width], batch.sampler_logprobs[rows, :width], micro.loss_mask, grpo.tis_cap)
         sequence = grpo.ratio_level == "sequence"
-        num_tokens = int(batch.loss_mask.sum())
+        num_tokens, num_sequences = counts
         # The normalisers are the whole batch's counts, so the micro-batch losses add up to the batch loss.
         loss, stats = policy_loss(
             logp, old[rows, :width], batch.advantages[rows], micro.loss_mask,
             eps_low=grpo.sequence_epsilon_low if sequence else grpo.epsilon_low,
             eps_high=grpo.sequence_epsilon_high if sequence else grpo.epsilon_high,
             aggregation=grpo.aggregation, ref_logp=None if ref is None else ref[rows, :width], beta=grpo.beta,
-            num_sequences=len(batch.episodes), num_tokens=num_tokens, max_tokens=cfg.rollout.max_new_tokens,
+            num_sequences=num_sequences, num_tokens=num_tokens, max_tokens=cfg.rollout.max_new_tokens,
             objective=grpo.loss, ratio_level=grpo.ratio_level, delta=grpo.delta, token_weights=token_weights)
-        loss.backward()
-        share = float(micro.loss_mask.sum()) / num_tokens  # per-token statistics weigh by token count
-        return UpdateStats(loss=loss.item(), kl=stats.get("kl", 0.0) * share,
+        (loss * (weight * (self.dist.world if self.dist else 1))).backward()  # x N: FSDP averages over ranks
+        share = weight * float(micro.loss_mask.sum()) / num_tokens  # per-token statistics weigh by token count
+        return UpdateStats(loss=weight * loss.item(), kl=stats.get("kl", 0.0) * share,
                            clip_frac=(stats["clip_frac_low"] + stats["clip_frac_high"]) * share)
 
     def _optimizer_step(self) -> float:
@@ -308,29 +345,16 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm)
+        return float(grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm)  # sharded: all ranks
 
-    def _logprobs(self, model: Qwen2, batch: Batch, micros: list[MicroBatch]) -> Tensor:
+    def _logprobs(self, model: Qwen2, batch: Batch, schedule: list[tuple[MicroBatch, float]]) -> Tensor:
         """Log-probs (E, C) of the completion tokens under `model`, without gradients."""
         out = torch.zeros_like(batch.loss_mask)
         with torch.no_grad():
-            for micro in micros:
+            for micro, _ in schedule:
                 logp, _ = micro_batch_logprobs(model, micro, self.cfg.rollout.temperature, self.cfg.grpo.logprob_chunk)
                 out[micro.rows, :logp.shape[1]] = logp
         return out
-
-    def _rollout_metrics(self, episodes: list[Episode], has_spread: Tensor) -> dict[str, float]:
-        n, G = len(episodes), self.cfg.rollout.group_size
-        metrics = {"reward": sum(e.reward for e in episodes) / n}
-        for part in episodes[0].score.parts:  # the weighted reward functions, and overlong when on
-            metrics[f"reward_{part}"] = sum(e.score.parts[part] for e in episodes) / n
-        tokens = sum(len(e.completion_ids) for e in episodes)
-        return metrics | dict(accuracy=sum(e.score.correct for e in episodes) / n,
-                              length=tokens / n,
-                              entropy=sum(sum(e.entropies) for e in episodes) / max(1, tokens),
-                              truncated=sum(not e.finished for e in episodes) / n,
-                              zero_spread_groups=int((~has_spread).sum()) // G,
-                              lr=self.scheduler.get_last_lr()[0])
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -362,14 +386,22 @@ class Trainer:
 
     def _save(self, state: TrainingState) -> None:
         path = save_checkpoint(self.out_dir, state, self.model, self.tokenizer, self.optimizer, self.scheduler,
-                               self.cfg.to_dict(), keep=self.cfg.train.keep_checkpoints)
-        print(f"saved {path}")
+                               self.cfg.to_dict(), keep=self.cfg.train.keep_checkpoints, dist=self.dist)
+        self._say(f"saved {path}")
 
     def _evaluate(self) -> None:
-        cfg = self.cfg
-        summary, _ = evaluate(self.model, self.tokenizer, self.eval_set, max_new_tokens=cfg.rollout.max_new_tokens,
-                              template=cfg.data.template, reward_weights=cfg.reward.weights,
-                              batch_size=cfg.rollout.prompts_per_step * cfg.rollout.group_size, progress=cfg.train.progress)
-        print(f"eval step {self.step}: accuracy {summary['accuracy']:.3f} on {summary['n']} test questions "
-              f"(mean length {summary['length']:.0f}, truncated {summary['truncated']:.2f})")
-        self.log.append("metrics.jsonl", {"step": self.step, **{f"eval_{k}": v for k, v in summary.items()}})
+        """Greedy accuracy on the eval questions (with several ranks: each its slice, results summed)."""
+        cfg, dist = self.cfg, self.dist
+        questions = self.eval_set[dist.rank::dist.world] if dist else self.eval_set
+        with full_weights(self.model):
+            summary, _ = evaluate(self.model, self.tokenizer, questions, max_new_tokens=cfg.rollout.max_new_tokens,
+                                  template=cfg.data.template, reward_weights=cfg.reward.weights,
+                                  batch_size=cfg.rollout.prompts_per_step * cfg.rollout.group_size,
+                                  progress=cfg.train.progress and self.main)
+        means = ("accuracy", "reward", "length", "truncated")
+        *totals, n, q = self._sum([summary[k] * summary["n"] for k in means] + [summary["n"], summary["questions"]])
+        summary |= {k: v / max(n, 1) for k, v in zip(means, totals)} | {"n": int(n), "questions": int(q)}
+        self._say(f"eval step {self.step}: accuracy {summary['accuracy']:.3f} on {summary['n']} test questions "
+                  f"(mean length {summary['length']:.0f}, truncated {summary['truncated']:.2f})")
+        if self.main:
+            self.log.append("metrics.jsonl", {"step": self.step, **{f"eval_{k}": v for k, v in summary.items()}})

@@ -19,6 +19,9 @@ returns logits; log-probs, losses and activation checkpointing belong to the tra
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -272,9 +275,14 @@ class Qwen2(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
-                logits_to_keep: int = 0, segment_ids: Tensor | None = None) -> Tensor:
-        """Logits (B, T, vocab); with logits_to_keep=n only for the last n positions (B, n, vocab)."""
+                logits_to_keep: int = 0, segment_ids: Tensor | None = None,
+                head: Callable[[Tensor], Any] | None = None) -> Any:
+        """Logits (B, T, vocab); with logits_to_keep=n only for the last n positions (B, n, vocab).
+        `head(hidden)` replaces the LM head (the trainer's chunked log-probs use self.lm_head there:
+        calling it inside this forward lets a sharded model gather its weights, grpo/distributed.py)."""
         h = self.model(input_ids, attention_mask, cache, segment_ids)
+        if head is not None:
+            return head(h)
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
         return self.lm_head(h)

@@ -120,11 +120,13 @@ def _parse_size(size: int | str) -> int:
     return int(s)
 
 
-def save_model(model: Qwen2, path: str | os.PathLike, max_shard_size: int | str = "5GB") -> None:
-    """Write `model` as a Hugging Face checkpoint directory (config.json + safetensors)."""
+def save_model(model: Qwen2, path: str | os.PathLike, max_shard_size: int | str = "5GB",
+               state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Write `model` as a Hugging Face checkpoint directory (config.json + safetensors).
+    `state_dict` replaces model.state_dict() (a sharded model's weights, gathered)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous() for k, v in (state_dict or model.state_dict()).items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight")
     config = model.config.to_dict()

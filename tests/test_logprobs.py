@@ -1,8 +1,8 @@
 """Chunked log-probs equal the full log-softmax; micro-batched gradients equal full-batch ones.
 
-Uses a tiny stand-in with the real model's interface (``model.model`` -> hidden states,
-``model.lm_head`` tied to the embedding, ``model(ids, mask)`` -> logits), so these tests
-do not depend on qwen2/.
+Uses a tiny stand-in with the real model's interface (``model(ids, mask)`` -> logits,
+``model(ids, mask, head=f)`` -> f(hidden states), ``model.lm_head`` tied to the embedding),
+so these tests do not depend on qwen2/.
 """
 
 import pytest
@@ -41,8 +41,9 @@ class TinyLM(nn.Module):
         self.lm_head = nn.Linear(C, V, bias=False)
         self.lm_head.weight = self.model.embed.weight  # tied, like Qwen2.5-0.5B
 
-    def forward(self, input_ids, attention_mask=None):
-        return self.lm_head(self.model(input_ids, attention_mask))
+    def forward(self, input_ids, attention_mask=None, head=None):
+        hidden = self.model(input_ids, attention_mask)
+        return head(hidden) if head is not None else self.lm_head(hidden)
 
 
 def reference_logprobs(model, ids, mask, start, temperature):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from grpo.config import load_config
-from grpo.memory import activation_bytes, format_plan, plan_memory
+from grpo.memory import activation_bytes, format_plan, peak_gpu, plan_memory
 from grpo.optim import OffloadAdamW
 from grpo.runtime import enable_activation_checkpointing
 from qwen2 import Qwen2, Qwen2Config
@@ -116,3 +116,16 @@ def test_offload_on_a_machine_with_too_little_ram_says_so():
     assert "GPU: fits a card of 24 GB" in plan
     assert "CPU RAM: does NOT fit 24.0 GB (--ram-gb): needs 39.5 GB + ~3 GB for the process" in plan
     assert "a machine with at least 43 GB of RAM" in plan
+
+
+def test_several_ranks_shard_the_state_and_split_the_rows():
+    cfg = load_config(None, ["optim.offload=true"])
+    shape = Qwen2Config.from_name("Qwen2.5-7B-Instruct")
+    one = {i.name.split(" (")[0]: i for i in plan_memory(cfg, shape)}
+    two = {i.name.split(" (")[0]: i for i in plan_memory(cfg, shape, ranks=2)}
+    assert two["weights"].gpu * 2 == pytest.approx(one["weights"].gpu, rel=1e-6)
+    assert two["gradients"].gpu * 2 == pytest.approx(one["gradients"].gpu, rel=1e-6)
+    assert two["Adam moments"].cpu * 2 == pytest.approx(one["Adam moments"].cpu, rel=1e-6)
+    assert two["weights gathered for sampling"].gpu + two["weights"].gpu == one["weights"].gpu  # full for sampling
+    assert two["rollout KV cache"].gpu * 2 == pytest.approx(one["rollout KV cache"].gpu, rel=1e-3)
+    assert peak_gpu(list(two.values())) < peak_gpu(list(one.values()))

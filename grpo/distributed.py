@@ -1,0 +1,157 @@
+"""Several processes, one training run: torchrun, torch.distributed and FSDP2.
+
+    torchrun --nproc_per_node=N train.py [--set ...]      # a plain `python train.py` stays one process
+
+Each of the N ranks samples its share of the step's questions with full weights (gathered once
+per step, `full_weights`), scores them and computes its groups' advantages (groups never span
+ranks), then trains on its own episodes. The model is sharded with FSDP2 (`fully_shard`, one unit
+per block plus the root): every rank holds 1/N of the weights, gradients and optimizer state
+(OffloadAdamW updates each rank's local shards, offloaded or not). The loss normalisers (token and
+sequence counts) are the whole step's, summed over ranks, and each rank's loss is multiplied by N
+against FSDP's averaging, so N ranks compute the gradient of the same global batch as one process would.
+Metrics are summed over ranks (rank 0 writes them), the model is saved whole by rank 0 and the
+optimizer per rank. NCCL on GPUs, gloo on CPUs; torchrun stops every rank when one fails.
+
+Simplifications: data parallel only (no tensor or pipeline parallelism), one node, the same number
+of ranks to resume; not yet with dynamic sampling, batch reward scaling, the top-entropy mask
+(they need batch-wide statistics) or LoRA; every rank loads the full checkpoint on the CPU before
+sharding it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from qwen2 import Qwen2
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world: int
+    device: torch.device  # this rank's device: cuda:LOCAL_RANK, or the CPU
+    token: int  # rank 0's process id, the same on every rank (names a checkpoint's temporary directory)
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 writes logs and the model."""
+        return self.rank == 0
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over ranks."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch_dist.all_reduce(t)
+        return t.tolist()
+
+    def max(self, value: int) -> int:
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+        return int(t.item())
+
+    def barrier(self) -> None:
+        torch_dist.barrier()
+
+
+T = TypeVar("T")
+
+
+def in_lockstep(micros: Sequence[T], dist: Dist | None) -> list[tuple[T, float]]:
+    """(micro-batch, weight) pairs: every rank runs as many forward/backward passes as the busiest
+    one, because FSDP's gathers and reductions pair up across ranks; the repeats weigh 0."""
+    steps = dist.max(len(micros)) if dist else len(micros)
+    return [(micros[min(k, len(micros) - 1)], float(k < len(micros))) for k in range(steps)]
+
+
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
+
+
+def init_from_env(device: str) -> Dist:
+    """Join the process group torchrun set up (env:// rendezvous). `device` is model.device: auto or
+    cuda gives each rank the GPU of its LOCAL_RANK with NCCL, cpu uses gloo."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    on_gpu = device != "cpu" and torch.cuda.is_available()
+    if device.startswith("cuda") and not on_gpu:
+        raise ValueError(f"model.device={device} under torchrun, but torch sees no CUDA GPU: use cpu")
+    if on_gpu:
+        torch.cuda.set_device(local_rank)
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group("nccl" if on_gpu else "gloo")
+    where = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
+    token = torch.tensor([os.getpid() if torch_dist.get_rank() == 0 else 0], device=where)
+    torch_dist.all_reduce(token)
+    return Dist(torch_dist.get_rank(), torch_dist.get_world_size(), where, int(token.item()))
+
+
+def shutdown() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def shard(model: Qwen2, dist: Dist) -> None:
+    """FSDP2: one unit per block plus the root (embedding, final norm, LM head); shards go to this
+    rank's device. FSDP averages the gradients over ranks; the trainer multiplies each rank's loss
+    by the number of ranks, so the result is their sum (each loss already divides by the whole
+    step's counts). (A divide factor of 1 would say the same, but gloo lacks the reduction it needs.)"""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(dist.device.type, (dist.world,))
+    # bf16 weights compute in bf16; their gradients are summed over ranks in fp32 (then rounded once),
+    # so N ranks add no more rounding than one process accumulating micro-batches.
+    policy = MixedPrecisionPolicy(reduce_dtype=torch.float32)
+    for block in model.model.layers:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
+def fsdp_units(model: nn.Module) -> list[nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextmanager
+def full_weights(model: nn.Module) -> Iterator[None]:
+    """Every rank holds all weights for the block (sampling, evaluation: many small forwards that
+    must not gather the weights again each time); sharded again afterwards. No-op without FSDP."""
+    units = fsdp_units(model)
+    for unit in units:
+        unit.unshard()
+        unit.set_reshard_after_forward(False)
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(True)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's state dict on rank 0's CPU (an empty dict on the other ranks); collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def check_distributed(cfg, dist: Dist) -> None:
+    """One-line errors for what several ranks cannot do (yet)."""
+    N = cfg.rollout.prompts_per_step
+    if N % dist.world:
+        raise ValueError(f"rollout.prompts_per_step={N} must be divisible by the {dist.world} ranks: each samples "
+                         f"an equal share of the step's questions")
+    batch_wide = [(cfg.rollout.dynamic_sampling, "rollout.dynamic_sampling"),
+                  (cfg.grpo.scale_rewards == "batch", "grpo.scale_rewards=batch"),
+                  (cfg.grpo.top_entropy_quantile < 1, "grpo.top_entropy_quantile < 1"),
+                  (cfg.model.lora.rank > 0, "model.lora")]
+    for on, name in batch_wide:
+        if on:
+            raise ValueError(f"{name} is not supported with several processes yet: run it with one (python train.py)")

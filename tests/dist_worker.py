@@ -1,0 +1,78 @@
+"""What tests/test_distributed.py starts under torchrun (or as one plain process).
+
+    python tests/dist_worker.py update CONFIG OUT.pt AGGREGATION[,AGGREGATION]  # one update on fixed episodes
+    torchrun --nproc_per_node=2 tests/dist_worker.py train [train.py arguments]
+
+`update` builds the Trainer as train.py does (joining the process group under torchrun), gives
+each rank its share of 4 fixed groups, runs `Trainer._update`, and rank 0 saves the new full
+weights. `train` is train.py with one more reward, `odd_length`, that a random model's completions
+vary on (the real rewards are all 0 for it, so no update would happen).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import train  # noqa: E402
+from data import rewards  # noqa: E402
+
+rewards.REWARD_FUNCTIONS["odd_length"] = lambda completion, answer, tags=None: float(len(completion) % 2)
+
+
+def fixed_episodes(vocab: int):
+    """4 groups of 3 samples with ragged lengths and varied advantages (the same on every rank)."""
+    from data.rewards import Score
+    from grpo.rollout import Episode
+
+    g = torch.Generator().manual_seed(0)
+    episodes = []
+    for group in range(4):
+        prompt = torch.randint(3, vocab, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(3):
+            completion = torch.randint(3, vocab, (int(torch.randint(1, 7, (1,), generator=g)),), generator=g).tolist()
+            episodes.append(Episode(group, prompt, completion, True, "", "0", Score({}, 0.0, False)))
+    return episodes, torch.randn(len(episodes), generator=g)
+
+
+def update(config: str, out: str, aggregations: str) -> None:
+    """For each aggregation: a fresh Trainer, one _update on the fixed episodes, the new full weights."""
+    from grpo.batch import build_batch, micro_batches
+    from grpo.config import load_config
+    from grpo.distributed import full_state_dict, init_from_env, launched_by_torchrun, shutdown
+    from grpo.trainer import Trainer
+
+    dist = init_from_env("cpu") if launched_by_torchrun() else None
+    results = {}
+    for aggregation in aggregations.split(","):
+        cfg = load_config(config, [f"grpo.aggregation={aggregation}"])
+        trainer = Trainer(cfg, dist=dist)
+        episodes, advantages = fixed_episodes(trainer.model.config.vocab_size)
+        if dist:  # groups never span ranks: rank r trains groups r, r + world, ...
+            mine = [i for i, e in enumerate(episodes) if e.group % dist.world == dist.rank]
+            episodes, advantages = [episodes[i] for i in mine], advantages[mine]
+        batch = build_batch(episodes, advantages, trainer.device)
+        micros = micro_batches(batch, shared_prefix=cfg.grpo.shared_prefix, micro_batch_size=cfg.grpo.micro_batch_size,
+                               micro_batch_tokens=cfg.grpo.micro_batch_tokens, pad_id=0, device=trainer.device)
+        trainer._update(batch, micros, {})
+        weights = full_state_dict(trainer.model) if dist else trainer.model.state_dict()
+        results[aggregation] = {k: v.detach().cpu().clone() for k, v in weights.items()}
+    if dist is None or dist.main:
+        torch.save(results, out)
+    shutdown()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "update":
+        update(*sys.argv[2:5])
+    else:
+        pid_dir = Path(sys.argv[2]) if sys.argv[2].endswith(".pids") else None  # where each rank notes its pid
+        if pid_dir is not None:
+            pid_dir.mkdir(exist_ok=True)
+            (pid_dir / f"rank{__import__('os').environ.get('RANK', '0')}").write_text(str(__import__('os').getpid()))
+        sys.exit(train.main(sys.argv[3 if pid_dir else 2:]))
