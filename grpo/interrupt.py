@@ -2,7 +2,10 @@
 
 The trainer saves the last completed step when interrupted; this class decides which step that
 is. Simplification: SIGINT only (a SIGTERM from a job scheduler ends the process at once; the
-last periodic checkpoint is then the one to resume from).
+last periodic checkpoint is then the one to resume from). With several processes (torchrun) a
+Ctrl-C also stops at once: one rank cannot finish a step alone (the others would wait for it in
+their collectives) and torchrun kills every rank 30 s after it forwards the signal, so there too
+the last periodic checkpoint is the one to resume from.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ class Interrupt:
     raised at `release()`, so the step in progress completes first.
     """
 
-    def __init__(self):
+    def __init__(self, hold: bool = True):
+        self.hold = hold  # False: never hold a Ctrl-C back (several processes)
         self.deferring = self.pending = False
         self._previous = signal.signal(signal.SIGINT, self._handle)
 
@@ -31,7 +35,7 @@ class Interrupt:
         print("\ninterrupt: finishing the current step, then saving", file=sys.stderr)
 
     def defer(self) -> None:
-        self.deferring = True
+        self.deferring = self.hold
 
     def release(self) -> None:
         self.deferring = False

@@ -148,7 +148,7 @@ class Trainer:
         if self.main:
             (self.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
             self.log.open()
-        self.interrupt = interrupt = Interrupt()
+        self.interrupt = interrupt = Interrupt(hold=self.dist is None)
         last_saved = self.step
         snapshot = self._capture()  # the state after the last completed step
         steps_this_run = 0
@@ -173,6 +173,9 @@ class Trainer:
             if last_saved != self.step:
                 self._save(snapshot)
         except KeyboardInterrupt:
+            if self.dist:  # every rank stops at once (see Interrupt); saving would need them all
+                self._say(f"\ninterrupted at step {self.step}; the last saved checkpoint is step {last_saved}")
+                raise
             # Either the step in progress was abandoned before its first update, or it was
             # completed first (see Interrupt): the weights match `snapshot` either way.
             print(f"\ninterrupted: saving the checkpoint of step {self.step}", file=sys.stderr)

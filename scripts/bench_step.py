@@ -29,6 +29,10 @@ out-of-memory error prints train.py's one-line message (`grpo.memory.out_of_memo
 exits with 3, as train.py does. `--fake-oom` raises that error at the first optimizer step, so the
 path can be smoke-tested on a CPU.
 
+Under `torchrun --nproc_per_node=N` (with `--cache-dir`, where rank 0 builds the checkpoint the
+others then read) it runs the same steps with N ranks (grpo/distributed.py), plans per-GPU memory
+for N ranks and reports rank 0's numbers; scripts/gpu_check.py's torchrun step uses this.
+
 The last line of the output is `RESULT {json}` (status ok / oom, the figures above) for
 scripts/gpu_check.py. Simplifications: the questions are easy synthetic ones (prompt lengths are
 what matters for memory); nothing is saved (no checkpoint, no metrics.jsonl).
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import resource
 import sys
 import tempfile
@@ -55,6 +60,7 @@ from _bench_common import DTYPES, device_name, model_config, print_result, rando
 from data import rewards  # noqa: E402
 from data.synthetic import make_problems, write_jsonl  # noqa: E402
 from grpo.config import load_config  # noqa: E402
+from grpo.distributed import Dist  # noqa: E402
 from grpo.memory import GB, format_plan, out_of_memory_message, peak_gpu, plan_memory  # noqa: E402
 from qwen2.bpe_trainer import train_bpe_tokenizer  # noqa: E402
 
@@ -65,6 +71,12 @@ TRAIN_PROBLEMS = 256
 def bench_spread(completion: str, answer: str, tags=None) -> float:
     """Bench-only reward with spread inside groups: a stable hash of the completion text, mod 2."""
     return float(zlib.crc32(completion.encode("utf-8")) % 2)
+
+
+def generated_tokens(episodes: list, dist: Dist | None) -> int:
+    """Completion tokens of the step (all ranks')."""
+    n = sum(len(e.completion_ids) for e in episodes)
+    return int(dist.sum([n])[0]) if dist else n
 
 
 def prepare(args: argparse.Namespace, work: Path, device: torch.device) -> tuple[Path, Path, Path]:
@@ -98,7 +110,15 @@ def main() -> int:
                     help="raise torch.OutOfMemoryError at the first optimizer step (tests the OOM path on a CPU)")
     args = ap.parse_args()
 
-    device = torch.device(args.device)
+    from grpo.distributed import init_from_env, launched_by_torchrun, shutdown
+
+    dist = init_from_env(args.device) if launched_by_torchrun() else None
+    if dist and not args.cache_dir:
+        print("error: under torchrun pass --cache-dir DIR: the ranks share the random checkpoint", file=sys.stderr)
+        return 2
+    if dist and not dist.main:
+        sys.stdout = open(os.devnull, "w")  # rank 0 reports
+    device = dist.device if dist else torch.device(args.device)
     cuda = device.type == "cuda"
     if cuda and not torch.cuda.is_available():
         print("error: --device cuda asked for, but torch sees no CUDA GPU (use --device cpu)", file=sys.stderr)
@@ -109,15 +129,23 @@ def main() -> int:
         total = torch.cuda.get_device_properties(device).total_memory
         if args.cap_gb:  # before anything is allocated on the card
             torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gb * GB / total), device)
-    with tempfile.TemporaryDirectory(prefix="bench_step-") as tmp:
-        work = Path(args.cache_dir) if args.cache_dir else Path(tmp)
-        return run(args, device, work, Path(tmp))
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench_step-") as tmp:
+            work = Path(args.cache_dir) if args.cache_dir else Path(tmp)
+            return run(args, device, work, Path(tmp), dist)
+    finally:
+        shutdown()
 
 
-def run(args: argparse.Namespace, device: torch.device, work: Path, tmp: Path) -> int:
+def run(args: argparse.Namespace, device: torch.device, work: Path, tmp: Path, dist: Dist | None = None) -> int:
     cuda = device.type == "cuda"
     t_setup = time.perf_counter()
+    if dist and not dist.main:
+        dist.barrier()  # rank 0 builds the shared checkpoint and data first
     ckpt, train_file, test_file = prepare(args, work, device)
+    if dist and dist.main:
+        dist.barrier()
+    ranks = dist.world if dist else 1
     rewards.REWARD_FUNCTIONS["bench_spread"] = bench_spread
     overrides = [f"model.path={ckpt}", f"model.dtype={args.dtype}", f"model.device={device}",
                  f"data.train_file={train_file}", f"data.test_file={test_file}",
@@ -126,18 +154,18 @@ def run(args: argparse.Namespace, device: torch.device, work: Path, tmp: Path) -
     if args.offload:
         overrides.append("optim.offload=true")
     cfg = load_config(args.config, overrides + args.overrides)
-    items = plan_memory(cfg)
+    items = plan_memory(cfg, ranks=ranks)
     plan_gb, plan_cpu_gb = peak_gpu(items) / GB, sum(i.cpu for i in items) / GB
     card_gb = args.cap_gb or (torch.cuda.get_device_properties(device).total_memory / GB if cuda else None)
-    print(format_plan(items, cfg, card_gb=card_gb), flush=True)
+    print(format_plan(items, cfg, card_gb=card_gb, ranks=ranks), flush=True)
     rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size
     mc = model_config(args.model)
     result = dict(script="bench_step", model=args.model, params_b=round(mc.num_params / 1e9, 3), device=str(device),
                   device_name=device_name(device), dtype=args.dtype, offload=cfg.optim.offload, cap_gb=args.cap_gb,
-                  rows=rows, new_tokens=cfg.rollout.max_new_tokens, plan_gb=round(plan_gb, 3),
+                  ranks=ranks, rows=rows, new_tokens=cfg.rollout.max_new_tokens, plan_gb=round(plan_gb, 3),
                   plan_cpu_gb=round(plan_cpu_gb, 3), torch=torch.__version__)
     print(f"{args.model} ({mc.num_params / 1e9:.2f}B) {args.dtype} on {result['device_name']}, "
-          f"offload={str(cfg.optim.offload).lower()}, cap={args.cap_gb} GB, {cfg.rollout.prompts_per_step}x"
+          f"offload={str(cfg.optim.offload).lower()}, cap={args.cap_gb} GB, {ranks} rank(s), {cfg.rollout.prompts_per_step}x"
           f"{cfg.rollout.group_size} rows, {cfg.rollout.max_new_tokens} new tokens", flush=True)
 
     from grpo.trainer import Trainer
@@ -146,7 +174,7 @@ def run(args: argparse.Namespace, device: torch.device, work: Path, tmp: Path) -
         torch.cuda.reset_peak_memory_stats(device)  # from here on: what training holds
     step, steps, trainer = 0, [], None
     try:
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, dist=dist)
         if args.fake_oom:
             def fake_oom_step(*_, **__):
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 37.00 GiB (simulated by --fake-oom)")
@@ -172,7 +200,7 @@ def run(args: argparse.Namespace, device: torch.device, work: Path, tmp: Path) -
             m = out.metrics
             record = {k: round(v, 3) for k, v in m.items() if k.startswith("time_")}
             record.update(time_step=round(seconds, 3), trained_episodes=m["trained_episodes"],
-                          generated_tokens=sum(len(e.completion_ids) for e in out.episodes),
+                          generated_tokens=generated_tokens(out.episodes, dist),
                           prompt_tokens_max=max(len(e.prompt_ids) for e in out.episodes),
                           truncated=round(m["truncated"], 3))
             if cuda:

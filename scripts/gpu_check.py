@@ -25,6 +25,9 @@ take the others down, and a memory cap holds for one process only):
               and this machine's RAM with offload (trying smaller ones if it fails). Information.
   lora-7b     scripts/bench_step.py: Qwen2.5-7B shape with LoRA (rank 16) under a 24 GB cap, with
               README's smaller batch for it (8 x 8, 4096-token micro-batches). Target: completes.
+  torchrun    torchrun --nproc_per_node=<every GPU> scripts/bench_step.py: Qwen2.5-0.5B shape,
+              NCCL, FSDP2, 2 full steps (4 questions per rank x 8 samples, 256 new tokens).
+              Target: completes (with one GPU: the 1-rank smoke of the multi-GPU path).
 
 Everything runs from the repository with what a bare GPU machine has (torch, transformers,
 tokenizers, safetensors, pytest, pyyaml, jinja2): random checkpoints are built in a temporary
@@ -61,14 +64,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-STEPS = ["cuda-tests", "fit-24gb", "sampler", "optimizer", "fit-7b", "lora-7b"]
+STEPS = ["cuda-tests", "fit-24gb", "sampler", "optimizer", "fit-7b", "lora-7b", "torchrun"]
 SMOKE_ENV = "GPU_CHECK_SMOKE"  # tests/test_gpu.py runs its tests on the CPU when this is 1
 
 # Seconds each child may run on a GPU machine (x --timeout-scale); a step's children together stay
 # under 10 minutes, the limit of one command on the machines we borrow.
 TIMEOUTS = {"cuda-tests": 420, "fit-24gb-on": 330, "fit-24gb-off": 210, "sampler": 540, "optimizer": 420,
-            "lora-7b": 540,
-            "fit-7b": 540}
+            "lora-7b": 540, "torchrun": 420, "fit-7b": 540}
 SMOKE_TIMEOUT = 240
 # The smoke runs' tiny GRPO batch: 2 questions x 4 samples, 8 new tokens.
 SMOKE_SETS = ["--set", "rollout.prompts_per_step=2", "--set", "rollout.group_size=4",
@@ -297,6 +299,27 @@ def step_lora_7b(ctx: Context) -> list[Row]:
                 "completes: rollout + update + optimizer")]
 
 
+def step_torchrun(ctx: Context) -> list[Row]:
+    """The multi-GPU path (grpo/distributed.py) on every GPU here; smoke: 2 CPU processes with gloo."""
+    import torch
+
+    ranks = 2 if ctx.smoke else max(1, torch.cuda.device_count())
+    model = "tiny" if ctx.smoke else "Qwen2.5-0.5B-Instruct"
+    sets = [] if ctx.smoke else ["--set", f"rollout.prompts_per_step={4 * ranks}", "--set", "rollout.max_new_tokens=256"]
+    launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--standalone"]
+    child = run_child(ctx, "torchrun", launcher + bench_step_args(ctx, model, *sets, "--steps", "2"), ctx.timeout("torchrun"))
+    r = child.result or {}
+    backend = "gloo, CPU" if ctx.smoke else "NCCL"
+    check = f"torchrun: {ranks} rank(s) ({backend}, FSDP2), {'tiny' if ctx.smoke else '0.5B'} full steps"
+    if r.get("status") != "ok" or r.get("ranks") != ranks:
+        return [Row(check, "FAIL", child.why() if r.get("status") != "ok" else f"ran with {r.get('ranks')} rank(s)",
+                    "completes: rollout + update + optimizer")]
+    last = r["steps"][-1]
+    memory = "" if ctx.smoke else f"; rank 0 peak {gb(r['peak_gb'])} vs {gb(r['plan_gb'])} planned"
+    return [Row(check, "PASS", f"{len(r['steps'])} steps; steady step {phases(last)}{memory}",
+                "completes: rollout + update + optimizer")]
+
+
 def step_sampler(ctx: Context) -> list[Row]:
     args = ["scripts/bench_sampler.py", "--cache-dir", str(ctx.work / "checkpoints")]
     if ctx.smoke:
@@ -400,7 +423,7 @@ def step_fit_7b(ctx: Context) -> list[Row]:
 
 STEP_FUNCTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "cuda-tests": step_cuda_tests, "fit-24gb": step_fit_24gb, "sampler": step_sampler,
-    "optimizer": step_optimizer, "fit-7b": step_fit_7b, "lora-7b": step_lora_7b,
+    "optimizer": step_optimizer, "fit-7b": step_fit_7b, "lora-7b": step_lora_7b, "torchrun": step_torchrun,
 }
 
 

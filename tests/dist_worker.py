@@ -11,6 +11,7 @@ vary on (the real rewards are all 0 for it, so no update would happen).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -74,5 +75,5 @@ if __name__ == "__main__":
         pid_dir = Path(sys.argv[2]) if sys.argv[2].endswith(".pids") else None  # where each rank notes its pid
         if pid_dir is not None:
             pid_dir.mkdir(exist_ok=True)
-            (pid_dir / f"rank{__import__('os').environ.get('RANK', '0')}").write_text(str(__import__('os').getpid()))
+            (pid_dir / f"rank{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
         sys.exit(train.main(sys.argv[3 if pid_dir else 2:]))

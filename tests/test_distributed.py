@@ -118,6 +118,24 @@ def test_a_rank_that_dies_stops_the_run(tmp_path, tiny_model):
     assert json.loads((ckpt / "trainer_state.json").read_text())["step"] >= 2
 
 
+def test_ctrl_c_stops_every_rank_and_names_the_resume_command(tmp_path, tiny_model):
+    """torchrun forwards SIGINT to every rank: they stop at once (no rank can finish a step alone),
+    rank 0 says once how to continue, and the last periodic checkpoint loads."""
+    cfg = write_config(tmp_path, tiny_model, train={"steps": 1000, "eval_every": 0, "save_every": 2})
+    proc = subprocess.Popen(torchrun_cmd("tests/dist_worker.py", "train", "--config", str(cfg)), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    log = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and log.read_text().count("\n") >= 3):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.time()
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode != 0 and time.time() - t0 < 30
+    assert err.count(f"continue with: torchrun --nproc_per_node=2 train.py --resume {tmp_path / 'run'}") == 1
+    load_model(latest_checkpoint(tmp_path / "run") / "model")
+
+
 def test_questions_that_do_not_split_evenly_are_one_line(tmp_path, tiny_model):
     cfg = write_config(tmp_path, tiny_model, rollout={"prompts_per_step": 3},
                        reward={"weights": {"format": 0.1, "correctness": 1.0}})
