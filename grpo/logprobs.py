@@ -13,8 +13,8 @@ What we do instead:
      position t's hidden state predicts token t + 1, so the predictor of a token is
      the token before it (for the first token of a completion: the prompt's last one);
   3. walk over those n tokens in chunks of ``chunk_tokens``; for each chunk compute
-     ``lm_head(h).float() / temperature``, log-softmax, and gather the log-prob of
-     the actual token -> (chunk,);
+     ``lm_head(h).float() / temperature``, log-softmax, and the log-prob of the actual
+     token (``TargetLogprob``, with its own short backward) -> (chunk,);
   4. when autograd is on, wrap step 3 in ``torch.utils.checkpoint``: the chunk's
      (chunk, V) logits are freed right after the forward and recomputed during
      backward. Peak memory is one chunk of logits, not the whole micro-batch.
@@ -49,6 +49,27 @@ if TYPE_CHECKING:
     from .batch import MicroBatch
 
 
+class TargetLogprob(torch.autograd.Function):
+    """log p(target) = log_softmax(logits)[target], per row of (L, V) fp32 logits, with a short backward.
+
+    d log p(target) / d logits = onehot(target) - softmax(logits): the backward writes that in one
+    (L, V) pass, where autograd's would scatter the upstream gradient into a zero (L, V) tensor
+    and then run log-softmax's backward on it. Only the logits are kept for backward.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
+        ctx.save_for_backward(logits, targets)
+        return F.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        logits, targets = ctx.saved_tensors
+        grad_logits = torch.softmax(logits, dim=-1).mul_(-grad[:, None])  # -grad * softmax ...
+        grad_logits.scatter_add_(-1, targets[:, None], grad[:, None])  # ... + grad at the target
+        return grad_logits, None
+
+
 def _chunk_logprobs(
     lm_head: nn.Module, h: Tensor, targets: Tensor, temperature: float, with_entropy: bool
 ) -> tuple[Tensor, Tensor | None]:
@@ -59,13 +80,13 @@ def _chunk_logprobs(
     logits = lm_head(h).float()  # (L, V) fp32 (no copy when the model is fp32)
     if temperature != 1.0:
         logits = logits / temperature
-    logp_all = F.log_softmax(logits, dim=-1)  # (L, V)
-    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (L,)
+    logp = TargetLogprob.apply(logits, targets)  # (L,)
     entropy = None
     if with_entropy:
         # Logging only: no graph. Being last and grad-free, the checkpoint's
         # recomputation in backward stops before reaching it.
         with torch.no_grad():
+            logp_all = F.log_softmax(logits, dim=-1)
             entropy = -(logp_all.exp() * logp_all).sum(-1)  # (L,)
     return logp, entropy
 
