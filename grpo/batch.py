@@ -3,7 +3,7 @@
 Shared prefix (default, `grpo.shared_prefix: true`). The G completions of a question share its
 prompt, so each group is one row [prompt | c_1 | c_2 | ... | c_G | right padding] with segment ids
 (0 prompt, i completion i, -1 padding): the model computes the prompt once, every completion sees
-it and its own earlier tokens only (qwen2.model.shared_prefix_layout), and backward adds the
+it and its own earlier tokens only (qwen2/shared_prefix.py), and backward adds the
 prompt's gradients from all G completions in that one computation. Rows are filled up to
 `micro_batch_tokens` (rows x longest row); a group too long for the budget is split into parts
 that each carry the prompt again (still exact), and partial groups (episodes dropped by

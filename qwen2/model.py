@@ -1,5 +1,6 @@
-"""Qwen2 / Qwen2.5 in plain PyTorch, top to bottom: RMSNorm, RoPE, attention masks (padded and
-shared-prefix rows), KV cache, attention, MLP, block, model (the config is in config.py).
+"""Qwen2 / Qwen2.5 in plain PyTorch, top to bottom: RMSNorm, RoPE, attention masks of padded rows,
+KV cache, attention, MLP, block, model (the config is in config.py; rows packed as
+[prompt | c_1 | c_2 | ...] for training are laid out in shared_prefix.py).
 
 A decoder-only transformer. Each of the L blocks does
     x = x + Attention(RMSNorm(x))      # tokens look at earlier tokens
@@ -27,8 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import Qwen2Config
+from .shared_prefix import PrefixBlocks, shared_prefix_layout
 
-__all__ = ["Qwen2Config", "RMSNorm", "shared_prefix_layout", "KVCache", "Attention", "MLP", "Block", "Qwen2Model", "Qwen2"]
+__all__ = ["Qwen2Config", "RMSNorm", "KVCache", "Attention", "MLP", "Block", "Qwen2Model", "Qwen2"]
 
 
 class RMSNorm(nn.Module):
@@ -88,26 +90,6 @@ def padding_positions(attention_mask: Tensor, seen: Tensor | int = 0) -> Tensor:
     Pads get a clamped, meaningless position; their outputs are never used.
     """
     return (seen + attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def shared_prefix_layout(segment_ids: Tensor) -> tuple[Tensor, Tensor]:
-    """Position ids (B, T) and attention mask (B, 1, T, T) of rows packed as [prompt | c_1 | c_2 | ...].
-
-    `segment_ids` is 0 on the prompt, i on the i-th completion and -1 on right padding. Every
-    completion continues the prompt: its positions start at the prompt length P, and it sees the
-    prompt and its own earlier tokens, never another completion. So each row computes exactly
-    what G rows [prompt | c_i] would, with the prompt's keys and values computed once.
-    """
-    T = segment_ids.shape[1]
-    idx = torch.arange(T, device=segment_ids.device)
-    starts = torch.ones_like(segment_ids, dtype=torch.bool)
-    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
-    segment_start = torch.where(starts, idx, 0).cummax(-1).values  # (B, T) index where each token's segment begins
-    prompt_len = (segment_ids == 0).sum(-1, keepdim=True)  # (B, 1)
-    positions = torch.where(segment_ids == 0, idx, prompt_len + idx - segment_start).masked_fill(segment_ids < 0, 0)
-    q, k = segment_ids[:, :, None], segment_ids[:, None, :]  # (B, T, 1), (B, 1, T)
-    mask = (idx[:, None] >= idx) & (k >= 0) & ((k == 0) | (k == q))  # (B, T, T)
-    return positions, (mask | torch.eye(T, dtype=torch.bool, device=mask.device))[:, None]  # pads see themselves
 
 
 class KVCache:
@@ -185,7 +167,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(C, kv_dim, bias=True)
         self.o_proj = nn.Linear(q_dim, C, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | PrefixBlocks | None,
+                cache: KVCache | None) -> Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
@@ -193,8 +176,10 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D), S = cached + T
-        # mask None means plain causal attention over x itself (no padding, no cache).
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+        if isinstance(mask, PrefixBlocks):  # rows packed as [prompt | c_1 | c_2 | ...]: attention in blocks
+            y = mask.attend(q, k, v)
+        else:  # mask None means plain causal attention over x itself (no padding, no cache)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*D)
         return self.o_proj(y)
 
@@ -223,7 +208,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | PrefixBlocks | None,
+                cache: KVCache | None) -> Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -253,8 +239,9 @@ class Qwen2Model(nn.Module):
 
     @staticmethod
     def layout(input_ids: Tensor, attention_mask: Tensor | None, cache: KVCache | None,
-               segment_ids: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Position ids (B, T) and attention mask (None = plain causal: SDPA's fast path)."""
+               segment_ids: Tensor | None) -> tuple[Tensor, Tensor | PrefixBlocks | None]:
+        """Position ids (B, T) and attention mask (None = plain causal: SDPA's fast path; packed
+        rows: their attention blocks, qwen2/shared_prefix.py)."""
         if segment_ids is not None:
             return shared_prefix_layout(segment_ids)
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()

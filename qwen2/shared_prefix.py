@@ -1,0 +1,106 @@
+"""Rows packed as [prompt | c_1 | c_2 | ...]: their positions and their attention, in blocks.
+
+GRPO trains G completions of one prompt. Packed into one row, the prompt is computed once and every
+completion continues it: c_i's positions start at the prompt length P, and c_i sees the prompt and
+its own earlier tokens, never another completion. So the row computes exactly what the G rows
+[prompt | c_i] would, with the prompt's keys and values computed once (and, in backward, the
+prompt's gradients from all G completions adding up in that one computation).
+
+The attention of such a row is block-shaped, and computed as blocks rather than as one (T, T)
+masked product over the whole row (T = P + G x C, so that would cost (P + G C)^2, most of it
+masked away):
+    prompt block       the P prompt queries against the P prompt keys, causal      P^2
+    completion blocks  each completion's C queries against [prompt | itself]         G C (P + C)
+The linear layers and the MLP still run on the packed row, with no padding; only attention gathers
+its queries, keys and values into these blocks and scatters the outputs back.
+
+Simplification: blocks are padded to the longest prompt and the longest completion of the
+micro-batch (attention only; the padding is masked and never reaches the packed row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class PrefixBlocks:
+    """Where each block's tokens sit in the packed (R, T) micro-batch, and what they may see.
+
+    Token indices count over the flattened R x T tokens; index R * T is an extra zero slot that
+    stands for padding inside a block."""
+
+    prompt_index: Tensor  # (R, P) each row's prompt tokens
+    completion_index: Tensor  # (S, C) each completion's tokens (S completions in all)
+    completion_row: Tensor  # (S,) the row, so the prompt, each completion continues
+    prompt_mask: Tensor  # (R, 1, P, P) causal, real keys only
+    completion_mask: Tensor  # (S, 1, C, P + C) its row's real prompt keys, then itself causally
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Attention output (R, H, T, D) of queries (R, H, T, D) and keys/values (R, Hkv, T, D)."""
+        R, H, T, D = q.shape
+
+        def tokens(x: Tensor) -> Tensor:  # (R, heads, T, D) -> (R * T + 1, heads, D), zero slot last
+            x = x.transpose(1, 2).reshape(R * T, x.shape[1], D)
+            return torch.cat([x, x.new_zeros(1, *x.shape[1:])])
+
+        def block(x: Tensor, index: Tensor) -> Tensor:  # -> (n, heads, L, D)
+            return x[index].transpose(1, 2)
+
+        q, k, v = tokens(q), tokens(k), tokens(v)
+        kp, vp = block(k, self.prompt_index), block(v, self.prompt_index)
+        y_prompt = F.scaled_dot_product_attention(block(q, self.prompt_index), kp, vp, attn_mask=self.prompt_mask,
+                                                  enable_gqa=True)
+        # Each completion's keys/values: its prompt's (computed once, shared), then its own.
+        kc = torch.cat([kp[self.completion_row], block(k, self.completion_index)], dim=2)
+        vc = torch.cat([vp[self.completion_row], block(v, self.completion_index)], dim=2)
+        y_completion = F.scaled_dot_product_attention(block(q, self.completion_index), kc, vc,
+                                                      attn_mask=self.completion_mask, enable_gqa=True)
+        # Scatter back to the packed row (block padding lands in the zero slot, dropped after).
+        y = q.new_zeros(R * T + 1, H, D)
+        y = y.index_put((self.prompt_index.flatten(),), y_prompt.transpose(1, 2).reshape(-1, H, D))
+        y = y.index_put((self.completion_index.flatten(),), y_completion.transpose(1, 2).reshape(-1, H, D))
+        return y[:-1].view(R, T, H, D).transpose(1, 2)
+
+
+def shared_prefix_layout(segment_ids: Tensor) -> tuple[Tensor, PrefixBlocks]:
+    """Position ids (R, T) and attention blocks of rows packed as [prompt | c_1 | c_2 | ... | padding].
+
+    `segment_ids` is 0 on the prompt, i on the i-th completion and -1 on right padding. Padding
+    tokens belong to no block: their outputs are zero and never used."""
+    R, T = segment_ids.shape
+    device = segment_ids.device
+    idx = torch.arange(T, device=device)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    segment_start = torch.where(starts, idx, 0).cummax(-1).values  # (R, T) where each token's segment begins
+    offset = idx - segment_start  # (R, T) index of each token within its segment
+    prompt_len = (segment_ids == 0).sum(-1)  # (R,)
+    positions = torch.where(segment_ids == 0, idx, prompt_len[:, None] + offset).masked_fill(segment_ids < 0, 0)
+
+    pad_slot = R * T
+    flat = torch.arange(R * T, device=device).view(R, T)
+    P = int(prompt_len.max())
+    prompt_real = idx[:P] < prompt_len[:, None]  # (R, P): prompts start each row
+    prompt_index = torch.where(prompt_real, flat[:, :P], pad_slot)
+
+    # Completions: number them 0..S-1 in row order, then place each token at (completion, offset).
+    is_completion = segment_ids > 0
+    rows = torch.arange(R, device=device)[:, None].expand(R, T)[is_completion]
+    keys, completion_of = torch.unique(rows * (T + 1) + segment_ids[is_completion], return_inverse=True)
+    C = int(offset[is_completion].max()) + 1
+    completion_index = torch.full((len(keys), C), pad_slot, dtype=torch.long, device=device)
+    completion_index[completion_of, offset[is_completion]] = flat[is_completion]
+    completion_row = keys // (T + 1)
+    completion_real = completion_index != pad_slot  # (S, C)
+
+    causal = torch.ones(max(P, C), max(P, C), dtype=torch.bool, device=device).tril()
+    prompt_mask = (causal[:P, :P] & prompt_real[:, None, :])[:, None]  # (R, 1, P, P)
+    own = causal[:C, :C] & completion_real[:, None, :]  # (S, C, C)
+    sees_prompt = prompt_real[completion_row][:, None, :].expand(-1, C, -1)  # (S, C, P)
+    completion_mask = torch.cat([sees_prompt, own], dim=-1)[:, None]  # (S, 1, C, P + C)
+    return positions, PrefixBlocks(prompt_index, completion_index, completion_row, prompt_mask, completion_mask)
