@@ -128,11 +128,15 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
     # Tokens per forward/backward: a shared-prefix micro-batch fills rows up to micro_batch_tokens (one
     # episode longer than that still gets a row); a padded one is micro_batch_size rows of up to `seq`.
     if cfg.grpo.shared_prefix:
-        mb_rows, mb_len = 1, max(cfg.grpo.micro_batch_tokens, seq)  # worst case for the mask: one long row
-        mb_tokens, mb_what = mb_len, f"{mb_len} tokens"
+        mb_tokens = max(cfg.grpo.micro_batch_tokens, seq)
+        mb_what = f"{mb_tokens} tokens"
+        # Attention in blocks (qwen2/shared_prefix.py): per group row, P x P for the prompt and
+        # C x (P + C) for each of its G completions; as many full rows as the budget holds.
+        P, C, G = cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens, cfg.rollout.group_size
+        mask_elements = max(1, mb_tokens // (P + G * C)) * (P * P + G * C * (P + C))
     else:
-        mb_rows, mb_len = cfg.grpo.micro_batch_size, seq
-        mb_tokens, mb_what = mb_rows * seq, f"{mb_rows} x {seq} tokens"
+        mb_tokens, mb_what = cfg.grpo.micro_batch_size * seq, f"{cfg.grpo.micro_batch_size} x {seq} tokens"
+        mask_elements = cfg.grpo.micro_batch_size * seq * seq
     chunk = cfg.grpo.logprob_chunk * mc.vocab_size * (b + 4 + 4)  # logits, fp32 copy, log-softmax
 
     def split(nbytes: int, where_cpu: bool) -> tuple[int, int]:
@@ -166,8 +170,8 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
         Item("sampler logits", rows * mc.vocab_size * (b + 4), 0, "rollout"),
         Item(f"activations ({mb_what}, recompute {'on' if cfg.model.activation_checkpointing else 'off'})",
              activation_bytes(mc, mb_tokens, b, cfg.model.activation_checkpointing), 0, "training"),
-        # Boolean mask, and the additive bias SDPA may build from it, of every row's T x T scores.
-        Item("attention mask", mb_rows * mb_len * mb_len * (1 + b), 0, "training"),
+        # Boolean mask, and the additive bias SDPA may build from it, of the attention scores.
+        Item("attention mask", mask_elements * (1 + b), 0, "training"),
         Item(f"log-prob chunk ({cfg.grpo.logprob_chunk} tokens)", chunk, 0, "training"),
     ]
     return items
