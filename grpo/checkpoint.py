@@ -5,7 +5,7 @@ A checkpoint is a directory `RUN/checkpoints/step_000025/` holding
     adapter/             with LoRA: a PEFT adapter directory (+ tokenizer files) for the base model
     optimizer.pt         optimizer state (fp32 master weights, moments) and LR-scheduler state
     rng.pt               RNG states (sampling generator, torch CPU)
-                         (with N ranks: optimizer_rank{r}.pt and rng_rank{r}.pt, each rank's own)
+                         (with N > 1 ranks: optimizer_rank{r}.pt and rng_rank{r}.pt, each rank's own)
     trainer_state.json   step, data position, and the config it was made with (written last)
 Everything is written into `step_000025.tmp-<pid>/` and renamed into place at the end, so a run
 killed mid-save leaves only a `.tmp-` directory, which resume ignores. Tensors are read back with
@@ -97,29 +97,27 @@ def save_checkpoint(run_dir: str | Path, state: TrainingState, model: Qwen2, tok
 
 
 def _per_rank(name: str, dist: Dist | None) -> str:
-    """optimizer.pt for one process; optimizer_rank{r}.pt for each rank of several (its own shards)."""
-    return f"{name}.pt" if dist is None else f"{name}_rank{dist.rank}.pt"
-
-
-def saved_ranks(ckpt: Path) -> int:
-    return json.loads((ckpt / "trainer_state.json").read_text()).get("ranks", 1)
+    """optimizer.pt for one process (also torchrun with one); optimizer_rank{r}.pt for each rank of
+    several (its own shards)."""
+    return f"{name}.pt" if dist is None or dist.world == 1 else f"{name}_rank{dist.rank}.pt"
 
 
 def restore_checkpoint(ckpt: Path, run_dir: str | Path, optimizer: torch.optim.Optimizer, scheduler: Any,
                        generator: torch.Generator, dist: Dist | None = None) -> TrainingState:
     """Put optimizer, LR schedule and RNGs back as they were at `ckpt`, and drop the lines of
     `run_dir`'s logs that belong to later steps. The model itself is loaded from ckpt/'model'."""
-    ranks = saved_ranks(ckpt)
+    saved = json.loads((ckpt / "trainer_state.json").read_text())
+    ranks = saved.get("ranks", 1)  # checkpoints from before multi-process runs: one
     if ranks != (dist.world if dist else 1):
+        launcher = f"torchrun --nproc_per_node={ranks} train.py" if ranks > 1 else "python train.py"
         raise ValueError(f"{ckpt} was written by {ranks} process(es); resume it with the same number "
-                         f"(torchrun --nproc_per_node={ranks}), or start a new run from its model/ folder")
+                         f"({launcher} --resume ...), or start a new run from its model/ folder")
     opt_state = torch.load(ckpt / _per_rank("optimizer", dist), map_location="cpu", weights_only=True)
     optimizer.load_state_dict(opt_state["optimizer"])
     scheduler.load_state_dict(opt_state["scheduler"])
     rng = torch.load(ckpt / _per_rank("rng", dist), map_location="cpu", weights_only=True)
     generator.set_state(rng["sampler"])
     torch.set_rng_state(rng["torch"])
-    saved = json.loads((ckpt / "trainer_state.json").read_text())
     if dist is None or dist.main:
         trim_logs(run_dir, saved["step"])
     return TrainingState(saved["step"], saved["data"], rng)
