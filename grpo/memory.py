@@ -20,6 +20,7 @@ from torch import Tensor
 
 from qwen2 import Qwen2, Qwen2Config
 from qwen2.lora import add_lora
+from qwen2.shared_prefix import block_attention_bound
 
 from .config import Config
 from .offload import DEFAULT_BUCKET_NUMEL, is_own_master, split_into_buckets, state_device, working_buffers
@@ -130,10 +131,8 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
     if cfg.grpo.shared_prefix:
         mb_tokens = max(cfg.grpo.micro_batch_tokens, seq)
         mb_what = f"{mb_tokens} tokens"
-        # Attention in blocks (qwen2/shared_prefix.py): per group row, P x P for the prompt and
-        # C x (P + C) for each of its G completions; as many full rows as the budget holds.
-        P, C, G = cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens, cfg.rollout.group_size
-        mask_elements = max(1, mb_tokens // (P + G * C)) * (P * P + G * C * (P + C))
+        # Attention in blocks (qwen2/shared_prefix.py), at its worst: ragged lengths pad the blocks.
+        mask_elements = block_attention_bound(mb_tokens, cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens)
     else:
         mb_tokens, mb_what = cfg.grpo.micro_batch_size * seq, f"{cfg.grpo.micro_batch_size} x {seq} tokens"
         mask_elements = cfg.grpo.micro_batch_size * seq * seq

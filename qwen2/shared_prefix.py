@@ -12,10 +12,14 @@ masked away):
     prompt block       the P prompt queries against the P prompt keys, causal      P^2
     completion blocks  each completion's C queries against [prompt | itself]         G C (P + C)
 The linear layers and the MLP still run on the packed row, with no padding; only attention gathers
-its queries, keys and values into these blocks and scatters the outputs back.
+its queries, keys and values into these blocks and scatters the outputs back. Completions go to
+the attention in a few batches of similar length (lengths within a factor of 2: 1, 2, 3-4, 5-8,
+9-16, ...), each padded only to its own longest, so one long completion does not make every short
+one pay for its length.
 
-Simplification: blocks are padded to the longest prompt and the longest completion of the
-micro-batch (attention only; the padding is masked and never reaches the packed row).
+Simplification: blocks are padded to the longest prompt of the micro-batch and to the longest
+completion of their length batch (attention only; the padding is masked and never reaches the
+packed row).
 """
 
 from __future__ import annotations
@@ -28,6 +32,15 @@ from torch import Tensor
 
 
 @dataclass
+class CompletionBlock:
+    """S completions of similar length, each padded to the longest of them (C tokens)."""
+
+    index: Tensor  # (S, C) each completion's tokens
+    row: Tensor  # (S,) the row, so the prompt, each completion continues
+    mask: Tensor  # (S, 1, C, P + C) its row's real prompt keys, then itself causally
+
+
+@dataclass
 class PrefixBlocks:
     """Where each block's tokens sit in the packed (R, T) micro-batch, and what they may see.
 
@@ -35,10 +48,8 @@ class PrefixBlocks:
     stands for padding inside a block."""
 
     prompt_index: Tensor  # (R, P) each row's prompt tokens
-    completion_index: Tensor  # (S, C) each completion's tokens (S completions in all)
-    completion_row: Tensor  # (S,) the row, so the prompt, each completion continues
     prompt_mask: Tensor  # (R, 1, P, P) causal, real keys only
-    completion_mask: Tensor  # (S, 1, C, P + C) its row's real prompt keys, then itself causally
+    completions: list[CompletionBlock]  # every completion of the micro-batch, batched by length
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Attention output (R, H, T, D) of queries (R, H, T, D) and keys/values (R, Hkv, T, D)."""
@@ -51,19 +62,23 @@ class PrefixBlocks:
         def block(x: Tensor, index: Tensor) -> Tensor:  # -> (n, heads, L, D)
             return x[index].transpose(1, 2)
 
+        def scatter(y: Tensor, index: Tensor, out: Tensor) -> Tensor:  # block outputs back to their tokens
+            return y.index_put((index.flatten(),), out.transpose(1, 2).reshape(-1, H, D))
+
         q, k, v = tokens(q), tokens(k), tokens(v)
         kp, vp = block(k, self.prompt_index), block(v, self.prompt_index)
+        # Every padded query still sees its row's first prompt token (prompts are never empty), so
+        # no query row is fully masked: SDPA would return NaN for one.
         y_prompt = F.scaled_dot_product_attention(block(q, self.prompt_index), kp, vp, attn_mask=self.prompt_mask,
                                                   enable_gqa=True)
-        # Each completion's keys/values: its prompt's (computed once, shared), then its own.
-        kc = torch.cat([kp[self.completion_row], block(k, self.completion_index)], dim=2)
-        vc = torch.cat([vp[self.completion_row], block(v, self.completion_index)], dim=2)
-        y_completion = F.scaled_dot_product_attention(block(q, self.completion_index), kc, vc,
-                                                      attn_mask=self.completion_mask, enable_gqa=True)
         # Scatter back to the packed row (block padding lands in the zero slot, dropped after).
-        y = q.new_zeros(R * T + 1, H, D)
-        y = y.index_put((self.prompt_index.flatten(),), y_prompt.transpose(1, 2).reshape(-1, H, D))
-        y = y.index_put((self.completion_index.flatten(),), y_completion.transpose(1, 2).reshape(-1, H, D))
+        y = scatter(q.new_zeros(R * T + 1, H, D), self.prompt_index, y_prompt)
+        for c in self.completions:
+            # Each completion's keys/values: its prompt's (computed once, copied per completion), then its own.
+            kc = torch.cat([kp[c.row], block(k, c.index)], dim=2)
+            vc = torch.cat([vp[c.row], block(v, c.index)], dim=2)
+            y_completion = F.scaled_dot_product_attention(block(q, c.index), kc, vc, attn_mask=c.mask, enable_gqa=True)
+            y = scatter(y, c.index, y_completion)
         return y[:-1].view(R, T, H, D).transpose(1, 2)
 
 
@@ -89,6 +104,7 @@ def shared_prefix_layout(segment_ids: Tensor) -> tuple[Tensor, PrefixBlocks]:
     prompt_index = torch.where(prompt_real, flat[:, :P], pad_slot)
 
     # Completions: number them 0..S-1 in row order, then place each token at (completion, offset).
+    # (row, segment) pairs become one sortable key: T + 1 exceeds every segment id.
     is_completion = segment_ids > 0
     rows = torch.arange(R, device=device)[:, None].expand(R, T)[is_completion]
     keys, completion_of = torch.unique(rows * (T + 1) + segment_ids[is_completion], return_inverse=True)
@@ -96,11 +112,27 @@ def shared_prefix_layout(segment_ids: Tensor) -> tuple[Tensor, PrefixBlocks]:
     completion_index = torch.full((len(keys), C), pad_slot, dtype=torch.long, device=device)
     completion_index[completion_of, offset[is_completion]] = flat[is_completion]
     completion_row = keys // (T + 1)
-    completion_real = completion_index != pad_slot  # (S, C)
+    lengths = torch.bincount(completion_of, minlength=len(keys))  # (S,)
 
     causal = torch.ones(max(P, C), max(P, C), dtype=torch.bool, device=device).tril()
     prompt_mask = (causal[:P, :P] & prompt_real[:, None, :])[:, None]  # (R, 1, P, P)
-    own = causal[:C, :C] & completion_real[:, None, :]  # (S, C, C)
-    sees_prompt = prompt_real[completion_row][:, None, :].expand(-1, C, -1)  # (S, C, P)
-    completion_mask = torch.cat([sees_prompt, own], dim=-1)[:, None]  # (S, 1, C, P + C)
-    return positions, PrefixBlocks(prompt_index, completion_index, completion_row, prompt_mask, completion_mask)
+    # Length batches: lengths 2^(b-1) < n <= 2^b share batch b (n - 1 has b bits), padded to their longest.
+    batch_of = torch.frexp((lengths - 1).float()).exponent  # (S,) the bit count of n - 1 (0 for n = 1)
+    completions = []
+    for b in batch_of.unique().tolist():
+        which = (batch_of == b).nonzero()[:, 0]
+        Cb = int(lengths[which].max())
+        index, row = completion_index[which, :Cb], completion_row[which]  # (Sb, Cb), (Sb,)
+        own = causal[:Cb, :Cb] & (index != pad_slot)[:, None, :]  # (Sb, Cb, Cb)
+        sees_prompt = prompt_real[row][:, None, :].expand(-1, Cb, -1)  # (Sb, Cb, P)
+        completions.append(CompletionBlock(index, row, torch.cat([sees_prompt, own], dim=-1)[:, None]))
+    return positions, PrefixBlocks(prompt_index, prompt_mask, completions)
+
+
+def block_attention_bound(tokens: int, prompt: int, completion: int) -> int:
+    """At most how many attention scores (query x key pairs) the blocks of one micro-batch hold, for
+    `tokens` tokens in all, prompts of at most `prompt` tokens and completions of at most `completion`
+    (the memory planner's figure): the prompt blocks at most tokens x prompt (rows x longest row stays
+    within the micro-batch), the completion blocks at most 2 x tokens x (prompt + completion) (each
+    completion padded to less than twice its length, its queries seeing at most prompt + completion keys)."""
+    return tokens * prompt + 2 * tokens * (prompt + completion)

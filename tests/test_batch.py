@@ -14,6 +14,7 @@ from grpo.logprobs import micro_batch_logprobs, token_logprobs
 from grpo.loss import AGGREGATIONS, policy_loss
 from grpo.rollout import Episode
 from qwen2 import load_model, pad_batch
+from qwen2.shared_prefix import block_attention_bound, shared_prefix_layout
 
 PAD, TEMPERATURE = 0, 0.7
 
@@ -80,6 +81,48 @@ def test_a_group_longer_than_the_budget_is_split_and_each_part_carries_the_promp
     assert len(group1_rows) >= 2  # 9 prompt tokens + 21 completion tokens do not fit 16
     assert [m.rows.start for m in micros] == sorted(m.rows.start for m in micros)
     assert sum(m.rows.stop - m.rows.start for m in micros) == len(eps)  # every episode exactly once
+
+
+def test_completions_continue_the_prompt_and_see_only_it_and_themselves():
+    # One row: prompt of 3, completions of 2, 5 and 1 tokens, then padding.
+    segments = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 3, -1]])
+    positions, blocks = shared_prefix_layout(segments)
+    assert positions[0].tolist() == [0, 1, 2, 3, 4, 3, 4, 5, 6, 7, 3, 0]
+    # Who sees whom, read back from the blocks: key j visible to query i.
+    seen = torch.zeros(12, 12, dtype=torch.bool)
+    P = blocks.prompt_index.shape[1]
+    for c in blocks.completions:
+        keys = torch.cat([blocks.prompt_index[c.row], c.index], dim=1)  # (S, P + C)
+        for s in range(len(c.row)):
+            for i, qi in enumerate(c.index[s].tolist()):
+                for j, kj in enumerate(keys[s].tolist()):
+                    if qi < 12 and c.mask[s, 0, i, j]:
+                        seen[qi, kj] = True
+                        assert j < P or kj <= qi  # its own earlier tokens only
+    expect = {3: [0, 1, 2, 3], 4: [0, 1, 2, 3, 4], 7: [0, 1, 2, 5, 6, 7], 10: [0, 1, 2, 10]}
+    for query, keys in expect.items():
+        assert seen[query].nonzero()[:, 0].tolist() == keys
+
+
+def test_ragged_completions_are_batched_by_length_and_the_planner_bound_holds():
+    # One long completion and seven short ones per group: padding every completion to the longest
+    # would cost 8 x 64 x (P + 64) scores per group; batched by length the short ones pay their own.
+    g = torch.Generator().manual_seed(0)
+    eps = []
+    for group, P in enumerate([12, 7]):
+        prompt = torch.randint(1, 300, (P,), generator=g).tolist()
+        for n in [64, 3, 1, 4, 2, 5, 3, 2]:
+            eps.append(Episode(group, prompt, torch.randint(1, 300, (n,), generator=g).tolist(), True, "", "0",
+                               Score({}, 0.0, False)))
+    batch = build_batch(eps, torch.zeros(len(eps)), "cpu")
+    budget = 400
+    (micro,) = micro_batches(batch, shared_prefix=True, micro_batch_size=4, micro_batch_tokens=budget, pad_id=PAD,
+                             device="cpu")
+    _, blocks = shared_prefix_layout(micro.segment_ids)
+    scores = blocks.prompt_mask.numel() + sum(c.mask.numel() for c in blocks.completions)
+    assert len(blocks.completions) == 5  # lengths 1 | 2 | 3-4 | 5 | 64
+    assert scores < 16 * 64 * (12 + 64) / 4  # well under one block padded to the longest completion
+    assert scores <= block_attention_bound(budget, 12, 64)
 
 
 @pytest.mark.parametrize("drop", [(), (2, 5, 6)])
