@@ -45,7 +45,7 @@ class Batch:
 
 @dataclass
 class MicroBatch:
-    rows: slice  # which episodes of the Batch (always a contiguous run)
+    episodes: slice  # which episodes of the Batch (always a contiguous run)
     input_ids: Tensor  # (R, T)
     attention_mask: Tensor | None  # (R, T) in the padded layout, else None
     segment_ids: Tensor | None  # (R, T) in the shared-prefix layout, else None
@@ -160,8 +160,9 @@ def _packed_micro_batch(batch: Batch, rows: list[list[int]], pad_id: int, device
     return _micro_batch(batch, slice(first, rows[-1][-1] + 1), ids.to(device), None, segments.to(device), tokens, device)
 
 
-def _micro_batch(batch: Batch, rows: slice, ids: Tensor, attn: Tensor | None, segments: Tensor | None,
+def _micro_batch(batch: Batch, episodes: slice, ids: Tensor, attn: Tensor | None, segments: Tensor | None,
                  tokens: list[tuple[int, int, int, int, int]], device: torch.device | str) -> MicroBatch:
+    width = max(t[4] for t in tokens) + 1  # the longest completion (not the loss mask's sum: a filler batch has none)
     row, col, predictor, episode, index = torch.tensor(tokens, dtype=torch.long).to(device).unbind(1)
-    width = int(index.max()) + 1  # the longest completion (not the loss mask's sum: a filler batch has none)
-    return MicroBatch(rows, ids, attn, segments, row, col, predictor, episode, index, batch.loss_mask[rows, :width])
+    return MicroBatch(episodes, ids, attn, segments, row, col, predictor, episode, index,
+                      batch.loss_mask[episodes, :width])

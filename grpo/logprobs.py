@@ -18,8 +18,9 @@ What we do instead:
   4. when autograd is on, wrap step 3 in ``torch.utils.checkpoint``: the chunk's
      (chunk, V) logits are freed right after the forward and recomputed during
      backward. Peak memory is one chunk of logits, not the whole micro-batch.
-Only real completion tokens reach the LM head: no logits are computed for the
-prompt or for padding.
+In the trainer (``micro_batch_logprobs``) only real completion tokens reach the LM
+head: no logits for the prompt or for padding (``token_logprobs``, for plain padded
+rows, also runs their right padding through it).
 
 Temperature. Divide the logits by the sampling temperature: the PPO ratio compares
 the policy against the distribution the sampler actually drew from, and that

@@ -198,7 +198,8 @@ def gpu_memory_advice(cfg: Config) -> list[str]:
         advice.append("--set optim.offload=true (moves master weights and Adam moments to CPU memory)")
     if not cfg.model.activation_checkpointing:
         advice.append("--set model.activation_checkpointing=true")
-    advice.append("a smaller grpo.micro_batch_size, rollout.prompts_per_step or rollout.max_new_tokens")
+    micro = "grpo.micro_batch_tokens" if cfg.grpo.shared_prefix else "grpo.micro_batch_size"  # the unit in use
+    advice.append(f"a smaller {micro}, rollout.prompts_per_step or rollout.max_new_tokens")
     return advice
 
 

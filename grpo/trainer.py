@@ -319,21 +319,21 @@ class Trainer:
         `counts` = (completion tokens, sequences) of the whole step; `weight` 0 = a filler pass."""
         cfg, grpo = self.cfg, self.cfg.grpo
         logp, _ = micro_batch_logprobs(self.model, micro, cfg.rollout.temperature, grpo.logprob_chunk)
-        rows, width = micro.rows, micro.loss_mask.shape[1]
+        eps, width = micro.episodes, micro.loss_mask.shape[1]
         if first_pass:
-            old[rows, :width] = logp.detach()
-        token_weights = weights[rows, :width]
+            old[eps, :width] = logp.detach()
+        token_weights = weights[eps, :width]
         if batch.sampler_logprobs is not None:  # grpo.old_logprobs: sampler
             token_weights = token_weights * truncated_importance_weights(
-                old[rows, :width], batch.sampler_logprobs[rows, :width], micro.loss_mask, grpo.tis_cap)
+                old[eps, :width], batch.sampler_logprobs[eps, :width], micro.loss_mask, grpo.tis_cap)
         sequence = grpo.ratio_level == "sequence"
         num_tokens, num_sequences = counts
         # The normalisers are the whole batch's counts, so the micro-batch losses add up to the batch loss.
         loss, stats = policy_loss(
-            logp, old[rows, :width], batch.advantages[rows], micro.loss_mask,
+            logp, old[eps, :width], batch.advantages[eps], micro.loss_mask,
             eps_low=grpo.sequence_epsilon_low if sequence else grpo.epsilon_low,
             eps_high=grpo.sequence_epsilon_high if sequence else grpo.epsilon_high,
-            aggregation=grpo.aggregation, ref_logp=None if ref is None else ref[rows, :width], beta=grpo.beta,
+            aggregation=grpo.aggregation, ref_logp=None if ref is None else ref[eps, :width], beta=grpo.beta,
             num_sequences=num_sequences, num_tokens=num_tokens, max_tokens=cfg.rollout.max_new_tokens,
             objective=grpo.loss, ratio_level=grpo.ratio_level, delta=grpo.delta, token_weights=token_weights)
         (loss * (weight * (self.dist.world if self.dist else 1))).backward()  # x N: FSDP averages over ranks
@@ -356,7 +356,7 @@ class Trainer:
         with torch.no_grad():
             for micro, _ in schedule:
                 logp, _ = micro_batch_logprobs(model, micro, self.cfg.rollout.temperature, self.cfg.grpo.logprob_chunk)
-                out[micro.rows, :logp.shape[1]] = logp
+                out[micro.episodes, :logp.shape[1]] = logp
         return out
 
     # -- setup -----------------------------------------------------------------------------------

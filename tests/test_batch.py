@@ -79,8 +79,8 @@ def test_a_group_longer_than_the_budget_is_split_and_each_part_carries_the_promp
     group1_rows = [row for m in micros for row, seg in zip(m.input_ids, m.segment_ids)
                    if row[:9].tolist() == eps[4].prompt_ids and (seg == 0).sum() == 9]
     assert len(group1_rows) >= 2  # 9 prompt tokens + 21 completion tokens do not fit 16
-    assert [m.rows.start for m in micros] == sorted(m.rows.start for m in micros)
-    assert sum(m.rows.stop - m.rows.start for m in micros) == len(eps)  # every episode exactly once
+    assert [m.episodes.start for m in micros] == sorted(m.episodes.start for m in micros)
+    assert sum(m.episodes.stop - m.episodes.start for m in micros) == len(eps)  # every episode exactly once
 
 
 def test_completions_continue_the_prompt_and_see_only_it_and_themselves():
@@ -135,7 +135,7 @@ def test_log_probs_are_the_same_token_for_token_in_every_layout(model, drop):
             got = torch.zeros_like(batch.loss_mask)
             for micro in micros:
                 logp, _ = micro_batch_logprobs(model, micro, TEMPERATURE, chunk_tokens=5)
-                got[micro.rows, :logp.shape[1]] = logp
+                got[micro.episodes, :logp.shape[1]] = logp
             assert torch.allclose(got[mask], ref[:, :mask.shape[1]][mask], atol=1e-5), name
             assert (got[~mask] == 0).all(), name
 
@@ -171,10 +171,10 @@ def test_loss_and_every_gradient_equal_the_padded_update(model, aggregation, var
         for micro in micros:
             logp, _ = micro_batch_logprobs(model, micro, TEMPERATURE, chunk_tokens=5)
             width = micro.loss_mask.shape[1]
-            loss, _ = policy_loss(logp, old[micro.rows, :width], batch.advantages[micro.rows], micro.loss_mask,
-                                  aggregation=aggregation, ref_logp=ref[micro.rows, :width], beta=0.04,
+            loss, _ = policy_loss(logp, old[micro.episodes, :width], batch.advantages[micro.episodes], micro.loss_mask,
+                                  aggregation=aggregation, ref_logp=ref[micro.episodes, :width], beta=0.04,
                                   num_sequences=len(eps), num_tokens=num_tokens, max_tokens=16,
-                                  token_weights=None if weights is None else weights[micro.rows, :width], **extra)
+                                  token_weights=None if weights is None else weights[micro.episodes, :width], **extra)
             loss.backward()
             total += loss.item()
         return total, [p.grad.clone() for p in model.parameters()]
