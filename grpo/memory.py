@@ -54,13 +54,14 @@ def activation_bytes(mc: Qwen2Config, tokens: int, dtype_bytes: int, checkpointi
     """Estimate of what autograd keeps for backward over `tokens` = micro-batch x sequence length.
 
     Per token and block: two RMSNorms (fp32 input and normalised copy + output), q/k/v before and
-    after RoPE, attention output, and the MLP's gate, up, silu and product (F wide each). With
+    after RoPE, k/v repeated to every query head (masked attention on CUDA, qwen2/attention.py),
+    attention output, and the MLP's gate, up, silu and product (F wide each). With
     checkpointing only each block's input is kept, plus one block's activations while it is
     recomputed in backward.
     """
     C, F, kv, b = mc.hidden_size, mc.intermediate_size, mc.num_key_value_heads * mc.head_dim, dtype_bytes
     norms = 2 * (4 * C + 4 * C + b * C)
-    attn = b * (2 * (C + kv) + 2 * kv + 2 * C)
+    attn = b * (2 * (C + kv) + 2 * kv + 2 * C + 2 * C)
     mlp = 4 * b * F
     per_block = tokens * (norms + attn + mlp)
     if checkpointing:

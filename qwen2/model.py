@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import attention
 from .config import Qwen2Config
 from .shared_prefix import PrefixBlocks, shared_prefix_layout
 
@@ -179,7 +180,7 @@ class Attention(nn.Module):
         if isinstance(mask, PrefixBlocks):  # rows packed as [prompt | c_1 | c_2 | ...]: attention in blocks
             y = mask.attend(q, k, v)
         else:  # mask None means plain causal attention over x itself (no padding, no cache)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+            y = attention(q, k, v, mask)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*D)
         return self.o_proj(y)
 

@@ -27,8 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from .attention import attention
 
 
 @dataclass
@@ -69,15 +70,14 @@ class PrefixBlocks:
         kp, vp = block(k, self.prompt_index), block(v, self.prompt_index)
         # Every padded query still sees its row's first prompt token (prompts are never empty), so
         # no query row is fully masked: SDPA would return NaN for one.
-        y_prompt = F.scaled_dot_product_attention(block(q, self.prompt_index), kp, vp, attn_mask=self.prompt_mask,
-                                                  enable_gqa=True)
+        y_prompt = attention(block(q, self.prompt_index), kp, vp, self.prompt_mask)
         # Scatter back to the packed row (block padding lands in the zero slot, dropped after).
         y = scatter(q.new_zeros(R * T + 1, H, D), self.prompt_index, y_prompt)
         for c in self.completions:
             # Each completion's keys/values: its prompt's (computed once, copied per completion), then its own.
             kc = torch.cat([kp[c.row], block(k, c.index)], dim=2)
             vc = torch.cat([vp[c.row], block(v, c.index)], dim=2)
-            y_completion = F.scaled_dot_product_attention(block(q, c.index), kc, vc, attn_mask=c.mask, enable_gqa=True)
+            y_completion = attention(block(q, c.index), kc, vc, c.mask)
             y = scatter(y, c.index, y_completion)
         return y[:-1].view(R, T, H, D).transpose(1, 2)
 

@@ -125,8 +125,12 @@ def test_ragged_completions_are_batched_by_length_and_the_planner_bound_holds():
     assert scores <= block_attention_bound(budget, 12, 64)
 
 
-@pytest.mark.parametrize("drop", [(), (2, 5, 6)])
-def test_log_probs_are_the_same_token_for_token_in_every_layout(model, drop):
+@pytest.mark.parametrize("drop, repeat_heads", [((), False), ((2, 5, 6), False), ((2, 5, 6), True)])
+def test_log_probs_are_the_same_token_for_token_in_every_layout(model, drop, repeat_heads, monkeypatch):
+    if repeat_heads:  # the CUDA path of qwen2/attention.py: masked attention over repeated key/value heads
+        import qwen2.attention
+
+        monkeypatch.setattr(qwen2.attention, "REPEAT_HEADS_ON", ("cpu",))
     batch = build_batch(episodes(drop), torch.zeros(12 - len(drop)), "cpu")
     mask = batch.loss_mask.bool()
     with torch.no_grad():

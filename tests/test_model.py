@@ -56,6 +56,16 @@ def test_parity_tied_14_heads_2_kv(tied_ckpt):
     assert_parity(hf, ours, ours.config.vocab_size)
 
 
+def test_repeated_heads_path_equals_grouped_heads(tied_ckpt, monkeypatch):
+    # On CUDA a masked attention repeats the key/value heads (qwen2/attention.py); run that path here.
+    hf, path = tied_ckpt
+    import qwen2.attention
+
+    monkeypatch.setattr(qwen2.attention, "REPEAT_HEADS_ON", ("cpu",))
+    ours = load_model(path)
+    assert_parity(hf, ours, ours.config.vocab_size)
+
+
 def test_parity_untied_other_gqa_ratio(untied_ckpt):
     hf, path = untied_ckpt
     ours = load_model(path)

@@ -1,0 +1,30 @@
+"""The attention kernel call every layout shares: PyTorch's scaled_dot_product_attention (SDPA)
+with grouped-query heads.
+
+Qwen2 has fewer key/value heads than query heads (grouped-query attention: 14 query heads share 2
+key/value heads in the 0.5B model). SDPA's `enable_gqa` lets each group of query heads read its
+key/value head without a copy. On CUDA, though, its fused kernels take either grouped heads or an
+explicit mask, not both: given both, SDPA quietly falls back to its math kernel, which holds every
+query x key score of every head in fp32 (transformers repeats the heads for the same reason). So on
+CUDA, when many queries come with a mask (padded or packed training rows, prefill), the key/value
+heads are first repeated to all query heads, a small copy, and the memory-efficient kernel takes the
+mask. Decoding (one query per row) keeps `enable_gqa`: its scores are few. The CPU kernel takes
+both, so there nothing is copied.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+REPEAT_HEADS_ON = ("cuda",)  # devices whose fused kernels need every head to take a mask
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Outputs (B, H, T, D) of queries (B, H, T, D) over keys/values (B, Hkv, S, D). `mask`
+    (B, 1, T, S), True = may attend; None = plain causal attention (T == S)."""
+    if mask is not None and q.shape[2] > 1 and q.device.type in REPEAT_HEADS_ON:
+        group = q.shape[1] // k.shape[1]  # query heads per key/value head: head h reads h // group
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
