@@ -155,3 +155,15 @@ def latest_checkpoint(path: str | Path) -> Path:
     if not found:
         raise FileNotFoundError(f"no complete checkpoint under {path}: pass a run directory (train.out_dir) that has checkpoints/step_*/")
     return found[-1]
+
+
+def refuse_to_overwrite(run_dir: Path) -> None:
+    """A new run must not write into another run's directory: its checkpoints would be pruned
+    (train.keep_checkpoints) and its logs mixed with ours."""
+    ckpts = list_checkpoints(run_dir)
+    if ckpts:
+        raise ValueError(f"{run_dir} already holds a run (latest checkpoint {ckpts[-1].name}): "
+                         f"continue it with --resume {run_dir}, or start a new one with --set train.out_dir=<new dir>")
+    if (run_dir / "metrics.jsonl").is_file():
+        raise ValueError(f"{run_dir} holds the logs of an earlier run that saved no checkpoint: "
+                         f"delete the directory, or pick another one with --set train.out_dir=<new dir>")

@@ -44,8 +44,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train_file: str = "datasets/gsm8k/train.jsonl"
-    test_file: str = "datasets/gsm8k/test.jsonl"
+    train_file: str = "datasets/gsm8k/train.jsonl"  # GSM8K-format JSONL (question, answer ending "#### N")
+    test_file: str = "datasets/gsm8k/test.jsonl"  # held out: the eval questions come from here
     template: str = "think"  # prompt format: think | reasoning | chinese (see data/prompts.py)
     max_prompt_tokens: int = 320  # longer prompts are skipped; GSM8K chat prompts are ~150-250 tokens
 
@@ -124,9 +124,9 @@ class GRPOConfig:
 class OptimConfig:
     lr: float = 1e-6
     weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.99
-    eps: float = 1e-8
+    beta1: float = 0.9  # Adam's first-moment decay
+    beta2: float = 0.99  # Adam's second-moment decay (torch's default is 0.999)
+    eps: float = 1e-8  # added to sqrt(second moment)
     offload: bool = False  # the 24 GB switch: fp32 master weights and Adam moments in CPU memory
     grad_clip: float = 1.0
     warmup_steps: int = 10
@@ -135,13 +135,13 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 200
-    seed: int = 0
-    out_dir: str = "runs/gsm8k"
+    steps: int = 200  # training steps (each: rollout + update + optimizer step); the LR schedule spans them
+    seed: int = 0  # model init (LoRA), data order and sampling: the same seed repeats a run on one machine
+    out_dir: str = "runs/gsm8k"  # metrics.jsonl, samples.jsonl, config.json and checkpoints/
     eval_every: int = 25  # greedy pass@1 on a fixed test subset (0 = never)
-    eval_size: int = 200
+    eval_size: int = 200  # the first N questions of data.test_file
     eval_at_start: bool = True  # with eval_every > 0, also evaluate before the first step: the curve's baseline
-    save_every: int = 25
+    save_every: int = 25  # checkpoint every N steps (and at the last step)
     keep_checkpoints: int = 2  # keep the last K checkpoints
     samples_per_step: int = 4  # completions written to samples.jsonl each step
     progress: bool = True  # tqdm bars for rollout and update

@@ -40,7 +40,7 @@ from qwen2.lora import adapters_disabled, add_lora, load_adapter
 
 from .advantages import group_advantages
 from .batch import Batch, MicroBatch, build_batch, filler_batch, micro_batches, padded_tokens
-from .checkpoint import TrainingState, latest_checkpoint, list_checkpoints, restore_checkpoint, save_checkpoint
+from .checkpoint import TrainingState, latest_checkpoint, refuse_to_overwrite, restore_checkpoint, save_checkpoint
 from .config import Config
 from .distributed import Dist, check_distributed, full_weights, in_lockstep, shard
 from .evaluate import evaluate
@@ -85,7 +85,7 @@ class Trainer:
             check_distributed(cfg, dist)
         torch.manual_seed(cfg.train.seed)
         if resume is None:
-            self._refuse_to_overwrite()
+            refuse_to_overwrite(self.out_dir)
 
         ckpt = latest_checkpoint(resume) if resume else None
         lora = cfg.model.lora
@@ -360,17 +360,6 @@ class Trainer:
         return out
 
     # -- setup -----------------------------------------------------------------------------------
-
-    def _refuse_to_overwrite(self) -> None:
-        """A new run must not write into another run's directory: its checkpoints would be pruned
-        (train.keep_checkpoints) and its logs mixed with ours."""
-        ckpts = list_checkpoints(self.out_dir)
-        if ckpts:
-            raise ValueError(f"{self.out_dir} already holds a run (latest checkpoint {ckpts[-1].name}): "
-                             f"continue it with --resume {self.out_dir}, or start a new one with --set train.out_dir=<new dir>")
-        if (self.out_dir / "metrics.jsonl").is_file():
-            raise ValueError(f"{self.out_dir} holds the logs of an earlier run that saved no checkpoint: "
-                             f"delete the directory, or pick another one with --set train.out_dir=<new dir>")
 
     def _load_problems(self, path: str) -> list[Problem]:
         problems = load_gsm8k(path)

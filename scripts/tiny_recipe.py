@@ -1,7 +1,7 @@
 """The offline tiny recipe: proof on a laptop CPU, in minutes and with no download, that GRPO learns.
 
-    python scripts/tiny_recipe.py                  # everything under runs/tiny (~7.5 minutes on one CPU core)
-    python scripts/tiny_recipe.py --quick          # a shortened run (~70 s), what tests/test_tiny_recipe.py runs
+    python scripts/tiny_recipe.py                  # everything under runs/tiny (~6.5-7 minutes on one CPU core)
+    python scripts/tiny_recipe.py --quick          # a shortened run (~60-70 s), what tests/test_tiny_recipe.py runs
     python train.py --config configs/tiny.yaml     # afterwards: the GRPO stage on its own
 
 Stages (each is skipped when its output already exists, so an interrupted run just continues):
