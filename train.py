@@ -95,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {out_of_memory_message(cfg, trainer.step)}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        if trainer.main:
-            launcher = f"torchrun --nproc_per_node={trainer.dist.world}" if trainer.dist else "python"
+        if trainer.dist.main:
+            launcher = f"torchrun --nproc_per_node={trainer.dist.world}" if trainer.dist.launched else "python"
             print(f"stopped after step {trainer.step}; continue with: {launcher} train.py --resume {trainer.out_dir}",
                   file=sys.stderr)
         return 130

@@ -56,19 +56,18 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 
 def save_checkpoint(run_dir: str | Path, state: TrainingState, model: Qwen2, tokenizer: Tokenizer,
-                    optimizer: torch.optim.Optimizer, scheduler: Any, config: dict[str, Any], keep: int = 2,
-                    dist: Dist | None = None) -> Path:
+                    optimizer: torch.optim.Optimizer, scheduler: Any, config: dict[str, Any], dist: Dist,
+                    keep: int = 2) -> Path:
     """Write the checkpoint of `state.step` atomically and delete all but the newest `keep`.
 
-    With several ranks (`dist`) every rank calls it: the model is gathered and written whole by
-    rank 0, each rank writes its optimizer shards and RNG states, and rank 0 marks the checkpoint
-    complete and renames it once all have written."""
-    main = dist is None or dist.main
+    Under torchrun every rank calls it: the model is gathered and written whole by rank 0, each
+    rank writes its optimizer shards and RNG states, and rank 0 marks the checkpoint complete and
+    renames it once all have written (with one plain process the barriers are no-ops)."""
     root = checkpoint_dir(run_dir)
     final = root / f"step_{state.step:06d}"
-    tmp = root / f"step_{state.step:06d}.tmp-{dist.token if dist else os.getpid()}"
-    weights = full_state_dict(model) if dist else None  # collective: every rank takes part
-    if main:
+    tmp = root / f"step_{state.step:06d}.tmp-{dist.token}"
+    weights = full_state_dict(model) if dist.launched else None  # collective: every rank takes part
+    if dist.main:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         if has_lora(model):  # only the adapters changed: save them, for the base model.path
@@ -77,38 +76,35 @@ def save_checkpoint(run_dir: str | Path, state: TrainingState, model: Qwen2, tok
         else:
             save_model(model, tmp / "model", state_dict=weights)
             tokenizer.save_pretrained(tmp / "model")
-    if dist:
-        dist.barrier()  # the directory exists before the other ranks write into it
+    dist.barrier()  # the directory exists before the other ranks write into it
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / _per_rank("optimizer", dist))
     torch.save(state.rng, tmp / _per_rank("rng", dist))
-    if dist:
-        dist.barrier()  # every rank's files are written
-    if main:
-        trainer_state = {"step": state.step, "data": state.data, "config": config, "ranks": dist.world if dist else 1}
+    dist.barrier()  # every rank's files are written
+    if dist.main:
+        trainer_state = {"step": state.step, "data": state.data, "config": config, "ranks": dist.world}
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")  # last: marks it complete
         if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a periodic save)
             shutil.rmtree(final)
         os.replace(tmp, final)
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    if dist:
-        dist.barrier()
+    dist.barrier()
     return final
 
 
-def _per_rank(name: str, dist: Dist | None) -> str:
+def _per_rank(name: str, dist: Dist) -> str:
     """optimizer.pt for one process (also torchrun with one); optimizer_rank{r}.pt for each rank of
     several (its own shards)."""
-    return f"{name}.pt" if dist is None or dist.world == 1 else f"{name}_rank{dist.rank}.pt"
+    return f"{name}.pt" if dist.world == 1 else f"{name}_rank{dist.rank}.pt"
 
 
 def restore_checkpoint(ckpt: Path, run_dir: str | Path, optimizer: torch.optim.Optimizer, scheduler: Any,
-                       generator: torch.Generator, dist: Dist | None = None) -> TrainingState:
+                       generator: torch.Generator, dist: Dist) -> TrainingState:
     """Put optimizer, LR schedule and RNGs back as they were at `ckpt`, and drop the lines of
     `run_dir`'s logs that belong to later steps. The model itself is loaded from ckpt/'model'."""
     saved = json.loads((ckpt / "trainer_state.json").read_text())
     ranks = saved.get("ranks", 1)  # checkpoints from before multi-process runs: one
-    if ranks != (dist.world if dist else 1):
+    if ranks != dist.world:
         launcher = f"torchrun --nproc_per_node={ranks} train.py" if ranks > 1 else "python train.py"
         raise ValueError(f"{ckpt} was written by {ranks} process(es); resume it with the same number "
                          f"({launcher} --resume ...), or start a new run from its model/ folder")
@@ -118,7 +114,7 @@ def restore_checkpoint(ckpt: Path, run_dir: str | Path, optimizer: torch.optim.O
     rng = torch.load(ckpt / _per_rank("rng", dist), map_location="cpu", weights_only=True)
     generator.set_state(rng["sampler"])
     torch.set_rng_state(rng["torch"])
-    if dist is None or dist.main:
+    if dist.main:
         trim_logs(run_dir, saved["step"])
     return TrainingState(saved["step"], saved["data"], rng)
 

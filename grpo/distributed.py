@@ -32,13 +32,23 @@ from torch import nn
 
 from qwen2 import Qwen2
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class Dist:
+    """Which process this is. A plain `python train.py` is `Dist.single`: rank 0 of 1, whose sums,
+    maxima and barriers are the values themselves, so the trainer reads the same either way."""
+
     rank: int
     world: int
     device: torch.device  # this rank's device: cuda:LOCAL_RANK, or the CPU
     token: int  # rank 0's process id, the same on every rank (names a checkpoint's temporary directory)
+    launched: bool = True  # started by torchrun: a process group exists and the model is sharded
+
+    @classmethod
+    def single(cls, device: torch.device) -> Dist:
+        return cls(0, 1, device, os.getpid(), launched=False)
 
     @property
     def main(self) -> bool:
@@ -47,26 +57,33 @@ class Dist:
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum over ranks."""
+        if not self.launched:
+            return list(values)
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         torch_dist.all_reduce(t)
         return t.tolist()
 
     def max(self, value: int) -> int:
+        if not self.launched:
+            return value
         t = torch.tensor([value], dtype=torch.int64, device=self.device)
         torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
         return int(t.item())
 
     def barrier(self) -> None:
-        torch_dist.barrier()
+        if self.launched:
+            torch_dist.barrier()
+
+    def share(self, items: Sequence[T]) -> list[T]:
+        """This rank's equal slice of `items` (all of them for one process)."""
+        n = len(items) // self.world
+        return list(items[self.rank * n:(self.rank + 1) * n])
 
 
-T = TypeVar("T")
-
-
-def in_lockstep(micros: Sequence[T], dist: Dist | None) -> list[tuple[T, float]]:
+def in_lockstep(micros: Sequence[T], dist: Dist) -> list[tuple[T, float]]:
     """(micro-batch, weight) pairs: every rank runs as many forward/backward passes as the busiest
     one, because FSDP's gathers and reductions pair up across ranks; the repeats weigh 0."""
-    steps = dist.max(len(micros)) if dist else len(micros)
+    steps = dist.max(len(micros))
     return [(micros[min(k, len(micros) - 1)], float(k < len(micros))) for k in range(steps)]
 
 

@@ -77,11 +77,13 @@ class StepResult:
 
 class Trainer:
     def __init__(self, cfg: Config, resume: str | Path | None = None, dist: Dist | None = None):
-        self.cfg, self.dist = cfg, dist
+        """`dist`: this process's rank under torchrun (grpo/distributed.py); None for a plain run."""
+        self.cfg, self.dist = cfg, dist or Dist.single(resolve_device(cfg.model.device))
+        dist = self.dist
         self.out_dir = Path(cfg.train.out_dir)
-        self.device = dist.device if dist else resolve_device(cfg.model.device)
+        self.device = dist.device
         self.dtype = getattr(torch, cfg.model.dtype)
-        if dist:
+        if dist.launched:
             check_distributed(cfg, dist)
         torch.manual_seed(cfg.train.seed)
         if resume is None:
@@ -97,7 +99,7 @@ class Trainer:
             raise FileNotFoundError(f"model.path {model_dir} not found: run python download.py, or point "
                                     "--set model.path=DIR at a Hugging Face Qwen2 checkpoint directory "
                                     "(python scripts/tiny_recipe.py builds an offline tiny one)")
-        load_to = "cpu" if dist else self.device  # several ranks: each shards the CPU copy onto its device
+        load_to = "cpu" if dist.launched else self.device  # torchrun: each rank shards the CPU copy onto its device
         self.model = load_model(model_dir, device=load_to, dtype=self.dtype)
         if ckpt and lora.rank:
             load_adapter(self.model, ckpt / "adapter")
@@ -113,7 +115,7 @@ class Trainer:
             self.ref_model = load_model(cfg.model.path, device=load_to, dtype=self.dtype).requires_grad_(False)
         if cfg.model.activation_checkpointing:
             enable_activation_checkpointing(self.model)
-        if dist:
+        if dist.launched:
             for model in (self.model, self.ref_model):
                 if model is not None:
                     shard(model, dist)
@@ -128,7 +130,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, partial(lr_factor, warmup=optim.warmup_steps, total=cfg.train.steps, min_ratio=optim.min_lr_ratio))
         # Each rank samples with its own stream; rank 0's is the one-process stream.
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1_000_003 * (dist.rank if dist else 0))
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1_000_003 * dist.rank)
         self.data = DataOrder(len(self.train_set), cfg.train.seed)
         self.step = 0
         if ckpt:
@@ -145,10 +147,10 @@ class Trainer:
         """Train until train.steps (or `stop_after` more steps), evaluating and saving on schedule."""
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.main:
+        if self.dist.main:
             (self.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
             self.log.open()
-        self.interrupt = interrupt = Interrupt(hold=self.dist is None)
+        self.interrupt = interrupt = Interrupt(hold=not self.dist.launched)
         last_saved = self.step
         snapshot = self._capture()  # the state after the last completed step
         steps_this_run = 0
@@ -161,7 +163,7 @@ class Trainer:
                 interrupt.defer()  # a Ctrl-C now waits until the step is on the books
                 self.step += 1
                 steps_this_run += 1
-                if self.main:
+                if self.dist.main:
                     self.log.step(self.step, result.metrics, result.episodes, result.problems, time.perf_counter() - t0)
                 snapshot = self._capture()
                 interrupt.release()
@@ -173,7 +175,7 @@ class Trainer:
             if last_saved != self.step:
                 self._save(snapshot)
         except KeyboardInterrupt:
-            if self.dist:  # every rank stops at once (see Interrupt); saving would need them all
+            if self.dist.launched:  # every rank stops at once (see Interrupt); saving would need them all
                 self._say(f"\ninterrupted at step {self.step}; the last saved checkpoint is step {last_saved}")
                 raise
             # Either the step in progress was abandoned before its first update, or it was
@@ -208,7 +210,7 @@ class Trainer:
 
         # 3-5. log-probs, update, optimizer (with several ranks, all of them when any has episodes).
         stats, extra = UpdateStats(), {}
-        trained = int(self._sum([len(keep)])[0])
+        trained = int(self.dist.sum([len(keep)])[0])
         if trained:
             batch = (build_batch([episodes[i] for i in keep], advantages[keep], self.device) if keep
                      else filler_batch(self.tokenizer.pad_token_id, self.device))
@@ -218,7 +220,7 @@ class Trainer:
             # Tokens one forward pass over the batch pushes through the model, and what the padded
             # layout (one [left-padded prompt | completion] row per episode) would push.
             local = [sum(m.num_tokens for m in micros), padded_tokens(batch.episodes, cfg.grpo.micro_batch_size)] if keep else [0, 0]
-            extra = dict(zip(("update_tokens", "padded_tokens"), map(int, self._sum(local))))
+            extra = dict(zip(("update_tokens", "padded_tokens"), map(int, self.dist.sum(local))))
             stats, extra_update = self._update(batch, micros, timings)
             extra |= extra_update
         with warnings.catch_warnings():
@@ -227,7 +229,7 @@ class Trainer:
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
 
-        metrics = rollout_metrics(episodes, has_spread, G, self._sum) | {"lr": self.scheduler.get_last_lr()[0]} | asdict(stats) | {"trained_episodes": trained} | extra
+        metrics = rollout_metrics(episodes, has_spread, G, self.dist.sum) | {"lr": self.scheduler.get_last_lr()[0]} | asdict(stats) | {"trained_episodes": trained} | extra
         if cfg.rollout.dynamic_sampling:
             metrics |= {"questions_sampled": len(problems), "groups_kept": len({episodes[i].group for i in keep}),
                         "sampling_rounds": rounds}
@@ -237,32 +239,21 @@ class Trainer:
     def _rollout(self, n: int, timings: dict[str, float], first_group: int = 0) -> tuple[list[Problem], list[Episode]]:
         """The next n training questions, G samples each, scored."""
         cfg = self.cfg
-        problems = [self.train_set[i] for i in self.data.take(n)]  # the same order on every rank ...
-        if self.dist:  # ... of which each rank samples its own slice
-            share = n // self.dist.world
-            problems = problems[self.dist.rank * share:(self.dist.rank + 1) * share]
+        # The same order on every rank, of which each rank samples its own slice.
+        problems = self.dist.share([self.train_set[i] for i in self.data.take(n)])
         overlong = cfg.reward.overlong
         with full_weights(self.model):
             episodes = rollout(self.model, self.tokenizer, problems, cfg.rollout.group_size,
                                max_new_tokens=cfg.rollout.max_new_tokens, template=cfg.data.template,
                                reward_weights=cfg.reward.weights, sampling=cfg.rollout.sampling,
                                overlong=(overlong.max_tokens, overlong.buffer) if overlong.max_tokens else None,
-                               generator=self.generator, progress=cfg.train.progress and self.main,
+                               generator=self.generator, progress=cfg.train.progress and self.dist.main,
                                return_logprobs=cfg.grpo.old_logprobs == "sampler", first_group=first_group,
                                timings=timings)
         return problems, episodes
 
-    @property
-    def main(self) -> bool:
-        """The process that prints and writes logs: the only one, or rank 0 of several."""
-        return self.dist is None or self.dist.main
-
-    def _sum(self, values: list[float]) -> list[float]:
-        """Summed over ranks (as they are with one process)."""
-        return self.dist.sum(values) if self.dist else list(values)
-
     def _say(self, message: str) -> None:
-        if self.main:
+        if self.dist.main:
             print(message, flush=True)
 
     def _spread_groups(self, episodes: list[Episode]) -> int:
@@ -274,7 +265,7 @@ class Trainer:
         """mu passes over the batch; each pass accumulates micro-batch gradients, then steps the optimizer."""
         grpo = self.cfg.grpo
         # The loss normalisers are the whole step's counts (over all ranks).
-        counts = tuple(int(c) for c in self._sum([batch.loss_mask.sum().item(), batch.loss_mask.any(1).sum().item()]))
+        counts = tuple(int(c) for c in self.dist.sum([batch.loss_mask.sum().item(), batch.loss_mask.any(1).sum().item()]))
         schedule = in_lockstep(micros, self.dist)
         t0 = time.perf_counter()
         ref = None
@@ -292,7 +283,7 @@ class Trainer:
         stats = UpdateStats()
         self.model.train()
         bar = tqdm(total=grpo.updates_per_batch * len(schedule), desc="update", leave=False,
-                   disable=not (self.cfg.train.progress and self.main))
+                   disable=not (self.cfg.train.progress and self.dist.main))
         for epoch in range(grpo.updates_per_batch):
             t0 = time.perf_counter()
             for micro, weight in schedule:
@@ -305,7 +296,7 @@ class Trainer:
             timings["optimizer"] += time.perf_counter() - t1
         bar.close()
         self.model.eval()
-        stats.loss, stats.kl, stats.clip_frac = self._sum([stats.loss, stats.kl, stats.clip_frac])
+        stats.loss, stats.kl, stats.clip_frac = self.dist.sum([stats.loss, stats.kl, stats.clip_frac])
         extra = {}
         if batch.sampler_logprobs is not None:  # how far the sampler's numbers are from the trainer's
             mask = batch.loss_mask.bool()
@@ -336,7 +327,7 @@ class Trainer:
             aggregation=grpo.aggregation, ref_logp=None if ref is None else ref[eps, :width], beta=grpo.beta,
             num_sequences=num_sequences, num_tokens=num_tokens, max_tokens=cfg.rollout.max_new_tokens,
             objective=grpo.loss, ratio_level=grpo.ratio_level, delta=grpo.delta, token_weights=token_weights)
-        (loss * (weight * (self.dist.world if self.dist else 1))).backward()  # x N: FSDP averages over ranks
+        (loss * (weight * self.dist.world)).backward()  # x N: FSDP averages over ranks
         share = weight * float(micro.loss_mask.sum()) / num_tokens  # per-token statistics weigh by token count
         return UpdateStats(loss=weight * loss.item(), kl=stats.get("kl", 0.0) * share,
                            clip_frac=(stats["clip_frac_low"] + stats["clip_frac_high"]) * share)
@@ -378,22 +369,22 @@ class Trainer:
 
     def _save(self, state: TrainingState) -> None:
         path = save_checkpoint(self.out_dir, state, self.model, self.tokenizer, self.optimizer, self.scheduler,
-                               self.cfg.to_dict(), keep=self.cfg.train.keep_checkpoints, dist=self.dist)
+                               self.cfg.to_dict(), self.dist, keep=self.cfg.train.keep_checkpoints)
         self._say(f"saved {path}")
 
     def _evaluate(self) -> None:
         """Greedy accuracy on the eval questions (with several ranks: each its slice, results summed)."""
         cfg, dist = self.cfg, self.dist
-        questions = self.eval_set[dist.rank::dist.world] if dist else self.eval_set
+        questions = self.eval_set[dist.rank::dist.world]
         with full_weights(self.model):
             summary, _ = evaluate(self.model, self.tokenizer, questions, max_new_tokens=cfg.rollout.max_new_tokens,
                                   template=cfg.data.template, reward_weights=cfg.reward.weights,
                                   batch_size=cfg.rollout.prompts_per_step * cfg.rollout.group_size,
-                                  progress=cfg.train.progress and self.main)
+                                  progress=cfg.train.progress and self.dist.main)
         means = ("accuracy", "reward", "length", "truncated")
-        *totals, n, q = self._sum([summary[k] * summary["n"] for k in means] + [summary["n"], summary["questions"]])
+        *totals, n, q = self.dist.sum([summary[k] * summary["n"] for k in means] + [summary["n"], summary["questions"]])
         summary |= {k: v / max(n, 1) for k, v in zip(means, totals)} | {"n": int(n), "questions": int(q)}
         self._say(f"eval step {self.step}: accuracy {summary['accuracy']:.3f} on {summary['n']} test questions "
                   f"(mean length {summary['length']:.0f}, truncated {summary['truncated']:.2f})")
-        if self.main:
+        if self.dist.main:
             self.log.append("metrics.jsonl", {"step": self.step, **{f"eval_{k}": v for k, v in summary.items()}})
