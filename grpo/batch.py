@@ -122,7 +122,9 @@ def _shared_prefix_micro_batches(batch: Batch, budget: int, pad_id: int, device:
             last.append(i)
         else:
             rows.append([i])
-    # 2. Micro-batches: consecutive rows while rows x longest row stays within the budget.
+    # 2. Micro-batches: consecutive rows while rows x longest row stays within the budget. (Two parts
+    #    of a split group never share one: the first part plus the next completion exceeded the
+    #    budget, so two rows as long as the longer part exceed it too.)
     out, start = [], 0
     while start < len(rows):
         end, longest = start + 1, _row_length(batch, rows[start])

@@ -36,7 +36,7 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     path: str = "checkpoints/Qwen2.5-3B-Instruct"  # HF-format directory written by download.py
-    dtype: str = "bfloat16"  # bfloat16 | float32 (training and sampling dtype of the weights)
+    dtype: str = "bfloat16"  # bfloat16 | float16 | float32 (training and sampling dtype of the weights)
     device: str = "auto"  # auto = cuda when available, else cpu
     activation_checkpointing: bool = True  # recompute each block in backward: far less activation memory
     lora: LoraConfig = field(default_factory=LoraConfig)
