@@ -23,8 +23,8 @@ REPEAT_HEADS_ON = ("cuda",)  # devices whose fused kernels need every head to ta
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """Outputs (B, H, T, D) of queries (B, H, T, D) over keys/values (B, Hkv, S, D). `mask`
     (B, 1, T, S), True = may attend; None = plain causal attention (T == S)."""
-    if mask is not None and q.shape[2] > 1 and q.device.type in REPEAT_HEADS_ON:
-        group = q.shape[1] // k.shape[1]  # query heads per key/value head: head h reads h // group
+    group = q.shape[1] // k.shape[1]  # query heads per key/value head: head h reads h // group
+    if group > 1 and mask is not None and q.shape[2] > 1 and q.device.type in REPEAT_HEADS_ON:
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)

@@ -117,7 +117,7 @@ def shared_prefix_layout(segment_ids: Tensor) -> tuple[Tensor, PrefixBlocks]:
     causal = torch.ones(max(P, C), max(P, C), dtype=torch.bool, device=device).tril()
     prompt_mask = (causal[:P, :P] & prompt_real[:, None, :])[:, None]  # (R, 1, P, P)
     # Length batches: lengths 2^(b-1) < n <= 2^b share batch b (n - 1 has b bits), padded to their longest.
-    batch_of = torch.frexp((lengths - 1).float()).exponent  # (S,) the bit count of n - 1 (0 for n = 1)
+    batch_of = torch.tensor([(n - 1).bit_length() for n in lengths.tolist()], device=device)  # (S,)
     completions = []
     for b in batch_of.unique().tolist():
         which = (batch_of == b).nonzero()[:, 0]
