@@ -108,20 +108,22 @@ def shared_prefix_layout(segment_ids: Tensor) -> tuple[Tensor, PrefixBlocks]:
     is_completion = segment_ids > 0
     rows = torch.arange(R, device=device)[:, None].expand(R, T)[is_completion]
     keys, completion_of = torch.unique(rows * (T + 1) + segment_ids[is_completion], return_inverse=True)
-    C = int(offset[is_completion].max()) + 1
+    lengths = torch.bincount(completion_of, minlength=len(keys)).tolist()  # each completion's length
+    C = max(lengths)
     completion_index = torch.full((len(keys), C), pad_slot, dtype=torch.long, device=device)
     completion_index[completion_of, offset[is_completion]] = flat[is_completion]
     completion_row = keys // (T + 1)
-    lengths = torch.bincount(completion_of, minlength=len(keys))  # (S,)
 
     causal = torch.ones(max(P, C), max(P, C), dtype=torch.bool, device=device).tril()
     prompt_mask = (causal[:P, :P] & prompt_real[:, None, :])[:, None]  # (R, 1, P, P)
     # Length batches: lengths 2^(b-1) < n <= 2^b share batch b (n - 1 has b bits), padded to their longest.
-    batch_of = torch.tensor([(n - 1).bit_length() for n in lengths.tolist()], device=device)  # (S,)
+    batches: dict[int, list[int]] = {}
+    for s, n in enumerate(lengths):
+        batches.setdefault((n - 1).bit_length(), []).append(s)
     completions = []
-    for b in batch_of.unique().tolist():
-        which = (batch_of == b).nonzero()[:, 0]
-        Cb = int(lengths[which].max())
+    for members in batches.values():
+        Cb = max(lengths[s] for s in members)
+        which = torch.tensor(members, device=device)
         index, row = completion_index[which, :Cb], completion_row[which]  # (Sb, Cb), (Sb,)
         own = causal[:Cb, :Cb] & (index != pad_slot)[:, None, :]  # (Sb, Cb, Cb)
         sees_prompt = prompt_real[row][:, None, :].expand(-1, Cb, -1)  # (Sb, Cb, P)
