@@ -1,9 +1,9 @@
 """Episodes -> the tensors of the update: micro-batches in one of two layouts.
 
 Shared prefix (default, `grpo.shared_prefix: true`). The G completions of a question share its
-prompt, so each group is one row [prompt | c_1 | c_2 | ... | c_G | right padding] with segment ids
-(0 prompt, i completion i, -1 padding): the model computes the prompt once, every completion sees
-it and its own earlier tokens only (qwen2/shared_prefix.py), and backward adds the
+prompt, so each group is one row [prompt | c_1 | c_2 | ... | c_G | right padding]: the model
+computes the prompt once, every completion sees it and its own earlier tokens only
+(qwen2/shared_prefix.py), and backward adds the
 prompt's gradients from all G completions in that one computation. Rows are filled up to
 `micro_batch_tokens` (rows x longest row); a group too long for the budget is split into parts
 that each carry the prompt again (still exact), and partial groups (episodes dropped by
@@ -13,7 +13,9 @@ Padded (`grpo.shared_prefix: false`, for comparison and tests). Each episode is 
 [left-padded prompt | completion | right padding], `micro_batch_size` rows at a time, each
 micro-batch padded only to its own longest prompt and completion.
 
-Either way a micro-batch lists, for each completion token, its row, its column, the column of the
+Either way a micro-batch carries its layout (qwen2/layout.py: positions and who sees whom), built
+here once from the lengths on the host, so the forward passes over it (reference, mu updates) never
+read a number back from the device. It lists, for each completion token, its row, its column, the column of the
 hidden state that predicts it (the token before it; for a completion's first token the prompt's
 last one), and its place (episode, index) in the (episodes, width) layout of the loss. The
 completion keeps its stop token (<|im_end|>): the model also learns when to stop.
@@ -30,6 +32,8 @@ from torch import Tensor
 
 from data.rewards import Score
 from qwen2 import pad_batch
+from qwen2.layout import Layout, rows_layout
+from qwen2.shared_prefix import shared_prefix_layout
 
 from .rollout import Episode
 
@@ -41,20 +45,31 @@ class Batch:
     loss_mask: Tensor  # (E, C): 1 on each episode's completion tokens (C = the longest completion)
     entropies: Tensor  # (E, C): the sampler's entropy at each completion token (0 where unknown)
     sampler_logprobs: Tensor | None  # (E, C): the sampler's log-probs, when the rollout kept them
+    filler: bool = False  # a stand-in that carries no loss (filler_batch)
+
+    @property
+    def completion_tokens(self) -> int:
+        """Completion tokens the loss counts (loss_mask.sum(), from the host-side lengths)."""
+        return 0 if self.filler else sum(len(e.completion_ids) for e in self.episodes)
+
+    @property
+    def sequences(self) -> int:
+        """Episodes the loss counts (those with at least one completion token)."""
+        return 0 if self.filler else sum(1 for e in self.episodes if e.completion_ids)
 
 
 @dataclass
 class MicroBatch:
     episodes: slice  # which episodes of the Batch (always a contiguous run)
     input_ids: Tensor  # (R, T)
-    attention_mask: Tensor | None  # (R, T) in the padded layout, else None
-    segment_ids: Tensor | None  # (R, T) in the shared-prefix layout, else None
+    layout: Layout  # how its tokens see each other: padded rows, or shared-prefix rows
     token_row: Tensor  # (n,) for each completion token: its row ...
     token_col: Tensor  # ... its column ...
     predictor_col: Tensor  # ... the column of the hidden state that predicts it ...
     token_episode: Tensor  # ... its episode (0..e-1 within this micro-batch) ...
     token_index: Tensor  # ... and its index in that completion
     loss_mask: Tensor  # (e, width): the Batch's loss mask for these episodes, width = longest completion
+    completion_tokens: int  # how many completion tokens it holds (loss_mask.sum(), known on the host)
 
     @property
     def num_tokens(self) -> int:
@@ -83,6 +98,7 @@ def filler_batch(pad_id: int, device: torch.device | str) -> Batch:
     collective forward and backward passes of the others go on (grpo/distributed.py)."""
     batch = build_batch([Episode(0, [pad_id], [pad_id], True, "", "", Score({}, 0.0, False))], torch.zeros(1), device)
     batch.loss_mask.zero_()
+    batch.filler = True
     return batch
 
 
@@ -110,7 +126,8 @@ def _padded_micro_batch(batch: Batch, rows: slice, pad_id: int, device: torch.de
                           device=device)
     P = max(len(e.prompt_ids) for e in episodes)  # every completion starts in column P
     tokens = [(i, P + j, P + j - 1, i, j) for i, e in enumerate(episodes) for j in range(len(e.completion_ids))]
-    return _micro_batch(batch, rows, ids, attn, None, tokens, device)
+    padded = len({(len(e.prompt_ids), len(e.completion_ids)) for e in episodes}) > 1  # no padding: plain causal
+    return _micro_batch(batch, rows, ids, rows_layout(attn, padded), tokens, device)
 
 
 def _shared_prefix_micro_batches(batch: Batch, budget: int, pad_id: int, device: torch.device | str) -> list[MicroBatch]:
@@ -144,27 +161,26 @@ def _row_length(batch: Batch, row: list[int]) -> int:
 def _packed_micro_batch(batch: Batch, rows: list[list[int]], pad_id: int, device: torch.device | str) -> MicroBatch:
     T = max(_row_length(batch, row) for row in rows)
     ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    segments = torch.full((len(rows), T), -1, dtype=torch.long)
     first = rows[0][0]  # the micro-batch's first episode
     tokens = []  # (row, column, predictor column, episode, index in its completion) per completion token
     for r, row in enumerate(rows):
         prompt = batch.episodes[row[0]].prompt_ids
         ids[r, :len(prompt)] = torch.tensor(prompt)
-        segments[r, :len(prompt)] = 0
         col = len(prompt)
-        for k, i in enumerate(row, start=1):
+        for i in row:
             completion = batch.episodes[i].completion_ids
             ids[r, col:col + len(completion)] = torch.tensor(completion)
-            segments[r, col:col + len(completion)] = k
             # A completion's first token is predicted by the prompt's last one, the others by the token before.
             tokens += [(r, col + j, col + j - 1 if j else len(prompt) - 1, i - first, j) for j in range(len(completion))]
             col += len(completion)
-    return _micro_batch(batch, slice(first, rows[-1][-1] + 1), ids.to(device), None, segments.to(device), tokens, device)
+    layout = shared_prefix_layout([len(batch.episodes[row[0]].prompt_ids) for row in rows],
+                                  [[len(batch.episodes[i].completion_ids) for i in row] for row in rows], T, device)
+    return _micro_batch(batch, slice(first, rows[-1][-1] + 1), ids.to(device), layout, tokens, device)
 
 
-def _micro_batch(batch: Batch, episodes: slice, ids: Tensor, attn: Tensor | None, segments: Tensor | None,
+def _micro_batch(batch: Batch, episodes: slice, ids: Tensor, layout: Layout,
                  tokens: list[tuple[int, int, int, int, int]], device: torch.device | str) -> MicroBatch:
     width = max(t[4] for t in tokens) + 1  # the longest completion (not the loss mask's sum: a filler batch has none)
     row, col, predictor, episode, index = torch.tensor(tokens, dtype=torch.long).to(device).unbind(1)
-    return MicroBatch(episodes, ids, attn, segments, row, col, predictor, episode, index,
-                      batch.loss_mask[episodes, :width])
+    real = sum(len(e.completion_ids) for e in batch.episodes[episodes]) if not batch.filler else 0
+    return MicroBatch(episodes, ids, layout, row, col, predictor, episode, index, batch.loss_mask[episodes, :width], real)

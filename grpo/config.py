@@ -143,6 +143,9 @@ class TrainConfig:
     eval_at_start: bool = True  # with eval_every > 0, also evaluate before the first step: the curve's baseline
     save_every: int = 25  # checkpoint every N steps (and at the last step)
     keep_checkpoints: int = 2  # keep the last K checkpoints
+    # Steps whose loss or gradient norm is not finite are not applied (logged as skipped_nonfinite);
+    # after this many in a row the run stops: it has diverged (too high a learning rate, an overflow).
+    max_nonfinite_steps: int = 3
     samples_per_step: int = 4  # completions written to samples.jsonl each step
     progress: bool = True  # tqdm bars for rollout and update
     tensorboard: bool = False  # log to TensorBoard when installed

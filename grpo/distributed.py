@@ -119,7 +119,7 @@ def shard(model: Qwen2, dist: Dist) -> None:
     by the number of ranks, so the result is their sum (each loss already divides by the whole
     step's counts). (A divide factor of 1 would say the same, but gloo lacks the reduction it needs.)"""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     mesh = init_device_mesh(dist.device.type, (dist.world,))
     # bf16 weights compute in bf16; their gradients are summed over ranks in fp32 (then rounded once),
@@ -128,6 +128,10 @@ def shard(model: Qwen2, dist: Dist) -> None:
     for block in model.model.layers:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
+    # The trainer calls model.hidden_states, then the LM head itself in checkpointed chunks
+    # (grpo/logprobs.py): FSDP gathers the root's weights (embedding, final norm, LM head) for that
+    # method as for forward, and, being the root, keeps them gathered until backward has used them.
+    register_fsdp_forward_method(model, "hidden_states")
 
 
 def fsdp_units(model: nn.Module) -> list[nn.Module]:

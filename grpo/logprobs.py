@@ -7,8 +7,8 @@ Qwen2.5 the vocabulary is ~152k, so a micro-batch of 8 x 1024 tokens has
 log-softmax saved for backward. That dwarfs the 0.5B model itself.
 
 What we do instead:
-  1. run the transformer body once -> hidden states (R, T, C) (inside ``model(..., head=...)``, so
-     that a sharded model gathers its embedding and LM head for steps 2-4 too);
+  1. run the transformer body once -> hidden states (R, T, C) (``model.hidden_states``; a sharded
+     model keeps its embedding and LM head gathered from there until backward, grpo/distributed.py);
   2. pick, for every completion token, the hidden state that predicts it -> (n, C):
      position t's hidden state predicts token t + 1, so the predictor of a token is
      the token before it (for the first token of a completion: the prompt's last one);
@@ -27,10 +27,10 @@ the policy against the distribution the sampler actually drew from, and that
 distribution was softmax(logits / temperature). Using T=1 log-probs for samples drawn
 at T=0.7 would bias the ratio.
 
-Two layouts feed step 1 (grpo/batch.py builds them): padded rows
-[left-padded prompt | completion] with an attention mask, one row per episode, and
-shared-prefix rows [prompt | c_1 | ... | c_k] with segment ids, one row per group
-(the prompt computed once for its G completions). Step 2 on makes no difference
+Two layouts feed step 1 (grpo/batch.py builds them, qwen2/layout.py defines them): padded
+rows [left-padded prompt | completion] with an attention mask, one row per episode, and
+shared-prefix rows [prompt | c_1 | ... | c_k], one row per group (the prompt computed once
+for its G completions). Step 2 on makes no difference
 between them, so both give the same numbers.
 
 Simplification: ``lm_head`` runs in the model's dtype (bf16 on GPU) and only its
@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from qwen2.layout import Padded
 
 if TYPE_CHECKING:
     from .batch import MicroBatch
@@ -124,10 +126,10 @@ def token_logprobs(
     """Log-probs of ``input_ids[:, targets_start:]`` under ``model`` at ``temperature``, for padded rows.
 
     Args:
-        model: ``model(input_ids, attention_mask=..., head=f)`` returns f(final-normed hidden
-            states (B, T, C)), and ``model.lm_head`` maps C -> V (qwen2.Qwen2).
+        model: ``model.hidden_states(input_ids, layout)`` gives the final-normed hidden states
+            (B, T, C), and ``model.lm_head`` maps C -> V (qwen2.Qwen2).
         input_ids: (B, T) ``[left-padded prompt | completion | right padding]``.
-        attention_mask: (B, T), 1 for real tokens (or None: all real).
+        attention_mask: (B, T), 1 for real tokens (or None: every token real).
         targets_start: index of the first completion token (the padded prompt length); >= 1.
         temperature: the sampling temperature (> 0).
         chunk_tokens: tokens per lm_head/log-softmax chunk.
@@ -143,14 +145,11 @@ def token_logprobs(
     if not 1 <= targets_start < T:
         raise ValueError(f"targets_start must be in [1, T={T}), got {targets_start}")
     targets = input_ids[:, targets_start:]  # (B, N)
-
-    def head(hidden: Tensor) -> tuple[Tensor, Tensor | None]:
-        # Hidden position t predicts token t + 1: drop the last position, start one early.
-        hidden = hidden[:, targets_start - 1 : T - 1]  # (B, N, C), N = T - targets_start
-        return logprobs_in_chunks(model.lm_head, hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1),
-                                  temperature, chunk_tokens, with_entropy)
-
-    logp, entropy = model(input_ids, attention_mask=attention_mask, head=head)
+    hidden = model.hidden_states(input_ids, None if attention_mask is None else Padded.of(attention_mask))
+    # Hidden position t predicts token t + 1: drop the last position, start one early.
+    hidden = hidden[:, targets_start - 1 : T - 1]  # (B, N, C), N = T - targets_start
+    logp, entropy = logprobs_in_chunks(model.lm_head, hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1),
+                                       temperature, chunk_tokens, with_entropy)
     if with_entropy:
         return logp.view(targets.shape), entropy.view(targets.shape)
     return logp.view(targets.shape)
@@ -162,12 +161,9 @@ def micro_batch_logprobs(model: nn.Module, micro: MicroBatch, temperature: float
     layout whichever way the micro-batch was packed (zeros past each completion's end); and
     their entropies (e, width) if ``with_entropy``."""
     targets = micro.input_ids[micro.token_row, micro.token_col]  # (n,)
-
-    def head(hidden: Tensor) -> tuple[Tensor, Tensor | None]:
-        return logprobs_in_chunks(model.lm_head, hidden[micro.token_row, micro.predictor_col], targets,
-                                  temperature, chunk_tokens, with_entropy)
-
-    logp, entropy = model(micro.input_ids, attention_mask=micro.attention_mask, segment_ids=micro.segment_ids, head=head)
+    hidden = model.hidden_states(micro.input_ids, micro.layout)  # (R, T, C)
+    logp, entropy = logprobs_in_chunks(model.lm_head, hidden[micro.token_row, micro.predictor_col], targets,
+                                       temperature, chunk_tokens, with_entropy)
     where = (micro.token_episode, micro.token_index)  # (n,) each: the token's place in (e, width)
     out = logp.new_zeros(micro.loss_mask.shape).index_put(where, logp)
     return out, entropy.new_zeros(micro.loss_mask.shape).index_put(where, entropy) if with_entropy else None

@@ -53,13 +53,23 @@ division by the number of micro-batches) and the accumulated gradient is exactly
 full-batch gradient. Every variant above is per token or per sequence, so this holds
 for them too. Left at None, the normalisers default to the counts of this call.
 
-Simplification: the KL term uses the k3 estimator (below) on the sampled tokens only.
+Simplification: the KL term uses the k3 estimator (below) on the sampled tokens only, as
+TRL did before its `use_bias_correction_kl` option. TRL's default since then (True) multiplies k3
+by the ratio pi / pi_old, whose value is 1 on-policy but whose gradient is not zero: with beta > 0
+its KL gradient differs from ours (a user comparing at TRL's defaults saw a 0.4% gradient difference),
+so compare with TRL at `use_bias_correction_kl=False`; with beta = 0 (the default) both agree.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .config import Config
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 OBJECTIVES = ("ppo_clip", "cispo")
@@ -77,25 +87,60 @@ def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
     return torch.exp(d) - d - 1
 
 
+@dataclass(frozen=True)
+class PolicyLoss:
+    """The loss of a run, chosen once: built from the config (`from_config`), passed to every call."""
+
+    eps_low: float = 0.2  # clip range [1 - eps_low, 1 + eps_high] for the ratio
+    eps_high: float = 0.28
+    aggregation: str = "token_mean"  # one of AGGREGATIONS (module docstring)
+    beta: float = 0.0  # weight of the k3 KL penalty (0 = no KL, the default, as in DAPO/Dr. GRPO)
+    objective: str = "ppo_clip"  # one of OBJECTIVES
+    ratio_level: str = "token"  # one of RATIO_LEVELS: "token", or "sequence" (GSPO)
+    delta: float | None = None  # two-sided clipping: cap of the unclipped ratio (None = off)
+    max_tokens: int | None = None  # Dr. GRPO's constant normaliser, the generation budget (None: T of the call)
+
+    def __post_init__(self):
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {self.aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
+        if self.objective not in OBJECTIVES or self.ratio_level not in RATIO_LEVELS:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)} and ratio_level one of "
+                             f"{', '.join(RATIO_LEVELS)}; got {self.objective!r}, {self.ratio_level!r}")
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> PolicyLoss:
+        g = cfg.grpo
+        sequence = g.ratio_level == "sequence"  # GSPO clips its sequence ratio with its own, much smaller range
+        return cls(eps_low=g.sequence_epsilon_low if sequence else g.epsilon_low,
+                   eps_high=g.sequence_epsilon_high if sequence else g.epsilon_high,
+                   aggregation=g.aggregation, beta=g.beta, objective=g.loss, ratio_level=g.ratio_level,
+                   delta=g.delta, max_tokens=cfg.rollout.max_new_tokens)
+
+
+@dataclass
+class LossStats:
+    """Statistics of one policy_loss call over its completion tokens, as 0-dim tensors on the device
+    (read back once per step by the trainer, not per micro-batch)."""
+
+    loss: Tensor  # the returned loss, detached
+    clip_frac_low: Tensor  # share of tokens whose gradient the clip zeroed: ratio < 1 - eps_low (or > delta), A < 0
+    clip_frac_high: Tensor  # ... ratio > 1 + eps_high, A > 0 (CISPO: tokens whose weight was capped)
+    ratio_mean: Tensor  # mean ratio pi / pi_old
+    kl: Tensor | None  # mean k3 KL to the reference, when ref_logp is given
+
+
 def policy_loss(
     logp: Tensor,
     old_logp: Tensor,
     advantages: Tensor,
     mask: Tensor,
+    settings: PolicyLoss = PolicyLoss(),
     *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.28,
-    aggregation: str = "token_mean",
     ref_logp: Tensor | None = None,
-    beta: float = 0.0,
     num_sequences: int | None = None,
     num_tokens: int | None = None,
-    max_tokens: int | None = None,
-    objective: str = "ppo_clip",
-    ratio_level: str = "token",
-    delta: float | None = None,
     token_weights: Tensor | None = None,
-) -> tuple[Tensor, dict[str, float]]:
+) -> tuple[Tensor, LossStats]:
     """Clipped GRPO loss of one (micro-)batch.
 
     Args:
@@ -103,33 +148,18 @@ def policy_loss(
         old_logp: (B, T) the same under the policy that sampled them (no grad).
         advantages: (B,) one advantage per sequence.
         mask: (B, T) 1 for completion tokens (including a generated eos), 0 for padding.
-        eps_low, eps_high: clip range [1 - eps_low, 1 + eps_high] for the ratio.
-        aggregation: one of ``AGGREGATIONS`` (see module docstring).
+        settings: which loss (clip range, aggregation, variant, KL weight); see PolicyLoss.
         ref_logp: (B, T) log-probs under the frozen reference model; needed if beta > 0.
-        beta: weight of the k3 KL penalty (0 = no KL, the default, as in DAPO/Dr. GRPO).
         num_sequences: sequences in the whole batch (default: B of this call).
         num_tokens: completion tokens in the whole batch (default: mask.sum() of this call).
-        max_tokens: Dr. GRPO's constant normaliser, the generation budget
-            (default: T of this call -- pass it explicitly when micro-batching).
-        objective: one of ``OBJECTIVES``: "ppo_clip" or "cispo" (see module docstring).
-        ratio_level: one of ``RATIO_LEVELS``: "token", or "sequence" (GSPO).
-        delta: two-sided clipping: cap of the unclipped ratio (None = off).
         token_weights: (B, T) multiplies each token's policy term (None = all 1).
 
     Returns:
         loss: scalar tensor; summing it over micro-batches gives the full-batch loss.
-        stats: python floats over this call's completion tokens: ``loss``,
-            ``clip_frac_low`` / ``clip_frac_high`` (fraction of tokens whose gradient the
-            clip zeroed: ratio < 1 - eps_low (or > delta) with A < 0 / ratio > 1 + eps_high with
-            A > 0; for CISPO, high = tokens whose weight was capped, low = 0),
-            ``ratio_mean``, and ``kl`` when ``ref_logp`` is given.
+        stats: LossStats over this call's completion tokens, on the device (no host sync here).
     """
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
-    if objective not in OBJECTIVES or ratio_level not in RATIO_LEVELS:
-        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)} and ratio_level one of "
-                         f"{', '.join(RATIO_LEVELS)}; got {objective!r}, {ratio_level!r}")
-    if beta > 0 and ref_logp is None:
+    s = settings
+    if s.beta > 0 and ref_logp is None:
         raise ValueError("beta > 0 needs ref_logp")
 
     mask = mask.bool()
@@ -138,15 +168,15 @@ def policy_loss(
     # Zero the log-ratio at padding *before* exp: padded log-probs are arbitrary, and
     # exp(large) = inf would turn into NaN gradients even if masked afterwards.
     log_ratio = torch.where(mask, logp - old_logp, torch.zeros_like(logp))  # (B, T)
-    if ratio_level == "sequence":  # GSPO: the mean log-ratio of each episode, for all its tokens
+    if s.ratio_level == "sequence":  # GSPO: the mean log-ratio of each episode, for all its tokens
         log_ratio = (log_ratio.sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)).expand_as(logp)
     ratio = torch.exp(log_ratio)  # (B, T)
-    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)  # (B, T)
-    if objective == "cispo":
+    clipped = torch.clamp(ratio, 1.0 - s.eps_low, 1.0 + s.eps_high)  # (B, T)
+    if s.objective == "cispo":
         # The clipped ratio only weighs the log-prob's gradient: clipped tokens still learn.
-        per_token = -torch.clamp(ratio, max=1.0 + eps_high).detach() * adv * torch.where(mask, logp, 0.0)
+        per_token = -torch.clamp(ratio, max=1.0 + s.eps_high).detach() * adv * torch.where(mask, logp, 0.0)
     else:
-        unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)
+        unclipped = ratio if s.delta is None else torch.clamp(ratio, max=s.delta)
         per_token = -torch.minimum(unclipped * adv, clipped * adv)  # (B, T)
     if token_weights is not None:
         per_token = per_token * token_weights
@@ -155,43 +185,37 @@ def policy_loss(
     if ref_logp is not None:
         # Same padding guard as above: k3 of (0, 0) is 0.
         kl = k3_kl(torch.where(mask, logp, 0.0), torch.where(mask, ref_logp, 0.0))  # (B, T)
-        if beta != 0.0:
-            per_token = per_token + beta * kl
+        if s.beta != 0.0:
+            per_token = per_token + s.beta * kl
 
     per_token = per_token * mask  # (B, T), exact zeros at padding
     B, T = logp.shape
-    if aggregation == "token_mean":
+    if s.aggregation == "token_mean":
         denom = num_tokens if num_tokens is not None else mask.sum()
         loss = per_token.sum() / denom
-    elif aggregation == "seq_mean_token_mean":
+    elif s.aggregation == "seq_mean_token_mean":
         n = num_sequences if num_sequences is not None else B
         seq_len = mask.sum(dim=1).clamp(min=1)  # (B,); clamp: an empty row contributes 0
         loss = (per_token.sum(dim=1) / seq_len).sum() / n
     else:  # seq_mean_token_sum_norm
         n = num_sequences if num_sequences is not None else B
-        budget = max_tokens if max_tokens is not None else T
+        budget = s.max_tokens if s.max_tokens is not None else T
         loss = (per_token.sum(dim=1) / budget).sum() / n
 
     with torch.no_grad():
         n_tok = mask.sum().clamp(min=1)
 
-        def frac(x: Tensor) -> float:
-            return ((x & mask).sum() / n_tok).item()
+        def frac(x: Tensor) -> Tensor:
+            return (x & mask).sum() / n_tok
 
-        if objective == "cispo":  # nothing is zeroed; "high" counts the tokens whose weight was capped
-            low, high = torch.zeros_like(mask), ratio > 1.0 + eps_high
+        if s.objective == "cispo":  # nothing is zeroed; "high" counts the tokens whose weight was capped
+            low, high = torch.zeros_like(mask), ratio > 1.0 + s.eps_high
         else:
-            low, high = (ratio < 1.0 - eps_low) & (adv < 0), (ratio > 1.0 + eps_high) & (adv > 0)
-            if delta is not None:  # two-sided: a negative-advantage token above delta is held too
-                low = low | ((ratio > delta) & (adv < 0))
-        stats = {
-            "loss": loss.item(),
-            "clip_frac_low": frac(low),
-            "clip_frac_high": frac(high),
-            "ratio_mean": ((ratio * mask).sum() / n_tok).item(),
-        }
-        if kl is not None:
-            stats["kl"] = ((kl * mask).sum() / n_tok).item()
+            low, high = (ratio < 1.0 - s.eps_low) & (adv < 0), (ratio > 1.0 + s.eps_high) & (adv > 0)
+            if s.delta is not None:  # two-sided: a negative-advantage token above delta is held too
+                low = low | ((ratio > s.delta) & (adv < 0))
+        stats = LossStats(loss.detach(), frac(low), frac(high), (ratio * mask).sum() / n_tok,
+                          None if kl is None else (kl * mask).sum() / n_tok)
     return loss, stats
 
 

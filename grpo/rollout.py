@@ -1,16 +1,18 @@
 """Rollout: N questions x G samples through our sampler -> scored episodes.
 
-Each question becomes a chat prompt (system + user, rendered with the checkpoint's own template),
-is repeated G times, and the whole batch goes through `qwen2.generate` in one call; the sampler
-prefills each distinct prompt once and shares its KV cache with the G rows. Completions are
-decoded and scored by the reward functions; the stop token (`<|im_end|>`) stays in the completion
+Two phases, which the trainer times one after the other:
+  sample_groups  each question becomes a chat prompt (system + user, rendered with the checkpoint's
+                 own template), is repeated G times, and the whole batch goes through
+                 `qwen2.generate` in one call; the sampler prefills each distinct prompt once and
+                 shares its KV cache with the G rows
+  score_groups   completions are decoded and scored by the reward functions
+The stop token (`<|im_end|>`) stays in the completion
 ids so the model is trained to stop. The sampler also reports the policy's entropy at every sampled
 token (logged as `entropy`), so the update need not spend a pass over the vocabulary on it.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -18,7 +20,7 @@ import torch
 from data.gsm8k import Problem
 from data.prompts import build_messages, template_tags
 from data.rewards import Score, combined_reward, overlong_penalty
-from qwen2 import Qwen2, SamplingParams, Tokenizer, generate
+from qwen2 import GenerationOutput, Qwen2, SamplingParams, Tokenizer, generate
 
 
 @dataclass
@@ -43,24 +45,30 @@ def encode_prompt(tokenizer: Tokenizer, question: str, template: str) -> list[in
 
 
 @torch.no_grad()
-def rollout(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], group_size: int, *, max_new_tokens: int,
-            template: str, reward_weights: dict[str, float], sampling: SamplingParams,
-            overlong: tuple[int, int] | None = None, generator: torch.Generator | None = None,
-            progress: bool = False, return_logprobs: bool = False, first_group: int = 0,
-            timings: dict[str, float] | None = None) -> list[Episode]:
-    """Sample `group_size` completions for each problem and score them.
-
-    `overlong` = (max_tokens, buffer) adds DAPO's soft length penalty as the reward part "overlong";
-    `return_logprobs` keeps the sampler's log-probs (grpo.old_logprobs: sampler); groups are numbered
-    from `first_group` (a step that samples in several rounds).
-    """
-    t0 = time.perf_counter()
+def sample_groups(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], group_size: int, *,
+                  max_new_tokens: int, template: str, sampling: SamplingParams,
+                  generator: torch.Generator | None = None, progress: bool = False,
+                  return_logprobs: bool = False) -> tuple[list[list[int]], GenerationOutput]:
+    """Phase 1, generate: each problem's chat prompt, repeated `group_size` times, through the sampler.
+    Returns the prompt of every row and the sampler's output (the sampler's log-probs with
+    `return_logprobs`, for grpo.old_logprobs: sampler; its entropies always)."""
     prompts = [encode_prompt(tokenizer, p.question, template) for p in problems]
     rows = [ids for ids in prompts for _ in range(group_size)]
     out = generate(model, rows, max_new_tokens, sampling, stop_token_ids=tokenizer.stop_token_ids,
                    generator=generator, pad_token_id=tokenizer.pad_token_id, progress=progress, return_entropies=True,
                    return_logprobs=return_logprobs)
-    t1 = time.perf_counter()
+    return rows, out
+
+
+def score_groups(tokenizer: Tokenizer, problems: list[Problem], rows: list[list[int]], out: GenerationOutput, *,
+                 template: str, reward_weights: dict[str, float], overlong: tuple[int, int] | None = None,
+                 first_group: int = 0) -> list[Episode]:
+    """Phase 2, reward: decode and score every completion of `sample_groups`.
+
+    `overlong` = (max_tokens, buffer) adds DAPO's soft length penalty as the reward part "overlong";
+    groups are numbered from `first_group` (a step that samples in several rounds).
+    """
+    group_size = len(rows) // len(problems)
     tags = template_tags(template)
     episodes = []
     for i, (ids, toks, fin, ent) in enumerate(zip(rows, out.tokens, out.finished, out.entropies)):
@@ -70,8 +78,5 @@ def rollout(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], group_s
         if overlong is not None:
             score = score.plus("overlong", overlong_penalty(len(toks), *overlong))
         episodes.append(Episode(first_group + i // group_size, ids, toks, fin, text, problem.answer, score, ent,
-                                out.logprobs[i] if return_logprobs else []))
-    if timings is not None:
-        timings["generate"] = timings.get("generate", 0.0) + t1 - t0
-        timings["reward"] = timings.get("reward", 0.0) + time.perf_counter() - t1
+                                out.logprobs[i] if out.logprobs is not None else []))
     return episodes

@@ -1,5 +1,6 @@
-"""What a run writes as it goes: metrics.jsonl, samples.jsonl, one console line per step, and
-TensorBoard / Weights & Biases when asked for (`train.tensorboard`, `train.wandb`).
+"""What a run measures and writes as it goes: the seconds of each phase of a step, metrics.jsonl,
+samples.jsonl, one console line per step, and TensorBoard / Weights & Biases when asked for
+(`train.tensorboard`, `train.wandb`).
 
 Simplification: appends line by line (no buffering); a resumed run first drops the lines of steps
 after its checkpoint (grpo/checkpoint.py), so the files always match the checkpointed state.
@@ -8,16 +9,41 @@ after its checkpoint (grpo/checkpoint.py), so the files always match the checkpo
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from data.gsm8k import Problem
 
 from .config import Config
 from .rollout import Episode
+
+
+class PhaseTimer:
+    """Seconds per phase of one step (generate, reward, logprobs, update, optimizer): the one place
+    they are measured. `with timer("update"): ...` adds the block's seconds to that phase.
+
+    On a GPU the work of a phase is queued, not done, when its Python code returns, so each block
+    ends with a device sync: one per phase, never one per micro-batch."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type not in ("cpu", "meta"):
+                torch.accelerator.synchronize(self.device)
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
 
 
 class RunLog:

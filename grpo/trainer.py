@@ -22,10 +22,11 @@ Simplifications: the batch is rebuilt from Python lists each step; with several 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -40,16 +41,17 @@ from qwen2.lora import adapters_disabled, add_lora, load_adapter
 
 from .advantages import group_advantages
 from .batch import Batch, MicroBatch, build_batch, filler_batch, micro_batches, padded_tokens
-from .checkpoint import TrainingState, latest_checkpoint, refuse_to_overwrite, restore_checkpoint, save_checkpoint
+from .checkpoint import (TrainingState, latest_checkpoint, list_checkpoints, refuse_to_overwrite, restore_checkpoint,
+                         save_checkpoint)
 from .config import Config
 from .distributed import Dist, check_distributed, full_weights, in_lockstep, shard
 from .evaluate import evaluate
 from .interrupt import Interrupt
 from .logprobs import micro_batch_logprobs
-from .loss import policy_loss, top_entropy_mask, truncated_importance_weights
+from .loss import PolicyLoss, policy_loss, top_entropy_mask, truncated_importance_weights
 from .optim import OffloadAdamW
-from .rollout import Episode, encode_prompt, rollout
-from .run_log import RunLog, rollout_metrics
+from .rollout import Episode, encode_prompt, sample_groups, score_groups
+from .run_log import PhaseTimer, RunLog, rollout_metrics
 from .runtime import cpu_warning, enable_activation_checkpointing, resolve_device
 from .schedule import DataOrder, lr_factor
 
@@ -61,11 +63,18 @@ class UpdateStats:
     loss: float = 0.0  # the full-batch loss: the sum of the micro-batch losses (mean over mu passes)
     kl: float = 0.0  # k3 KL to the reference model (beta > 0)
     clip_frac: float = 0.0  # share of tokens whose gradient the PPO clip zeroed
-    grad_norm: float = 0.0  # gradient norm before clipping
+    grad_norm: float = 0.0  # gradient norm before clipping (mean over mu passes)
 
-    def add(self, other: UpdateStats, weight: float = 1.0) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + weight * getattr(other, f.name))
+
+@dataclass
+class UpdateResult:
+    stats: UpdateStats = field(default_factory=UpdateStats)
+    skipped: bool = False  # a non-finite loss or gradient norm: the optimizer step was not applied
+    tis: dict[str, float] = field(default_factory=dict)  # sampler/trainer ratio (grpo.old_logprobs: sampler)
+
+
+class Diverged(RuntimeError):
+    """train.max_nonfinite_steps steps in a row could not be applied: the run stops with one line."""
 
 
 @dataclass
@@ -127,6 +136,7 @@ class Trainer:
         trainable = [p for p in self.model.parameters() if p.requires_grad]  # with LoRA: the adapters only
         self.optimizer = OffloadAdamW(trainable, lr=optim.lr, betas=(optim.beta1, optim.beta2),
                                       eps=optim.eps, weight_decay=optim.weight_decay, offload=optim.offload)
+        self.loss = PolicyLoss.from_config(cfg)  # which loss, decided once
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, partial(lr_factor, warmup=optim.warmup_steps, total=cfg.train.steps, min_ratio=optim.min_lr_ratio))
         # Each rank samples with its own stream; rank 0's is the one-process stream.
@@ -153,7 +163,7 @@ class Trainer:
         self.interrupt = interrupt = Interrupt(hold=not self.dist.launched)
         last_saved = self.step
         snapshot = self._capture()  # the state after the last completed step
-        steps_this_run = 0
+        steps_this_run, nonfinite_streak = 0, 0
         if cfg.train.eval_every and cfg.train.eval_at_start and self.step == 0:
             self._evaluate()  # step 0: where the run starts from
         try:
@@ -167,10 +177,12 @@ class Trainer:
                     self.log.step(self.step, result.metrics, result.episodes, result.problems, time.perf_counter() - t0)
                 snapshot = self._capture()
                 interrupt.release()
+                nonfinite_streak = nonfinite_streak + 1 if result.metrics["skipped_nonfinite"] else 0
+                if nonfinite_streak:
+                    self._check_divergence(nonfinite_streak)
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
                     self._evaluate()
-                if self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps:
-                    self._save(snapshot)
+                if (self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps) and self._save(snapshot):
                     last_saved = self.step
             if last_saved != self.step:
                 self._save(snapshot)
@@ -190,26 +202,26 @@ class Trainer:
             self.log.close()
 
     def train_step(self) -> StepResult:
-        cfg, timings, N, G = self.cfg, {}, self.cfg.rollout.prompts_per_step, self.cfg.rollout.group_size
+        cfg, N, G = self.cfg, self.cfg.rollout.prompts_per_step, self.cfg.rollout.group_size
+        timer = PhaseTimer(self.device)
         # 1. generate: N questions x G samples, scored. With dynamic sampling (DAPO), more rounds of N
         #    questions until N groups have reward spread (or the rounds run out).
-        problems, episodes = self._rollout(N, timings)
+        problems, episodes = self._rollout(N, timer)
         rounds = 1
         while cfg.rollout.dynamic_sampling and rounds <= cfg.rollout.max_extra_rounds and self._spread_groups(episodes) < N:
-            more_problems, more = self._rollout(N, timings, first_group=len(problems))
+            more_problems, more = self._rollout(N, timer, first_group=len(problems))
             problems, episodes, rounds = problems + more_problems, episodes + more, rounds + 1
 
         # 2. reward -> advantages; only episodes that carry a learning signal are trained on.
-        t0 = time.perf_counter()
-        advantages, has_spread = group_advantages(torch.tensor([e.reward for e in episodes]), G,
-                                                  scale=cfg.grpo.scale_rewards)
-        if cfg.rollout.dynamic_sampling:  # train on the first N groups with spread: a full step's worth
-            has_spread &= (has_spread.view(-1, G)[:, 0].cumsum(0) <= N).repeat_interleave(G)
-        keep = [i for i, e in enumerate(episodes) if has_spread[i] and (e.finished or not cfg.grpo.skip_truncated)]
-        timings["reward"] += time.perf_counter() - t0
+        with timer("reward"):
+            advantages, has_spread = group_advantages(torch.tensor([e.reward for e in episodes]), G,
+                                                      scale=cfg.grpo.scale_rewards)
+            if cfg.rollout.dynamic_sampling:  # train on the first N groups with spread: a full step's worth
+                has_spread &= (has_spread.view(-1, G)[:, 0].cumsum(0) <= N).repeat_interleave(G)
+            keep = [i for i, e in enumerate(episodes) if has_spread[i] and (e.finished or not cfg.grpo.skip_truncated)]
 
         # 3-5. log-probs, update, optimizer (with several ranks, all of them when any has episodes).
-        stats, extra = UpdateStats(), {}
+        update = UpdateResult()
         trained = int(self.dist.sum([len(keep)])[0])
         if trained:
             batch = (build_batch([episodes[i] for i in keep], advantages[keep], self.device) if keep
@@ -217,39 +229,46 @@ class Trainer:
             micros = micro_batches(batch, shared_prefix=cfg.grpo.shared_prefix, micro_batch_size=cfg.grpo.micro_batch_size,
                                    micro_batch_tokens=cfg.grpo.micro_batch_tokens, pad_id=self.tokenizer.pad_token_id,
                                    device=self.device)
-            # Tokens one forward pass over the batch pushes through the model, and what the padded
-            # layout (one [left-padded prompt | completion] row per episode) would push.
-            local = [sum(m.num_tokens for m in micros), padded_tokens(batch.episodes, cfg.grpo.micro_batch_size)] if keep else [0, 0]
-            extra = dict(zip(("update_tokens", "padded_tokens"), map(int, self.dist.sum(local))))
-            stats, extra_update = self._update(batch, micros, timings)
-            extra |= extra_update
+            update = self._update(batch, micros, timer)
         with warnings.catch_warnings():
             # The schedule follows training steps, also those with no update (all groups had zero
             # spread), which torch would flag as "scheduler.step() before optimizer.step()".
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
 
-        metrics = rollout_metrics(episodes, has_spread, G, self.dist.sum) | {"lr": self.scheduler.get_last_lr()[0]} | asdict(stats) | {"trained_episodes": trained} | extra
+        metrics = rollout_metrics(episodes, has_spread, G, self.dist.sum)
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics.update(asdict(update.stats))
+        metrics["trained_episodes"] = trained
+        metrics["skipped_nonfinite"] = int(update.skipped)
+        if trained:
+            # Tokens one forward pass over the batch pushes through the model, and what the padded
+            # layout (one [left-padded prompt | completion] row per episode) would push.
+            local = [sum(m.num_tokens for m in micros), padded_tokens(batch.episodes, cfg.grpo.micro_batch_size)] if keep else [0, 0]
+            metrics["update_tokens"], metrics["padded_tokens"] = map(int, self.dist.sum(local))
+            metrics.update(update.tis)
         if cfg.rollout.dynamic_sampling:
-            metrics |= {"questions_sampled": len(problems), "groups_kept": len({episodes[i].group for i in keep}),
-                        "sampling_rounds": rounds}
-        metrics |= {f"time_{phase}": seconds for phase, seconds in timings.items()}
+            metrics.update(questions_sampled=len(problems), groups_kept=len({episodes[i].group for i in keep}),
+                           sampling_rounds=rounds)
+        metrics.update({f"time_{phase}": seconds for phase, seconds in timer.seconds.items()})
         return StepResult(metrics, episodes, problems)
 
-    def _rollout(self, n: int, timings: dict[str, float], first_group: int = 0) -> tuple[list[Problem], list[Episode]]:
-        """The next n training questions, G samples each, scored."""
+    def _rollout(self, n: int, timer: PhaseTimer, first_group: int = 0) -> tuple[list[Problem], list[Episode]]:
+        """The next n training questions, G samples each (phase "generate"), scored (phase "reward")."""
         cfg = self.cfg
         # The same order on every rank, of which each rank samples its own slice.
         problems = self.dist.share([self.train_set[i] for i in self.data.take(n)])
+        with timer("generate"), full_weights(self.model):
+            rows, out = sample_groups(self.model, self.tokenizer, problems, cfg.rollout.group_size,
+                                      max_new_tokens=cfg.rollout.max_new_tokens, template=cfg.data.template,
+                                      sampling=cfg.rollout.sampling, generator=self.generator,
+                                      progress=cfg.train.progress and self.dist.main,
+                                      return_logprobs=cfg.grpo.old_logprobs == "sampler")
         overlong = cfg.reward.overlong
-        with full_weights(self.model):
-            episodes = rollout(self.model, self.tokenizer, problems, cfg.rollout.group_size,
-                               max_new_tokens=cfg.rollout.max_new_tokens, template=cfg.data.template,
-                               reward_weights=cfg.reward.weights, sampling=cfg.rollout.sampling,
-                               overlong=(overlong.max_tokens, overlong.buffer) if overlong.max_tokens else None,
-                               generator=self.generator, progress=cfg.train.progress and self.dist.main,
-                               return_logprobs=cfg.grpo.old_logprobs == "sampler", first_group=first_group,
-                               timings=timings)
+        with timer("reward"):
+            episodes = score_groups(self.tokenizer, problems, rows, out, template=cfg.data.template,
+                                    reward_weights=cfg.reward.weights, first_group=first_group,
+                                    overlong=(overlong.max_tokens, overlong.buffer) if overlong.max_tokens else None)
         return problems, episodes
 
     def _say(self, message: str) -> None:
@@ -261,94 +280,103 @@ class Trainer:
         G = self.cfg.rollout.group_size
         return int(group_advantages(torch.tensor([e.reward for e in episodes]), G)[1].sum()) // G
 
-    def _update(self, batch: Batch, micros: list[MicroBatch], timings: dict[str, float]) -> tuple[UpdateStats, dict]:
-        """mu passes over the batch; each pass accumulates micro-batch gradients, then steps the optimizer."""
-        grpo = self.cfg.grpo
-        # The loss normalisers are the whole step's counts (over all ranks).
-        counts = tuple(int(c) for c in self.dist.sum([batch.loss_mask.sum().item(), batch.loss_mask.any(1).sum().item()]))
-        schedule = in_lockstep(micros, self.dist)
-        t0 = time.perf_counter()
-        ref = None
-        if self.cfg.grpo.beta > 0:  # the frozen reference: a copy, or with LoRA the base (adapters off)
-            with adapters_disabled(self.model):
-                ref = self._logprobs(self.ref_model or self.model, batch, schedule)
-            timings["logprobs"] = time.perf_counter() - t0
-        timings["update"], timings["optimizer"] = 0.0, 0.0
-        # pi_old of the PPO ratio: the first pass runs on the weights that sampled, so its log-probs
-        # (detached) are pi_old exactly: ratio 1, plain GRPO's gradient. Later passes (mu > 1) reuse
-        # them, so no separate forward pass is needed for them.
-        old = torch.zeros_like(batch.loss_mask)
-        weights = top_entropy_mask(batch.entropies, batch.loss_mask, grpo.top_entropy_quantile)
+    def _update(self, batch: Batch, micros: list[MicroBatch], timer: PhaseTimer) -> UpdateResult:
+        """mu passes over the batch; each pass accumulates micro-batch gradients, then steps the optimizer.
 
-        stats = UpdateStats()
+        Statistics stay on the device and are read back once at the end; each optimizer step reads
+        one pair of numbers (the pass's loss and gradient norm, to refuse a non-finite update)."""
+        grpo, mu = self.cfg.grpo, self.cfg.grpo.updates_per_batch
+        # The loss normalisers are the whole step's counts (over all ranks), known on the host.
+        counts = tuple(int(c) for c in self.dist.sum([batch.completion_tokens, batch.sequences]))
+        schedule = in_lockstep(micros, self.dist)
+        ref: list[Tensor] | None = None
+        if grpo.beta > 0:  # the frozen reference: a copy, or with LoRA the base (adapters off)
+            with timer("logprobs"), adapters_disabled(self.model), torch.no_grad():
+                ref = [self._logprobs(self.ref_model or self.model, micro) for micro, _ in schedule]
+        weights = top_entropy_mask(batch.entropies, batch.loss_mask, grpo.top_entropy_quantile)
+        # pi_old of the PPO ratio, one tensor per micro-batch: the first pass runs on the weights that
+        # sampled, so its log-probs (detached) are pi_old exactly: ratio 1, plain GRPO's gradient.
+        # Later passes (mu > 1) reuse them, so no separate forward pass is needed for them.
+        old: list[Tensor] = []
+        stats = torch.zeros(3, device=self.device)  # loss, kl, clip fraction, summed over micro-batches
+        tis = torch.zeros(2, device=self.device)  # sum and max of pi_old / pi_sampler (grpo.old_logprobs: sampler)
+        norms, skipped = [], False
         self.model.train()
-        bar = tqdm(total=grpo.updates_per_batch * len(schedule), desc="update", leave=False,
+        bar = tqdm(total=mu * len(schedule), desc="update", leave=False,
                    disable=not (self.cfg.train.progress and self.dist.main))
-        for epoch in range(grpo.updates_per_batch):
-            t0 = time.perf_counter()
-            for micro, weight in schedule:
-                stats.add(self._micro_step(micro, batch, old, ref, weights, epoch == 0, counts, weight),
-                          1 / grpo.updates_per_batch)
-                bar.update()
-            t1 = time.perf_counter()
-            stats.grad_norm += self._optimizer_step() / grpo.updates_per_batch
-            timings["update"] += t1 - t0
-            timings["optimizer"] += time.perf_counter() - t1
+        for epoch in range(mu):
+            pass_stats = torch.zeros_like(stats)
+            with timer("update"):
+                for k, (micro, weight) in enumerate(schedule):
+                    logp, _ = micro_batch_logprobs(self.model, micro, self.cfg.rollout.temperature, grpo.logprob_chunk)
+                    if epoch == 0:
+                        old.append(logp.detach())
+                    token_weights = weights[micro.episodes, :micro.loss_mask.shape[1]]
+                    if batch.sampler_logprobs is not None:  # grpo.old_logprobs: sampler
+                        ratio = self._sampler_ratio(micro, old[k], batch.sampler_logprobs)
+                        token_weights = token_weights * torch.clamp(ratio, max=grpo.tis_cap)
+                        if epoch == 0:
+                            tis = torch.stack([tis[0] + ratio.sum(), torch.maximum(tis[1], ratio.max())])
+                    pass_stats += self._micro_step(micro, batch, logp, old[k], None if ref is None else ref[k],
+                                                   token_weights, counts, weight)
+                    bar.update()
+            stats += pass_stats / mu
+            with timer("optimizer"):
+                norm, finite = self._optimizer_step(pass_stats[0])
+            norms.append(norm)
+            if not finite:  # not applied: the weights stay those of the last good update
+                skipped = True
+                break
         bar.close()
         self.model.eval()
-        stats.loss, stats.kl, stats.clip_frac = self.dist.sum([stats.loss, stats.kl, stats.clip_frac])
-        extra = {}
-        if batch.sampler_logprobs is not None:  # how far the sampler's numbers are from the trainer's
-            mask = batch.loss_mask.bool()
-            ratio = torch.exp(old - batch.sampler_logprobs)[mask]
-            extra = {"tis_ratio_mean": float(ratio.mean()), "tis_ratio_max": float(ratio.max())}  # this rank's
-        return stats, extra
+        loss, kl, clip = self.dist.sum(stats.tolist())  # the one read-back of the step's statistics
+        result = UpdateResult(UpdateStats(loss, kl, clip, sum(norms) / len(norms)), skipped)
+        if batch.sampler_logprobs is not None:  # how far the sampler's numbers are from the trainer's (this rank's)
+            total, largest = tis.tolist()
+            result.tis = {"tis_ratio_mean": total / max(batch.completion_tokens, 1), "tis_ratio_max": largest}
+        return result
 
-    def _micro_step(self, micro: MicroBatch, batch: Batch, old: Tensor, ref: Tensor | None, weights: Tensor,
-                    first_pass: bool, counts: tuple[int, int], weight: float = 1.0) -> UpdateStats:
-        """Loss of one micro-batch, its backward (gradients accumulate), and its share of the statistics.
-        `counts` = (completion tokens, sequences) of the whole step; `weight` 0 = a filler pass."""
-        cfg, grpo = self.cfg, self.cfg.grpo
-        logp, _ = micro_batch_logprobs(self.model, micro, cfg.rollout.temperature, grpo.logprob_chunk)
-        eps, width = micro.episodes, micro.loss_mask.shape[1]
-        if first_pass:
-            old[eps, :width] = logp.detach()
-        token_weights = weights[eps, :width]
-        if batch.sampler_logprobs is not None:  # grpo.old_logprobs: sampler
-            token_weights = token_weights * truncated_importance_weights(
-                old[eps, :width], batch.sampler_logprobs[eps, :width], micro.loss_mask, grpo.tis_cap)
-        sequence = grpo.ratio_level == "sequence"
+    @staticmethod
+    def _sampler_ratio(micro: MicroBatch, old: Tensor, sampler_logprobs: Tensor) -> Tensor:
+        """pi_old / pi_sampler per completion token of the micro-batch (e, width); 0 on padding."""
+        return truncated_importance_weights(old, sampler_logprobs[micro.episodes, :old.shape[1]], micro.loss_mask,
+                                            cap=float("inf"))
+
+    def _micro_step(self, micro: MicroBatch, batch: Batch, logp: Tensor, old: Tensor, ref: Tensor | None,
+                    token_weights: Tensor, counts: tuple[int, int], weight: float = 1.0) -> Tensor:
+        """Loss of one micro-batch and its backward (gradients accumulate); returns its share of the
+        step's statistics (loss, kl, clip fraction) as a device tensor (3,). `counts` = (completion
+        tokens, sequences) of the whole step; `weight` 0 = a filler pass."""
         num_tokens, num_sequences = counts
         # The normalisers are the whole batch's counts, so the micro-batch losses add up to the batch loss.
-        loss, stats = policy_loss(
-            logp, old[eps, :width], batch.advantages[eps], micro.loss_mask,
-            eps_low=grpo.sequence_epsilon_low if sequence else grpo.epsilon_low,
-            eps_high=grpo.sequence_epsilon_high if sequence else grpo.epsilon_high,
-            aggregation=grpo.aggregation, ref_logp=None if ref is None else ref[eps, :width], beta=grpo.beta,
-            num_sequences=num_sequences, num_tokens=num_tokens, max_tokens=cfg.rollout.max_new_tokens,
-            objective=grpo.loss, ratio_level=grpo.ratio_level, delta=grpo.delta, token_weights=token_weights)
+        loss, stats = policy_loss(logp, old, batch.advantages[micro.episodes], micro.loss_mask, self.loss,
+                                  ref_logp=ref, num_sequences=num_sequences, num_tokens=num_tokens,
+                                  token_weights=token_weights)
         (loss * (weight * self.dist.world)).backward()  # x N: FSDP averages over ranks
-        share = weight * float(micro.loss_mask.sum()) / num_tokens  # per-token statistics weigh by token count
-        return UpdateStats(loss=weight * loss.item(), kl=stats.get("kl", 0.0) * share,
-                           clip_frac=(stats["clip_frac_low"] + stats["clip_frac_high"]) * share)
+        share = weight * micro.completion_tokens / max(num_tokens, 1)  # per-token statistics weigh by token count
+        kl = stats.kl if stats.kl is not None else torch.zeros_like(stats.loss)
+        return torch.stack([weight * stats.loss, kl * share, (stats.clip_frac_low + stats.clip_frac_high) * share])
 
-    def _optimizer_step(self) -> float:
-        """Clip the gradient norm, AdamW step, clear the gradients; returns the norm before clipping."""
+    def _optimizer_step(self, loss: Tensor) -> tuple[float, bool]:
+        """Clip the gradient norm, AdamW step, clear the gradients. Returns the norm before clipping
+        and whether the update was applied: a non-finite loss or gradient norm (a too-high learning
+        rate, an fp16 overflow, a bad batch) skips it, so non-finite numbers never reach the weights."""
         if self.interrupt is not None:
             self.interrupt.defer()  # from the first update on, this step must complete
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        self.optimizer.step()
+        if isinstance(grad_norm, DTensor):
+            grad_norm = grad_norm.full_tensor()  # sharded: the norm over all ranks
+        norm, total = torch.stack([grad_norm.float(), self.dist.world * loss.float()]).tolist()  # one read per pass
+        finite = math.isfinite(self.dist.sum([total])[0]) and math.isfinite(norm)  # every rank decides alike
+        if finite:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm)  # sharded: all ranks
+        return norm, finite
 
-    def _logprobs(self, model: Qwen2, batch: Batch, schedule: list[tuple[MicroBatch, float]]) -> Tensor:
-        """Log-probs (E, C) of the completion tokens under `model`, without gradients."""
-        out = torch.zeros_like(batch.loss_mask)
-        with torch.no_grad():
-            for micro, _ in schedule:
-                logp, _ = micro_batch_logprobs(model, micro, self.cfg.rollout.temperature, self.cfg.grpo.logprob_chunk)
-                out[micro.episodes, :logp.shape[1]] = logp
-        return out
+    def _logprobs(self, model: Qwen2, micro: MicroBatch) -> Tensor:
+        """Log-probs (e, width) of a micro-batch's completion tokens under `model` (no gradients)."""
+        logp, _ = micro_batch_logprobs(model, micro, self.cfg.rollout.temperature, self.cfg.grpo.logprob_chunk)
+        return logp
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -367,10 +395,29 @@ class Trainer:
     def _capture(self) -> TrainingState:
         return TrainingState.capture(self.step, self.data.state(), self.generator)
 
-    def _save(self, state: TrainingState) -> None:
+    def _save(self, state: TrainingState) -> bool:
+        """Write the checkpoint of `state`, unless the weights are not finite (then nothing is written)."""
+        local_bad = sum(int(not torch.isfinite(p.detach()).all()) for p in self.model.parameters() if p.requires_grad)
+        if self.dist.sum([local_bad])[0]:
+            self._say(f"not saving step {state.step}: the weights are not finite (the last saved checkpoint stays the newest)")
+            return False
         path = save_checkpoint(self.out_dir, state, self.model, self.tokenizer, self.optimizer, self.scheduler,
                                self.cfg.to_dict(), self.dist, keep=self.cfg.train.keep_checkpoints)
         self._say(f"saved {path}")
+        return True
+
+    def _check_divergence(self, streak: int) -> None:
+        """A step whose update was refused as non-finite: say so; after train.max_nonfinite_steps such
+        steps in a row, stop the run (nothing more is saved: the last checkpoint is the last good one)."""
+        limit = self.cfg.train.max_nonfinite_steps
+        self._say(f"step {self.step}: non-finite loss or gradient norm, update skipped ({streak} in a row; "
+                  f"the run stops at {limit})")
+        if streak >= limit:
+            ckpts = list_checkpoints(self.out_dir)
+            last = f"the last good checkpoint is {ckpts[-1]}" if ckpts else "no checkpoint was saved"
+            raise Diverged(f"{streak} steps in a row (to step {self.step}) had a non-finite loss or gradient norm: "
+                           f"the run diverged and stops ({last}). Lower optim.lr (now {self.cfg.optim.lr:g}) or "
+                           f"check the data, then start again or continue with --resume {self.out_dir}")
 
     def _evaluate(self) -> None:
         """Greedy accuracy on the eval questions (with several ranks: each its slice, results summed)."""

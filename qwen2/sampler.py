@@ -148,7 +148,7 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
     row_to_prompt = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], device=device)
     ids, mask = pad_batch(list(distinct), pad_token_id, device=device)
     cache = model.new_cache(len(distinct), ids.shape[1] + max_new_tokens)
-    logits = model(ids, mask, cache=cache, logits_to_keep=1)[:, -1]  # (U, V)
+    logits = model(ids, cache.append(mask), logits_to_keep=1)[:, -1]  # (U, V)
     cache.select(row_to_prompt)
     logits = logits[row_to_prompt]  # (N, V)
 
@@ -186,7 +186,7 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
             if len(keep) < len(live):
                 cache.select(keep)
                 live, tok = live[keep], tok[keep]
-        logits = model(tok[:, None], cache=cache, logits_to_keep=1)[:, -1]
+        logits = model(tok[:, None], cache.append(), logits_to_keep=1)[:, -1]
 
     # Cut each row after its first stop token.
     out_cpu, done_cpu = out.cpu(), done.cpu()

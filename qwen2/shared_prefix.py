@@ -43,16 +43,17 @@ class CompletionBlock:
 
 @dataclass
 class PrefixBlocks:
-    """Where each block's tokens sit in the packed (R, T) micro-batch, and what they may see.
+    """The layout (layout.py) of packed rows: each token's position, and the attention blocks.
 
     Token indices count over the flattened R x T tokens; index R * T is an extra zero slot that
     stands for padding inside a block."""
 
+    positions: Tensor  # (R, T) the prompt counts from 0, every completion continues from its prompt's length
     prompt_index: Tensor  # (R, P) each row's prompt tokens
     prompt_mask: Tensor  # (R, 1, P, P) causal, real keys only
     completions: list[CompletionBlock]  # every completion of the micro-batch, batched by length
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Attention output (R, H, T, D) of queries (R, H, T, D) and keys/values (R, Hkv, T, D)."""
         R, H, T, D = q.shape
 
@@ -82,53 +83,57 @@ class PrefixBlocks:
         return y[:-1].view(R, T, H, D).transpose(1, 2)
 
 
-def shared_prefix_layout(segment_ids: Tensor) -> tuple[Tensor, PrefixBlocks]:
-    """Position ids (R, T) and attention blocks of rows packed as [prompt | c_1 | c_2 | ... | padding].
+def shared_prefix_layout(prompt_lengths: list[int], completion_lengths: list[list[int]], width: int,
+                         device: torch.device | str = "cpu") -> PrefixBlocks:
+    """The layout of R rows packed as [prompt | c_1 | c_2 | ... | right padding], `width` tokens each.
 
-    `segment_ids` is 0 on the prompt, i on the i-th completion and -1 on right padding. Padding
+    Row r holds a prompt of prompt_lengths[r] tokens, then completions of completion_lengths[r]
+    tokens. Built from these host-side lengths, so no number is read back from the device. Padding
     tokens belong to no block: their outputs are zero and never used."""
-    R, T = segment_ids.shape
-    device = segment_ids.device
-    idx = torch.arange(T, device=device)
-    starts = torch.ones_like(segment_ids, dtype=torch.bool)
-    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
-    segment_start = torch.where(starts, idx, 0).cummax(-1).values  # (R, T) where each token's segment begins
-    offset = idx - segment_start  # (R, T) index of each token within its segment
-    prompt_len = (segment_ids == 0).sum(-1)  # (R,)
-    positions = torch.where(segment_ids == 0, idx, prompt_len[:, None] + offset).masked_fill(segment_ids < 0, 0)
-
+    R, T = len(prompt_lengths), width
     pad_slot = R * T
-    flat = torch.arange(R * T, device=device).view(R, T)
-    P = int(prompt_len.max())
+    P = max(prompt_lengths)
+    # (row, first column, length) of every completion, in row order.
+    spans = []
+    for r, (p, lengths) in enumerate(zip(prompt_lengths, completion_lengths)):
+        start = p
+        for n in lengths:
+            spans.append((r, start, n))
+            start += n
+        if start > T:
+            raise ValueError(f"row {r} holds {start} tokens, more than the width {T}")
+    C = max((n for _, _, n in spans), default=1)
+
+    positions = torch.zeros(R, T, dtype=torch.long)
+    for r, p in enumerate(prompt_lengths):
+        positions[r, :p] = torch.arange(p)
+    for r, start, n in spans:
+        positions[r, start:start + n] = torch.arange(prompt_lengths[r], prompt_lengths[r] + n)
+
+    idx = torch.arange(max(P, C, T), device=device)
+    rows = torch.arange(R, device=device)
+    prompt_len = torch.tensor(prompt_lengths, device=device)
     prompt_real = idx[:P] < prompt_len[:, None]  # (R, P): prompts start each row
-    prompt_index = torch.where(prompt_real, flat[:, :P], pad_slot)
-
-    # Completions: number them 0..S-1 in row order, then place each token at (completion, offset).
-    # (row, segment) pairs become one sortable key: T + 1 exceeds every segment id.
-    is_completion = segment_ids > 0
-    rows = torch.arange(R, device=device)[:, None].expand(R, T)[is_completion]
-    keys, completion_of = torch.unique(rows * (T + 1) + segment_ids[is_completion], return_inverse=True)
-    lengths = torch.bincount(completion_of, minlength=len(keys)).tolist()  # each completion's length
-    C = max(lengths)
-    completion_index = torch.full((len(keys), C), pad_slot, dtype=torch.long, device=device)
-    completion_index[completion_of, offset[is_completion]] = flat[is_completion]
-    completion_row = keys // (T + 1)
-
+    prompt_index = torch.where(prompt_real, rows[:, None] * T + idx[:P], pad_slot)
     causal = torch.ones(max(P, C), max(P, C), dtype=torch.bool, device=device).tril()
     prompt_mask = (causal[:P, :P] & prompt_real[:, None, :])[:, None]  # (R, 1, P, P)
+
     # Length batches: lengths 2^(b-1) < n <= 2^b share batch b (n - 1 has b bits), padded to their longest.
-    batches: dict[int, list[int]] = {}
-    for s, n in enumerate(lengths):
-        batches.setdefault((n - 1).bit_length(), []).append(s)
+    batches: dict[int, list[tuple[int, int, int]]] = {}
+    for span in spans:
+        batches.setdefault((span[2] - 1).bit_length(), []).append(span)
     completions = []
     for members in batches.values():
-        Cb = max(lengths[s] for s in members)
-        which = torch.tensor(members, device=device)
-        index, row = completion_index[which, :Cb], completion_row[which]  # (Sb, Cb), (Sb,)
-        own = causal[:Cb, :Cb] & (index != pad_slot)[:, None, :]  # (Sb, Cb, Cb)
+        Cb = max(n for _, _, n in members)
+        row = torch.tensor([r for r, _, _ in members], device=device)  # (Sb,)
+        first = torch.tensor([r * T + start for r, start, _ in members], device=device)  # (Sb,) flat index
+        length = torch.tensor([n for _, _, n in members], device=device)
+        real = idx[:Cb] < length[:, None]  # (Sb, Cb)
+        index = torch.where(real, first[:, None] + idx[:Cb], pad_slot)  # (Sb, Cb)
+        own = causal[:Cb, :Cb] & real[:, None, :]  # (Sb, Cb, Cb)
         sees_prompt = prompt_real[row][:, None, :].expand(-1, Cb, -1)  # (Sb, Cb, P)
         completions.append(CompletionBlock(index, row, torch.cat([sees_prompt, own], dim=-1)[:, None]))
-    return positions, PrefixBlocks(prompt_index, prompt_mask, completions)
+    return PrefixBlocks(positions.to(device), prompt_index, prompt_mask, completions)
 
 
 def block_attention_bound(tokens: int, prompt: int, completion: int) -> int:

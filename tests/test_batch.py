@@ -11,7 +11,7 @@ from conftest import hf_model, save_hf
 from data.rewards import Score
 from grpo.batch import build_batch, micro_batches, padded_tokens
 from grpo.logprobs import micro_batch_logprobs, token_logprobs
-from grpo.loss import AGGREGATIONS, policy_loss
+from grpo.loss import AGGREGATIONS, PolicyLoss, policy_loss
 from grpo.rollout import Episode
 from qwen2 import load_model, pad_batch
 from qwen2.shared_prefix import block_attention_bound, shared_prefix_layout
@@ -65,8 +65,9 @@ def test_shared_prefix_rows_hold_the_prompt_once_then_each_completion():
     group0 = [e for e in eps if e.group == 0]
     expected = group0[0].prompt_ids + [t for e in group0 for t in e.completion_ids]
     assert row[:len(expected)] == expected and set(row[len(expected):]) <= {PAD}
-    assert micro.segment_ids[0, :len(expected)].tolist() == (
-        [0] * 3 + [k for k, e in enumerate(group0, start=1) for _ in e.completion_ids])
+    # Positions: the prompt from 0, every completion continuing from the prompt's length.
+    assert micro.layout.positions[0, :len(expected)].tolist() == (
+        [0, 1, 2] + [3 + j for e in group0 for j in range(len(e.completion_ids))])
     # Fewer tokens than the padded layout, which repeats the prompt and pads every row.
     assert micro.num_tokens < padded_tokens(eps, 4)
 
@@ -76,8 +77,7 @@ def test_a_group_longer_than_the_budget_is_split_and_each_part_carries_the_promp
     batch = build_batch(eps, torch.zeros(len(eps)), "cpu")
     micros = micro_batches(batch, shared_prefix=True, micro_batch_size=4, micro_batch_tokens=16, pad_id=PAD,
                            device="cpu")
-    group1_rows = [row for m in micros for row, seg in zip(m.input_ids, m.segment_ids)
-                   if row[:9].tolist() == eps[4].prompt_ids and (seg == 0).sum() == 9]
+    group1_rows = [row for m in micros for row in m.input_ids if row[:9].tolist() == eps[4].prompt_ids]
     assert len(group1_rows) >= 2  # 9 prompt tokens + 21 completion tokens do not fit 16
     assert [m.episodes.start for m in micros] == sorted(m.episodes.start for m in micros)
     assert sum(m.episodes.stop - m.episodes.start for m in micros) == len(eps)  # every episode exactly once
@@ -85,9 +85,8 @@ def test_a_group_longer_than_the_budget_is_split_and_each_part_carries_the_promp
 
 def test_completions_continue_the_prompt_and_see_only_it_and_themselves():
     # One row: prompt of 3, completions of 2, 5 and 1 tokens, then padding.
-    segments = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 3, -1]])
-    positions, blocks = shared_prefix_layout(segments)
-    assert positions[0].tolist() == [0, 1, 2, 3, 4, 3, 4, 5, 6, 7, 3, 0]
+    blocks = shared_prefix_layout([3], [[2, 5, 1]], width=12)
+    assert blocks.positions[0].tolist() == [0, 1, 2, 3, 4, 3, 4, 5, 6, 7, 3, 0]
     # Who sees whom, read back from the blocks: key j visible to query i.
     seen = torch.zeros(12, 12, dtype=torch.bool)
     P = blocks.prompt_index.shape[1]
@@ -118,7 +117,7 @@ def test_ragged_completions_are_batched_by_length_and_the_planner_bound_holds():
     budget = 400
     (micro,) = micro_batches(batch, shared_prefix=True, micro_batch_size=4, micro_batch_tokens=budget, pad_id=PAD,
                              device="cpu")
-    _, blocks = shared_prefix_layout(micro.segment_ids)
+    blocks = micro.layout
     scores = blocks.prompt_mask.numel() + sum(c.mask.numel() for c in blocks.completions)
     assert len(blocks.completions) == 5  # lengths 1 | 2 | 3-4 | 5 | 64
     assert scores < 16 * 64 * (12 + 64) / 4  # well under one block padded to the longest completion
@@ -175,10 +174,11 @@ def test_loss_and_every_gradient_equal_the_padded_update(model, aggregation, var
         for micro in micros:
             logp, _ = micro_batch_logprobs(model, micro, TEMPERATURE, chunk_tokens=5)
             width = micro.loss_mask.shape[1]
+            settings = PolicyLoss(aggregation=aggregation, beta=0.04, max_tokens=16, **extra)
             loss, _ = policy_loss(logp, old[micro.episodes, :width], batch.advantages[micro.episodes], micro.loss_mask,
-                                  aggregation=aggregation, ref_logp=ref[micro.episodes, :width], beta=0.04,
-                                  num_sequences=len(eps), num_tokens=num_tokens, max_tokens=16,
-                                  token_weights=None if weights is None else weights[micro.episodes, :width], **extra)
+                                  settings, ref_logp=ref[micro.episodes, :width], num_sequences=len(eps),
+                                  num_tokens=num_tokens,
+                                  token_weights=None if weights is None else weights[micro.episodes, :width])
             loss.backward()
             total += loss.item()
         return total, [p.grad.clone() for p in model.parameters()]

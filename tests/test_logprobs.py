@@ -1,8 +1,8 @@
 """Chunked log-probs equal the full log-softmax; micro-batched gradients equal full-batch ones.
 
-Uses a tiny stand-in with the real model's interface (``model(ids, mask)`` -> logits,
-``model(ids, mask, head=f)`` -> f(hidden states), ``model.lm_head`` tied to the embedding),
-so these tests do not depend on qwen2/.
+Uses a tiny stand-in with the real model's interface (``model(ids, layout)`` -> logits,
+``model.hidden_states(ids, layout)`` -> final hidden states, ``model.lm_head`` tied to the
+embedding), so these tests do not depend on qwen2's model.
 """
 
 import pytest
@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from grpo.logprobs import TargetLogprob, token_logprobs
-from grpo.loss import AGGREGATIONS, policy_loss
+from grpo.loss import AGGREGATIONS, PolicyLoss, policy_loss
+from qwen2.layout import Padded
 
 V, C = 37, 8  # vocab != hidden so (.., V) tensors are recognisable
 
@@ -41,14 +42,16 @@ class TinyLM(nn.Module):
         self.lm_head = nn.Linear(C, V, bias=False)
         self.lm_head.weight = self.model.embed.weight  # tied, like Qwen2.5-0.5B
 
-    def forward(self, input_ids, attention_mask=None, head=None):
-        hidden = self.model(input_ids, attention_mask)
-        return head(hidden) if head is not None else self.lm_head(hidden)
+    def hidden_states(self, input_ids, layout=None):
+        return self.model(input_ids, None if layout is None else layout.real)  # Padded rows: padding is zeroed
+
+    def forward(self, input_ids, layout=None):
+        return self.lm_head(self.hidden_states(input_ids, layout))
 
 
 def reference_logprobs(model, ids, mask, start, temperature):
     """The memory-hungry way: full (B, T, V) logits, log-softmax, shift, gather."""
-    logits = model(ids, mask).float() / temperature  # (B, T, V)
+    logits = model(ids, Padded.of(mask)).float() / temperature  # (B, T, V)
     logp_all = F.log_softmax(logits[:, start - 1 : -1], dim=-1)  # position t predicts t+1
     logp = logp_all.gather(-1, ids[:, start:, None]).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
@@ -163,14 +166,14 @@ def test_micro_batched_gradient_equals_full_batch(model, aggregation):
 
     def loss_of(sl, **extra):
         lp = token_logprobs(model, ids[sl], attn[sl], P, temp, chunk_tokens=2)
-        return policy_loss(lp, old[sl], adv[sl], loss_mask[sl], aggregation=aggregation,
-                           ref_logp=ref[sl], beta=0.04, max_tokens=N, **extra)
+        return policy_loss(lp, old[sl], adv[sl], loss_mask[sl], PolicyLoss(aggregation=aggregation, beta=0.04, max_tokens=N),
+                           ref_logp=ref[sl], **extra)
 
     model.zero_grad()
     full_loss, stats = loss_of(slice(0, B))
     full_loss.backward()
     full_grads = [p.grad.clone() for p in model.parameters()]
-    assert stats["clip_frac_low"] + stats["clip_frac_high"] > 0  # clipping is exercised
+    assert float(stats.clip_frac_low) + float(stats.clip_frac_high) > 0  # clipping is exercised
 
     model.zero_grad()
     total = 0.0

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from grpo.loss import AGGREGATIONS, k3_kl, policy_loss, top_entropy_mask, truncated_importance_weights
+from grpo.loss import AGGREGATIONS, PolicyLoss, k3_kl, policy_loss, top_entropy_mask, truncated_importance_weights
 
 EPS_LOW, EPS_HIGH = 0.2, 0.28  # clip range [0.8, 1.28]
 
@@ -27,10 +27,8 @@ CLIP_CASES = [
 @pytest.mark.parametrize("A,r,expected,has_grad", CLIP_CASES)
 def test_six_clip_cases(A, r, expected, has_grad):
     logp = torch.tensor([[math.log(r)]], requires_grad=True)
-    loss, stats = policy_loss(
-        logp, torch.zeros(1, 1), torch.tensor([A]), torch.ones(1, 1),
-        eps_low=EPS_LOW, eps_high=EPS_HIGH,
-    )
+    loss, stats = policy_loss(logp, torch.zeros(1, 1), torch.tensor([A]), torch.ones(1, 1),
+                              PolicyLoss(eps_low=EPS_LOW, eps_high=EPS_HIGH))
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     loss.backward()
     g = logp.grad.item()
@@ -39,9 +37,9 @@ def test_six_clip_cases(A, r, expected, has_grad):
     else:
         assert g == 0.0
     # the clip stats count exactly the tokens whose gradient was zeroed
-    assert stats["clip_frac_high"] == (1.0 if (A > 0 and r > 1 + EPS_HIGH) else 0.0)
-    assert stats["clip_frac_low"] == (1.0 if (A < 0 and r < 1 - EPS_LOW) else 0.0)
-    assert stats["ratio_mean"] == pytest.approx(r, rel=1e-6)
+    assert float(stats.clip_frac_high) == (1.0 if (A > 0 and r > 1 + EPS_HIGH) else 0.0)
+    assert float(stats.clip_frac_low) == (1.0 if (A < 0 and r < 1 - EPS_LOW) else 0.0)
+    assert float(stats.ratio_mean) == pytest.approx(r, rel=1e-6)
 
 
 # ---------------------------------------------------------------- aggregations
@@ -74,9 +72,10 @@ def _two_sequences():
 )
 def test_aggregations_hand_computed(aggregation, kwargs, expected):
     logp, old, adv, mask = _two_sequences()
-    loss, stats = policy_loss(logp, old, adv, mask, aggregation=aggregation, **kwargs)
+    settings = PolicyLoss(aggregation=aggregation, max_tokens=kwargs.pop("max_tokens", None))
+    loss, stats = policy_loss(logp, old, adv, mask, settings, **kwargs)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
-    assert stats["loss"] == pytest.approx(expected, rel=1e-5)
+    assert float(stats.loss) == pytest.approx(expected, rel=1e-5)
     loss.backward()
     assert torch.isfinite(logp.grad).all()
     assert logp.grad[1, 1:].eq(0).all()  # padding gets no gradient
@@ -90,7 +89,7 @@ def test_default_aggregation_is_token_mean():
 def test_unknown_aggregation_lists_valid_ones():
     logp, old, adv, mask = _two_sequences()
     with pytest.raises(ValueError) as e:
-        policy_loss(logp, old, adv, mask, aggregation="sum")
+        policy_loss(logp, old, adv, mask, PolicyLoss(aggregation="sum"))
     for name in AGGREGATIONS:
         assert name in str(e.value)
 
@@ -122,12 +121,10 @@ def test_kl_term_in_loss():
     logp = torch.tensor([[0.0, 1.0, 5.0]], requires_grad=True)
     ref = torch.tensor([[math.log(2.0), 0.0, -50.0]])
     mask = torch.tensor([[1, 1, 0]])
-    loss, stats = policy_loss(
-        logp, logp.detach(), torch.zeros(1), mask, ref_logp=ref, beta=0.1
-    )
+    loss, stats = policy_loss(logp, logp.detach(), torch.zeros(1), mask, PolicyLoss(beta=0.1), ref_logp=ref)
     kl_mean = (0.306853 + 0.367879) / 2
     assert loss.item() == pytest.approx(0.1 * kl_mean, rel=1e-5)
-    assert stats["kl"] == pytest.approx(kl_mean, rel=1e-5)
+    assert float(stats.kl) == pytest.approx(kl_mean, rel=1e-5)
     loss.backward()
     # token_mean over 2 tokens: grad = beta * (1 - e^d) / 2 ; padding: 0
     expected = torch.tensor([[0.1 * (1 - 2.0) / 2, 0.1 * (1 - math.exp(-1)) / 2, 0.0]])
@@ -139,33 +136,32 @@ def test_kl_logged_but_not_added_when_beta_zero():
     loss, stats = policy_loss(logp, logp, torch.zeros(1), torch.ones(1, 1),
                               ref_logp=torch.tensor([[math.log(2.0)]]))
     assert loss.item() == 0.0
-    assert stats["kl"] == pytest.approx(0.306853, rel=1e-5)
+    assert float(stats.kl) == pytest.approx(0.306853, rel=1e-5)
 
 
 def test_beta_without_reference_raises():
     logp, old, adv, mask = _two_sequences()
     with pytest.raises(ValueError):
-        policy_loss(logp, old, adv, mask, beta=0.1)
+        policy_loss(logp, old, adv, mask, PolicyLoss(beta=0.1))
 
 
 # ---------------------------------------------------------------- variants: GSPO, CISPO, two-sided clip, weights
 GSPO_EPS = (3e-4, 4e-4)
+GSPO = PolicyLoss(eps_low=GSPO_EPS[0], eps_high=GSPO_EPS[1], ratio_level="sequence")
 
 
 def test_gspo_sequence_ratio_is_the_mean_log_ratio_and_clips_as_a_sequence():
     # Log-ratios [0.1, -0.1, 0.3]: s = exp(0.1) = 1.10517 > 1 + 4e-4 with A > 0 -> clipped for every token.
     logp = torch.tensor([[0.1, -0.1, 0.3]], requires_grad=True)
-    loss, stats = policy_loss(logp, torch.zeros(1, 3), torch.tensor([1.0]), torch.ones(1, 3),
-                              eps_low=GSPO_EPS[0], eps_high=GSPO_EPS[1], ratio_level="sequence")
+    loss, stats = policy_loss(logp, torch.zeros(1, 3), torch.tensor([1.0]), torch.ones(1, 3), GSPO)
     assert loss.item() == pytest.approx(-(1 + 4e-4), rel=1e-6)
-    assert stats["ratio_mean"] == pytest.approx(math.exp(0.1), rel=1e-6) and stats["clip_frac_high"] == 1.0
+    assert float(stats.ratio_mean) == pytest.approx(math.exp(0.1), rel=1e-6) and float(stats.clip_frac_high) == 1.0
     loss.backward()
     assert logp.grad.abs().max() == 0.0
     # Inside the range: s = exp(0) = 1, loss = -s * A; d loss / d logp_t = -s * A / |y| = -1/3 for every token.
     logp = torch.tensor([[1e-4, -1e-4, 0.0, 7.0]], requires_grad=True)  # the last one is padding
     mask = torch.tensor([[1, 1, 1, 0]])
-    loss, _ = policy_loss(logp, torch.zeros(1, 4), torch.tensor([1.0]), mask,
-                          eps_low=GSPO_EPS[0], eps_high=GSPO_EPS[1], ratio_level="sequence")
+    loss, _ = policy_loss(logp, torch.zeros(1, 4), torch.tensor([1.0]), mask, GSPO)
     assert loss.item() == pytest.approx(-1.0, rel=1e-6)
     loss.backward()
     torch.testing.assert_close(logp.grad, torch.tensor([[-1 / 3, -1 / 3, -1 / 3, 0.0]]))
@@ -175,14 +171,14 @@ def test_cispo_keeps_gradient_on_clipped_tokens():
     # ratio 1.5, A = +1: PPO-clip stops the gradient; CISPO weighs logp by sg(min(1.5, 1.28)) = 1.28.
     logp = torch.tensor([[math.log(1.5)]], requires_grad=True)
     loss, stats = policy_loss(logp, torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1),
-                              eps_low=EPS_LOW, eps_high=EPS_HIGH, objective="cispo")
+                              PolicyLoss(eps_low=EPS_LOW, eps_high=EPS_HIGH, objective="cispo"))
     assert loss.item() == pytest.approx(-1.28 * math.log(1.5), rel=1e-6)
     loss.backward()
     assert logp.grad.item() == pytest.approx(-1.28, rel=1e-6)
-    assert stats["clip_frac_high"] == 1.0 and stats["clip_frac_low"] == 0.0
+    assert float(stats.clip_frac_high) == 1.0 and float(stats.clip_frac_low) == 0.0
     # Inside the range CISPO's gradient equals PPO's: -ratio * A.
     logp = torch.tensor([[math.log(1.1)]], requires_grad=True)
-    policy_loss(logp, torch.zeros(1, 1), torch.tensor([-1.0]), torch.ones(1, 1), objective="cispo")[0].backward()
+    policy_loss(logp, torch.zeros(1, 1), torch.tensor([-1.0]), torch.ones(1, 1), PolicyLoss(objective="cispo"))[0].backward()
     assert logp.grad.item() == pytest.approx(1.1, rel=1e-6)
 
 
@@ -191,15 +187,15 @@ def test_two_sided_clip_caps_a_negative_advantage_ratio_at_delta():
     # -min(min(3, 2) * -1, 1.28 * -1) = 2 and no gradient.
     for delta, expected, grad in [(None, 3.0, 3.0), (2.0, 2.0, 0.0)]:
         logp = torch.tensor([[math.log(3.0)]], requires_grad=True)
-        loss, stats = policy_loss(logp, torch.zeros(1, 1), torch.tensor([-1.0]), torch.ones(1, 1), delta=delta)
+        loss, stats = policy_loss(logp, torch.zeros(1, 1), torch.tensor([-1.0]), torch.ones(1, 1), PolicyLoss(delta=delta))
         assert loss.item() == pytest.approx(expected, rel=1e-6)
         loss.backward()
         assert logp.grad.item() == pytest.approx(grad, rel=1e-6)
-        assert stats["clip_frac_low"] == (1.0 if delta else 0.0)
+        assert float(stats.clip_frac_low) == (1.0 if delta else 0.0)
     # A > 0 is unaffected by a delta above 1 + eps_high (the clip already caps it there).
     for r in (1.1, 2.5):
         logp = torch.tensor([[math.log(r)]])
-        with_delta, without = (policy_loss(logp, torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1), delta=d)[0]
+        with_delta, without = (policy_loss(logp, torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1), PolicyLoss(delta=d))[0]
                                for d in (2.0, None))
         assert with_delta.item() == pytest.approx(without.item(), rel=1e-6) == -min(r, 1.28)
 
@@ -216,7 +212,7 @@ def test_token_weights_scale_each_token_and_keep_the_normaliser():
 def test_unknown_objective_or_ratio_level_is_a_clear_error():
     logp, old, adv, mask = _two_sequences()
     with pytest.raises(ValueError, match="objective must be one of ppo_clip, cispo and ratio_level one of token, sequence"):
-        policy_loss(logp, old, adv, mask, objective="gspo")
+        policy_loss(logp, old, adv, mask, PolicyLoss(objective="gspo"))
 
 
 def test_top_entropy_mask_keeps_the_top_quantile_of_real_tokens():

@@ -9,7 +9,7 @@ from grpo.config import load_config
 from grpo.memory import activation_bytes, format_plan, peak_gpu, plan_memory
 from grpo.optim import OffloadAdamW
 from grpo.runtime import enable_activation_checkpointing
-from qwen2 import Qwen2, Qwen2Config
+from qwen2 import Padded, Qwen2, Qwen2Config
 from qwen2.lora import add_lora
 
 TINY = Qwen2Config(vocab_size=500, hidden_size=128, intermediate_size=352, num_hidden_layers=3,
@@ -88,7 +88,7 @@ def test_activation_estimate_tracks_what_autograd_saves(dtype):
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model.model(ids, mask)
+            model.model(ids, Padded.of(mask))
         measured[ckpt] = sum(saved.values())
     b = torch.finfo(dtype).bits // 8
     full = activation_bytes(TINY, ids.numel(), b, checkpointing=False)

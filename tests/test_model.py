@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import UNTIED, hf_model, save_hf
-from qwen2 import Qwen2, Qwen2Config, load_model, save_model
+from qwen2 import Padded, Qwen2, Qwen2Config, load_model, save_model
 
 TOL = 1e-4
 
@@ -41,7 +41,7 @@ def assert_parity(hf, ours, vocab):
     assert d <= TOL, f"unpadded batch: max |Δlogits| = {d}"
     ids, mask = ragged_batch(vocab, [5, 17, 11, 1], seed=1)
     with torch.no_grad():
-        ref, got = hf_logits(hf, ids, mask), ours(ids, mask)
+        ref, got = hf_logits(hf, ids, mask), ours(ids, Padded.of(mask))
     real = mask.bool()
     d = (ref - got).abs()[real].max().item()
     assert d <= TOL, f"left-padded batch: max |Δlogits| on real positions = {d}"
@@ -89,7 +89,7 @@ def test_bf16_load_path(tied_ckpt):
     assert all(p.dtype == torch.bfloat16 for p in ours.parameters())
     ids, mask = ragged_batch(ours.config.vocab_size, [9, 4], seed=2)
     with torch.no_grad():
-        ref, got = hf_logits(hf, ids, mask), ours(ids, mask).float()
+        ref, got = hf_logits(hf, ids, mask), ours(ids, Padded.of(mask)).float()
     real = mask.bool()
     # bf16 keeps ~3 significant digits: compare relative to the logit scale.
     err = (ref - got).abs()[real].max().item()
@@ -112,7 +112,7 @@ def test_round_trip_save_model_to_transformers(tmp_path, tied, shard):
     ref = hf_logits(hf, ids, mask)
     assert (hf_logits(back, ids, mask) - ref).abs()[mask.bool()].max() <= TOL
     # and our own loader reads what we wrote
-    assert (load_model(out)(ids, mask).detach() - ref).abs()[mask.bool()].max() <= TOL
+    assert (load_model(out)(ids, Padded.of(mask)).detach() - ref).abs()[mask.bool()].max() <= TOL
 
 
 def test_cached_decoding_equals_full_forward(untied_ckpt):
@@ -124,20 +124,20 @@ def test_cached_decoding_equals_full_forward(untied_ckpt):
     full_ids = torch.cat([ids, extra], 1)
     full_mask = torch.cat([mask, torch.ones_like(extra)], 1)
     with torch.no_grad():
-        full = model(full_ids, full_mask)
+        full = model(full_ids, Padded.of(full_mask))
         cache = model.new_cache(B, P + 8)
-        steps = [model(ids, mask, cache=cache)]
+        steps = [model(ids, cache.append(mask))]
         for t in range(extra.shape[1]):
-            steps.append(model(extra[:, t:t + 1], torch.ones(B, 1, dtype=torch.long), cache=cache))
+            steps.append(model(extra[:, t:t + 1], cache.append()))
     cached = torch.cat(steps, 1)
     real = full_mask.bool()
     assert (cached - full).abs()[real].max() <= TOL
     # dropping a row and duplicating another (what the sampler does) keeps rows exact
     with torch.no_grad():
         cache = model.new_cache(B, P + 8)
-        model(ids, mask, cache=cache)
+        model(ids, cache.append(mask))
         cache.select(torch.tensor([2, 2, 0]))
-        nxt = model(extra[[2, 2, 0], :1], torch.ones(3, 1, dtype=torch.long), cache=cache)
+        nxt = model(extra[[2, 2, 0], :1], cache.append())
     assert (nxt[:, 0] - full[[2, 2, 0], P]).abs().max() <= TOL
 
 
