@@ -153,7 +153,9 @@ def full_weights(model: nn.Module) -> Iterator[None]:
     finally:
         for unit in units:
             unit.reshard()
-            unit.set_reshard_after_forward(True)
+            # The root (the model itself) keeps FSDP's default for a root: gathered from forward to
+            # backward, which the trainer's LM head relies on (shard()).
+            unit.set_reshard_after_forward(unit is not model)
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -18,19 +18,16 @@ import json
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from grpo.runtime import DTYPES
+from qwen2 import Qwen2, Qwen2Config, save_model
 
-from grpo.runtime import DTYPES  # noqa: E402
-from qwen2 import Qwen2, Qwen2Config, save_model  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BENCH_DIR = ROOT / ".bench"
 
@@ -107,18 +104,22 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (lscpu), else what platform knows."""
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def hardware(device: torch.device | str = "cpu") -> str:
     """One line naming the machine: CPU model and cores, or the GPU, and the torch version."""
     if torch.device(device).type == "cuda":
         return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                cpu = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def print_result(result: dict) -> None:

@@ -61,59 +61,22 @@ import argparse
 import datetime
 import gc
 import json
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from grpo.memory import optimizer_state_bytes  # noqa: E402
-from grpo.offload import DEFAULT_BUCKET_NUMEL, split_into_buckets  # noqa: E402
-from grpo.optim import OffloadAdamW  # noqa: E402
-
-# Qwen2.5-0.5B(-Instruct) config.json, for when the qwen2 package is not available.
-FALLBACK_0_5B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                     num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                     head_dim=64, tie_word_embeddings=True)
+from _bench_common import cpu_name, model_config, sync
+from grpo.memory import optimizer_state_bytes
+from grpo.offload import DEFAULT_BUCKET_NUMEL, split_into_buckets
+from grpo.optim import OffloadAdamW
+from qwen2 import Qwen2
 
 
-def model_config(name: str) -> dict:
-    try:
-        from qwen2.config import Qwen2Config
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from _bench_common import EXTRA_SHAPES
-        key = name.split("/")[-1].removesuffix("-Instruct")
-        cfg = Qwen2Config(**EXTRA_SHAPES[key]) if key in EXTRA_SHAPES else Qwen2Config.from_name(name)
-        return dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
-                    intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_hidden_layers,
-                    num_attention_heads=cfg.num_attention_heads,
-                    num_key_value_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
-                    tie_word_embeddings=cfg.tie_word_embeddings)
-    except ImportError:
-        if "0.5B" not in name:
-            raise SystemExit(f"qwen2.config is not importable; only Qwen2.5-0.5B shapes are built in, not {name}")
-        return FALLBACK_0_5B
-
-
-def param_shapes(c: dict) -> list[tuple[int, ...]]:
-    """Every parameter of a Qwen2 model, in state_dict order."""
-    C, F, V = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
-    q = c["num_attention_heads"] * c["head_dim"]
-    kv = c["num_key_value_heads"] * c["head_dim"]
-    shapes = [(V, C)]  # embed_tokens (also the tied lm_head)
-    for _ in range(c["num_hidden_layers"]):
-        shapes += [(C,),                          # input_layernorm
-                   (q, C), (q,), (kv, C), (kv,), (kv, C), (kv,),  # q/k/v proj + biases
-                   (C, q),                        # o_proj
-                   (C,),                          # post_attention_layernorm
-                   (F, C), (F, C), (C, F)]        # gate, up, down
-    shapes.append((C,))  # final norm
-    if not c["tie_word_embeddings"]:
-        shapes.append((V, C))
-    return shapes
+def param_shapes(name: str) -> list[torch.Size]:
+    """Every parameter of the Qwen2 model `name` (a tied weight once), in state_dict order."""
+    with torch.device("meta"):
+        return [p.shape for p in Qwen2(model_config(name)).parameters()]
 
 
 def make_params(shapes, dtype, device):
@@ -124,11 +87,6 @@ def make_params(shapes, dtype, device):
         p.grad = torch.empty(s, dtype=dtype, device=device).normal_(0, 1e-3, generator=gen)
         params.append(p)
     return params
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_steps(make_opt, shapes, dtype, device, steps, warmup):
@@ -210,16 +168,6 @@ def time_interleaved(runs, shapes, steps, warmup):
             for name in wall}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="Qwen2.5-0.5B-Instruct")
@@ -234,7 +182,7 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but CUDA is not available")
-    shapes = param_shapes(model_config(args.model))
+    shapes = param_shapes(args.model)
     n = sum(torch.Size(s).numel() for s in shapes)
     lr, wd = 1e-5, 0.1
     gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -50,19 +50,17 @@ import time
 import zlib
 from pathlib import Path
 
+import torch
+
+from _bench_common import DTYPES, device_name, model_config, print_result, random_checkpoint, sync
+from data import rewards
+from data.synthetic import make_problems, write_jsonl
+from grpo.config import load_config
+from grpo.distributed import Dist
+from grpo.memory import GB, format_plan, out_of_memory_message, peak_gpu, plan_memory
+from qwen2.bpe_trainer import train_bpe_tokenizer
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import torch  # noqa: E402
-
-from _bench_common import DTYPES, device_name, model_config, print_result, random_checkpoint, sync  # noqa: E402
-from data import rewards  # noqa: E402
-from data.synthetic import make_problems, write_jsonl  # noqa: E402
-from grpo.config import load_config  # noqa: E402
-from grpo.distributed import Dist  # noqa: E402
-from grpo.memory import GB, format_plan, out_of_memory_message, peak_gpu, plan_memory  # noqa: E402
-from qwen2.bpe_trainer import train_bpe_tokenizer  # noqa: E402
 
 TOKENIZER_VOCAB = 300  # near byte level: chat prompts of ~270-300 tokens, like GSM8K's with Qwen's tokenizer
 TRAIN_PROBLEMS = 256
@@ -179,15 +177,6 @@ def run(args: argparse.Namespace, device: torch.device, work: Path, tmp: Path, d
             def fake_oom_step(*_, **__):
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 37.00 GiB (simulated by --fake-oom)")
             trainer.optimizer.step = fake_oom_step
-        # Each phase time should end when the device is done: the optimizer step alone does not sync.
-        optimizer_step = trainer._optimizer_step
-
-        def synced_optimizer_step() -> float:
-            norm = optimizer_step()
-            sync(device)
-            return norm
-
-        trainer._optimizer_step = synced_optimizer_step
         result["setup_s"] = round(time.perf_counter() - t_setup, 1)
         for step in range(args.steps):
             if cuda:

@@ -38,12 +38,9 @@ import time
 import zlib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "scripts"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+from _bench_common import BENCH_DIR, hardware, random_checkpoint
 
-from _bench_common import BENCH_DIR, hardware, random_checkpoint  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 FIXTURE = ROOT / "tests" / "fixtures" / "gsm8k" / "train_sample.jsonl"
 
@@ -82,7 +79,6 @@ def peak_rss_gb() -> float:
 
 
 def run_ours(args: argparse.Namespace, shared_prefix: bool) -> dict:
-    import torch
 
     from data import rewards
     from grpo.config import load_config

@@ -22,18 +22,17 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from data.gsm8k import load_gsm8k
+from data.prompts import TEMPLATES
+from data.rewards import GSM8K_WEIGHTS
+from grpo.evaluate import evaluate
+from grpo.runtime import DTYPES, resolve_device
+from qwen2 import SamplingParams, Tokenizer
+from qwen2.lora import load_adapted_model
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from data.gsm8k import load_gsm8k  # noqa: E402
-from data.prompts import TEMPLATES  # noqa: E402
-from data.rewards import GSM8K_WEIGHTS  # noqa: E402
-from grpo.evaluate import evaluate  # noqa: E402
-from grpo.runtime import DTYPES, resolve_device  # noqa: E402
-from qwen2 import SamplingParams, Tokenizer  # noqa: E402
-from qwen2.lora import load_adapted_model  # noqa: E402
 
 DEFAULT_DATA = "datasets/gsm8k/test.jsonl"
 

@@ -61,8 +61,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 STEPS = ["cuda-tests", "fit-24gb", "sampler", "optimizer", "fit-7b", "lora-7b", "torchrun"]
 SMOKE_ENV = "GPU_CHECK_SMOKE"  # tests/test_gpu.py runs its tests on the CPU when this is 1
@@ -366,8 +364,6 @@ def step_optimizer(ctx: Context) -> list[Row]:
 def plan_for(name: str) -> tuple[float, float, float]:
     """(GPU peak GB, CPU RAM GB, billions of parameters) that train.py --dry-run plans for `name`
     with config.yaml and optim.offload=true."""
-    if str(ROOT / "scripts") not in sys.path:
-        sys.path.insert(0, str(ROOT / "scripts"))
     from _bench_common import model_config
     from grpo.config import load_config
     from grpo.memory import GB, peak_gpu, plan_memory

@@ -16,12 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from qwen2 import Tokenizer, load_model, save_model
+from qwen2.lora import load_adapter, merge_lora, read_adapter_config
 
-from qwen2 import Tokenizer, load_model, save_model  # noqa: E402
-from qwen2.lora import load_adapter, merge_lora, read_adapter_config  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -44,21 +44,19 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from data.gsm8k import Problem, load_gsm8k, strip_calculator_annotations
+from data.prompts import TEMPLATES, template_tags
+from data.rewards import GSM8K_WEIGHTS
+from data.synthetic import format_completion
+from grpo.evaluate import evaluate
+from grpo.logprobs import token_logprobs
+from grpo.optim import OffloadAdamW
+from grpo.rollout import encode_prompt
+from grpo.runtime import DTYPES, enable_activation_checkpointing, resolve_device
+from grpo.schedule import DataOrder, lr_factor
+from qwen2 import Qwen2, Tokenizer, load_model, pad_batch, save_model
 
-from data.gsm8k import Problem, load_gsm8k, strip_calculator_annotations  # noqa: E402
-from data.prompts import TEMPLATES, template_tags  # noqa: E402
-from data.rewards import GSM8K_WEIGHTS  # noqa: E402
-from data.synthetic import format_completion  # noqa: E402
-from grpo.evaluate import evaluate  # noqa: E402
-from grpo.logprobs import token_logprobs  # noqa: E402
-from grpo.optim import OffloadAdamW  # noqa: E402
-from grpo.rollout import encode_prompt  # noqa: E402
-from grpo.runtime import DTYPES, enable_activation_checkpointing, resolve_device  # noqa: E402
-from grpo.schedule import DataOrder, lr_factor  # noqa: E402
-from qwen2 import Qwen2, Tokenizer, load_model, pad_batch, save_model  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 END_OF_TURN = "<|im_end|>"
 

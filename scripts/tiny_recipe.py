@@ -49,24 +49,21 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "scripts"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+import plot  # scripts/plot.py
+import sft  # scripts/sft.py
+import train  # train.py: the real GRPO entry point
+from data.gsm8k import load_gsm8k
+from data.prompts import TEMPLATES, template_tags
+from data.rewards import format_reward
+from data.synthetic import KINDS, format_completion, make_problems, write_jsonl
+from grpo.checkpoint import latest_checkpoint, list_checkpoints
+from grpo.config import load_config
+from grpo.evaluate import evaluate
+from qwen2 import Qwen2, Qwen2Config, Tokenizer, save_model
+from qwen2.lora import load_adapted_model
+from qwen2.bpe_trainer import train_bpe_tokenizer
 
-import plot  # noqa: E402  (scripts/plot.py)
-import sft  # noqa: E402  (scripts/sft.py)
-import train  # noqa: E402  (train.py: the real GRPO entry point)
-from data.gsm8k import Problem, load_gsm8k  # noqa: E402
-from data.prompts import TEMPLATES, template_tags  # noqa: E402
-from data.rewards import format_reward  # noqa: E402
-from data.synthetic import KINDS, format_completion, make_problems, write_jsonl  # noqa: E402
-from grpo.checkpoint import latest_checkpoint, list_checkpoints  # noqa: E402
-from grpo.config import load_config  # noqa: E402
-from grpo.evaluate import evaluate  # noqa: E402
-from qwen2 import Qwen2, Qwen2Config, Tokenizer, save_model  # noqa: E402
-from qwen2.lora import load_adapted_model  # noqa: E402
-from qwen2.bpe_trainer import train_bpe_tokenizer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = ROOT / "configs" / "tiny.yaml"
 GSM8K_TRAIN = ROOT / "datasets" / "gsm8k" / "train.jsonl"

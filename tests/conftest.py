@@ -1,4 +1,5 @@
-"""Shared test fixtures: tiny random Qwen2 checkpoints written by transformers (the reference)."""
+"""Shared test fixtures: tiny random Qwen2 checkpoints written by transformers (the reference), and
+our own tiny model with a tokenizer for end-to-end runs (tests/tiny_run.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,12 @@ import os
 # (OpenMP threads spin-wait on a busy core). Set before torch is imported; subprocesses inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 # Small widths with Qwen2.5-0.5B's head ratios (14 query heads, 2 KV heads).
 TIED = dict(hidden_size=112, intermediate_size=224, num_hidden_layers=2, num_attention_heads=14,
@@ -60,3 +58,22 @@ def tied_ckpt(tmp_path):
 def untied_ckpt(tmp_path):
     model = hf_model(seed=2, **UNTIED)
     return model, save_hf(model, tmp_path / "untied")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """Our tiny random Qwen2 with a tiny tokenizer: what the end-to-end training tests run."""
+    from tiny_run import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(autouse=True)
+def _test_reward():
+    """The test-only reward `odd_length` (tests/tiny_run.py), registered for every test."""
+    from data import rewards
+    from tiny_run import odd_length
+
+    rewards.REWARD_FUNCTIONS["odd_length"] = odd_length
+    yield
+    rewards.REWARD_FUNCTIONS.pop("odd_length", None)

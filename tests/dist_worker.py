@@ -15,13 +15,12 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
+import train
+from data import rewards
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-import train  # noqa: E402
-from data import rewards  # noqa: E402
 
 rewards.REWARD_FUNCTIONS["odd_length"] = lambda completion, answer, tags=None: float(len(completion) % 2)
 
@@ -46,6 +45,7 @@ def update(config: str, out: str, aggregations: str) -> None:
     from grpo.batch import build_batch, micro_batches
     from grpo.config import load_config
     from grpo.distributed import full_state_dict, init_from_env, launched_by_torchrun, shutdown
+    from grpo.run_log import PhaseTimer
     from grpo.trainer import Trainer
 
     dist = init_from_env("cpu") if launched_by_torchrun() else None
@@ -60,7 +60,7 @@ def update(config: str, out: str, aggregations: str) -> None:
         batch = build_batch(episodes, advantages, trainer.device)
         micros = micro_batches(batch, shared_prefix=cfg.grpo.shared_prefix, micro_batch_size=cfg.grpo.micro_batch_size,
                                micro_batch_tokens=cfg.grpo.micro_batch_tokens, pad_id=0, device=trainer.device)
-        trainer._update(batch, micros, {})
+        trainer._update(batch, micros, PhaseTimer(trainer.device))
         weights = full_state_dict(trainer.model) if dist else trainer.model.state_dict()
         results[aggregation] = {k: v.detach().cpu().clone() for k, v in weights.items()}
     if dist is None or dist.main:

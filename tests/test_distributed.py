@@ -13,12 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from grpo.checkpoint import latest_checkpoint
 from qwen2 import load_model
-from test_train import metrics, tiny_model, without_times, write_config  # noqa: F401 (fixture)
+from tiny_run import metrics, without_times, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

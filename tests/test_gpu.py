@@ -20,11 +20,11 @@ from conftest import UNTIED, hf_model, save_hf
 from grpo.checkpoint import latest_checkpoint
 from grpo.memory import optimizer_state_bytes
 from grpo.optim import OffloadAdamW
-from qwen2 import GREEDY, generate, load_model
+from qwen2 import GREEDY, Padded, generate, load_model
 from test_model import hf_logits, ragged_batch
 from test_optim import roundtrip, set_grads
 from test_sampler import STOP, ragged_prompts
-from test_train import _test_reward, metrics, tiny_model, without_times, write_config  # noqa: F401 (fixtures)
+from tiny_run import metrics, without_times, write_config
 
 SMOKE_ENV = "GPU_CHECK_SMOKE"
 
@@ -52,7 +52,7 @@ def test_logits_match_transformers_in_fp32_and_bf16(device, tmp_path, tied):
     hf = hf.to(device)
     ours = load_model(path, device=device)
     with torch.no_grad():
-        ref, got = hf_logits(hf, ids, mask), ours(ids, mask)
+        ref, got = hf_logits(hf, ids, mask), ours(ids, Padded.of(mask))
     assert got.device.type == device and got.dtype == torch.float32
     d = (ref - got).abs()[real].max().item()
     assert d <= 1e-4, f"fp32 on {device}: max |logits difference| = {d}"
@@ -64,7 +64,7 @@ def test_logits_match_transformers_in_fp32_and_bf16(device, tmp_path, tied):
     ours16 = load_model(path, device=device, dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 and p.device.type == device for p in ours16.parameters())
     with torch.no_grad():
-        ref16, got16 = hf_logits(hf16, ids, mask).float(), ours16(ids, mask).float()
+        ref16, got16 = hf_logits(hf16, ids, mask).float(), ours16(ids, Padded.of(mask)).float()
     scale = ref.abs().max().item()
     assert (ref16 - got16).abs()[real].max().item() <= 0.05 * scale, "ours vs transformers, both bf16"
     assert (got16 - ref).abs()[real].max().item() <= 0.05 * scale, "ours bf16 vs the fp32 logits"

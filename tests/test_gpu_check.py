@@ -8,10 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+from gpu_check import STEPS, main
 
-from gpu_check import STEPS, main  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_smoke_runs_every_step_and_writes_the_summary(tmp_path):

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import train
-from conftest import UNTIED, hf_model, save_hf
+from conftest import ROOT, UNTIED, hf_model, save_hf
 from grpo.checkpoint import latest_checkpoint
 from grpo.config import ConfigError, load_config
 from qwen2 import load_model
 from qwen2.lora import TARGETS, adapters_disabled, add_lora, load_adapted_model, merge_lora, save_adapter
-from test_train import ROOT, _test_reward, metrics, tiny_model, without_times, write_config  # noqa: F401 (fixtures)
+from tiny_run import metrics, without_times, write_config
 
 IDS = torch.randint(0, 250, (3, 11), generator=torch.Generator().manual_seed(0))
 

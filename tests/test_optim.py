@@ -2,7 +2,6 @@
 weights under bf16, exact resume, scheduler / clipping integration."""
 
 import io
-import math
 import warnings
 
 import pytest

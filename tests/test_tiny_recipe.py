@@ -18,16 +18,14 @@ equally seeded) path.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+import tiny_recipe
 
-import tiny_recipe  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MARGIN = 0.05  # held-out sampled accuracy GRPO must add over the SFT start (seeds 0-5 added 0.096-0.174)
 GREEDY_SLACK = 0.03  # greedy accuracy may drop by 6 of 200 answers at most (seeds 0-5: +0.010 to +0.215)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 import train
 from data import rewards
@@ -20,64 +18,11 @@ from data.synthetic import make_problems, write_jsonl
 from grpo.checkpoint import latest_checkpoint
 from grpo.config import ConfigError, load_config
 from grpo.schedule import lr_factor
-from helpers_tokenizer import build_tiny_tokenizer
-from qwen2 import Qwen2, Qwen2Config, SamplingParams, Tokenizer, load_model, save_model
+from tiny_run import metrics, without_times, write_config
+from qwen2 import SamplingParams, Tokenizer, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "gsm8k"
-
-
-def odd_length(completion: str, answer: str, tags=None) -> float:
-    """A test-only reward that a random model's completions actually vary on, so updates happen."""
-    return float(len(completion) % 2)
-
-
-@pytest.fixture(autouse=True)
-def _test_reward():
-    rewards.REWARD_FUNCTIONS["odd_length"] = odd_length
-    yield
-    rewards.REWARD_FUNCTIONS.pop("odd_length")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    tok = build_tiny_tokenizer(path, vocab_size=400)
-    cfg = Qwen2Config(vocab_size=tok.vocab_size, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, torch_dtype="float32")
-    model = Qwen2(cfg)
-    model.init_weights(std=0.1, generator=torch.Generator().manual_seed(0))
-    save_model(model, path)
-    return path
-
-
-def write_config(tmp_path: Path, model_dir: Path, out: str = "run", **sections) -> Path:
-    # Short synthetic word problems in GSM8K's format keep the tiny runs fast.
-    train_file = write_jsonl(make_problems(40, seed=0), tmp_path / "train.jsonl")
-    test_file = write_jsonl(make_problems(5, seed=0, split="test"), tmp_path / "test.jsonl")
-    cfg = {
-        "model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
-        "data": {"train_file": str(train_file), "test_file": str(test_file), "max_prompt_tokens": 4000},
-        "rollout": {"prompts_per_step": 2, "group_size": 4, "max_new_tokens": 12},
-        "reward": {"weights": {"format": 0.1, "correctness": 1.0, "odd_length": 1.0}},
-        "grpo": {"micro_batch_size": 3, "updates_per_batch": 2, "beta": 0.05},
-        "optim": {"lr": 1e-3, "warmup_steps": 1},
-        "train": {"steps": 3, "out_dir": str(tmp_path / out), "eval_every": 2, "eval_size": 3, "save_every": 2,
-                  "progress": False},
-    }
-    for section, values in sections.items():
-        cfg[section].update(values)
-    path = tmp_path / f"{out}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def without_times(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
 
 
 def test_three_steps_write_metrics_samples_and_checkpoint(tmp_path, tiny_model):
