@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from grpo.config import ConfigError, load_config
+from grpo.config import load_config
+from qwen2.errors import InputError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,7 +53,7 @@ def setup(args: argparse.Namespace):
         from grpo.memory import format_plan, plan_memory
 
         if args.ranks < 1 or cfg.rollout.prompts_per_step % args.ranks:
-            raise ValueError(f"--ranks {args.ranks} must be >= 1 and divide rollout.prompts_per_step={cfg.rollout.prompts_per_step}")
+            raise InputError(f"--ranks {args.ranks} must be >= 1 and divide rollout.prompts_per_step={cfg.rollout.prompts_per_step}")
         print(format_plan(plan_memory(cfg, ranks=args.ranks), cfg, card_gb=args.card_gb, ram_gb=args.ram_gb,
                           ranks=args.ranks))
         return cfg, None
@@ -75,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         cfg, trainer = setup(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except InputError as e:
         # Bad input: one line with the cause and what to do, no traceback (under torchrun from rank 0
-        # only: every rank finds the same). Errors once training runs are bugs, and keep their traceback.
+        # only: every rank finds the same). Any other exception is a bug and keeps its traceback.
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"error: {e}", file=sys.stderr)
         return 2
@@ -86,8 +87,14 @@ def run(args: argparse.Namespace) -> int:
         return 130
     if trainer is None:  # --dry-run: the plan is printed
         return 0
+    from grpo.trainer import Diverged
+
     try:
         trainer.run(stop_after=args.stop_after)
+    except (Diverged, InputError) as e:  # the run diverged, or a file it reads mid-run is bad: one line
+        if trainer.dist.main:
+            print(f"error: {e}", file=sys.stderr)
+        return 4 if isinstance(e, Diverged) else 2
     except torch.OutOfMemoryError:
         # The config asks for more than the card has: say what to change, not a CUDA traceback.
         from grpo.memory import out_of_memory_message

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from qwen2.errors import InputError, MissingInput
+
 # The gold answer after "####" must look like a plain number once commas are
 # removed. GSM8K only has integers (some negative); decimals are allowed for
 # other datasets in the same format.
@@ -61,16 +63,16 @@ def parse_line(line: str, where: str = "<string>") -> Problem:
     except json.JSONDecodeError as err:
         # json's messages may end in "at" ("Unterminated string starting at"): the column follows it.
         reason = err.msg.removesuffix(" at").removesuffix(" starting")
-        raise ValueError(f"{where}:{err.colno}: not valid JSON ({reason}); fix or delete the line") from None
+        raise InputError(f"{where}:{err.colno}: not valid JSON ({reason}); fix or delete the line") from None
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object with 'question' and 'answer'")
+        raise InputError(f"{where}: expected a JSON object with 'question' and 'answer'")
     for key in ("question", "answer"):
         if not isinstance(row.get(key), str) or not row[key].strip():
-            raise ValueError(f"{where}: missing or empty string field {key!r}")
+            raise InputError(f"{where}: missing or empty string field {key!r}")
     try:
         solution, gold = split_solution(row["answer"])
     except ValueError as err:
-        raise ValueError(f"{where}: {err}") from None
+        raise InputError(f"{where}: {err}") from None
     return Problem(question=row["question"].strip(), answer=gold, solution=solution)
 
 
@@ -78,18 +80,25 @@ def load_gsm8k(path: str | Path) -> list[Problem]:
     """Read every problem of a GSM8K-format JSONL file (blank lines are skipped)."""
     path = Path(path)
     if not path.is_file():
-        dataset = "gsm8k_zh" if "gsm8k_zh" in path.parts else "gsm8k"
-        raise FileNotFoundError(
-            f"GSM8K file {path} not found: run python download.py --dataset {dataset} "
-            "(or place train.jsonl/test.jsonl there by hand)"
-        )
+        if path.parent.name in ("gsm8k", "gsm8k_zh") and path.name in ("train.jsonl", "test.jsonl"):
+            # Where download.py puts the data set: it has not been fetched yet.
+            raise MissingInput(f"GSM8K file {path} not found: run python download.py --dataset {path.parent.name} "
+                               "(or place train.jsonl/test.jsonl there by hand)")
+        near = sorted(p.name for p in path.parent.glob("*.jsonl")) if path.parent.is_dir() else []
+        hint = f"; {path.parent} holds {', '.join(near[:5])}" if near else ""
+        raise MissingInput(f"data file {path} not found: check the path{hint}")
     problems = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputError(f"{path}:{number}: not UTF-8 text (byte {err.start} of the line); "
+                                 "save the file as UTF-8") from None
             if line.strip():
                 problems.append(parse_line(line.rstrip("\r\n"), where=f"{path}:{number}"))
     if not problems:
-        raise ValueError(f"{path}: file has no problems; re-download it with python download.py")
+        raise InputError(f"{path}: file has no problems; re-download it with python download.py")
     return problems
 
 

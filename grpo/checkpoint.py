@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from qwen2 import Qwen2, Tokenizer, save_model
+from qwen2.errors import InputError, MissingInput
 from qwen2.lora import has_lora, save_adapter
 
 from .distributed import Dist, full_state_dict
@@ -106,7 +107,7 @@ def restore_checkpoint(ckpt: Path, run_dir: str | Path, optimizer: torch.optim.O
     ranks = saved.get("ranks", 1)  # checkpoints from before multi-process runs: one
     if ranks != dist.world:
         launcher = f"torchrun --nproc_per_node={ranks} train.py" if ranks > 1 else "python train.py"
-        raise ValueError(f"{ckpt} was written by {ranks} process(es); resume it with the same number "
+        raise InputError(f"{ckpt} was written by {ranks} process(es); resume it with the same number "
                          f"({launcher} --resume ...), or start a new run from its model/ folder")
     opt_state = torch.load(ckpt / _per_rank("optimizer", dist), map_location="cpu", weights_only=True)
     optimizer.load_state_dict(opt_state["optimizer"])
@@ -149,7 +150,7 @@ def latest_checkpoint(path: str | Path) -> Path:
         return path
     found = list_checkpoints(path)
     if not found:
-        raise FileNotFoundError(f"no complete checkpoint under {path}: pass a run directory (train.out_dir) that has checkpoints/step_*/")
+        raise MissingInput(f"no complete checkpoint under {path}: pass a run directory (train.out_dir) that has checkpoints/step_*/")
     return found[-1]
 
 
@@ -158,8 +159,8 @@ def refuse_to_overwrite(run_dir: Path) -> None:
     (train.keep_checkpoints) and its logs mixed with ours."""
     ckpts = list_checkpoints(run_dir)
     if ckpts:
-        raise ValueError(f"{run_dir} already holds a run (latest checkpoint {ckpts[-1].name}): "
+        raise InputError(f"{run_dir} already holds a run (latest checkpoint {ckpts[-1].name}): "
                          f"continue it with --resume {run_dir}, or start a new one with --set train.out_dir=<new dir>")
     if (run_dir / "metrics.jsonl").is_file():
-        raise ValueError(f"{run_dir} holds the logs of an earlier run that saved no checkpoint: "
+        raise InputError(f"{run_dir} holds the logs of an earlier run that saved no checkpoint: "
                          f"delete the directory, or pick another one with --set train.out_dir=<new dir>")

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from qwen2 import SamplingParams
+from qwen2.errors import InputError
 
 
 @dataclass
@@ -166,7 +167,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A bad configuration key or value; the message lists the valid choices."""
 
 

@@ -31,6 +31,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from qwen2 import Qwen2
+from qwen2.errors import InputError
 
 T = TypeVar("T")
 
@@ -97,7 +98,7 @@ def init_from_env(device: str) -> Dist:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     on_gpu = device != "cpu" and torch.cuda.is_available()
     if device.startswith("cuda") and not on_gpu:
-        raise ValueError(f"model.device={device} under torchrun, but torch sees no CUDA GPU: use cpu")
+        raise InputError(f"model.device={device} under torchrun, but torch sees no CUDA GPU: use cpu")
     if on_gpu:
         torch.cuda.set_device(local_rank)
     if not torch_dist.is_initialized():
@@ -169,7 +170,7 @@ def check_distributed(cfg, dist: Dist) -> None:
     """One-line errors for what several ranks cannot do (yet)."""
     N = cfg.rollout.prompts_per_step
     if N % dist.world:
-        raise ValueError(f"rollout.prompts_per_step={N} must be divisible by the {dist.world} ranks: each samples "
+        raise InputError(f"rollout.prompts_per_step={N} must be divisible by the {dist.world} ranks: each samples "
                          f"an equal share of the step's questions")
     batch_wide = [(cfg.rollout.dynamic_sampling, "rollout.dynamic_sampling"),
                   (cfg.grpo.scale_rewards == "batch", "grpo.scale_rewards=batch"),
@@ -177,4 +178,4 @@ def check_distributed(cfg, dist: Dist) -> None:
                   (cfg.model.lora.rank > 0, "model.lora")]
     for on, name in batch_wide:
         if on:
-            raise ValueError(f"{name} is not supported with several processes yet: run it with one (python train.py)")
+            raise InputError(f"{name} is not supported with several processes yet: run it with one (python train.py)")

@@ -18,6 +18,7 @@ from data.gsm8k import Problem
 from data.prompts import template_tags
 from data.rewards import combined_reward
 from qwen2 import GREEDY, Qwen2, SamplingParams, Tokenizer, generate
+from qwen2.errors import InputError
 
 from .rollout import encode_prompt
 
@@ -32,7 +33,7 @@ def evaluate(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], *, max
     batch_size counts questions; each of them is sampled `samples` times (greedy needs 1).
     """
     if samples < 1 or (sampling.temperature == 0 and samples != 1):
-        raise ValueError(f"samples must be >= 1, and 1 when temperature is 0 (greedy): got samples={samples} at "
+        raise InputError(f"samples must be >= 1, and 1 when temperature is 0 (greedy): got samples={samples} at "
                          f"temperature {sampling.temperature}; sample with a temperature > 0 to draw several")
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed) if sampling.temperature > 0 else None

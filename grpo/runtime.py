@@ -11,6 +11,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from qwen2 import Qwen2
+from qwen2.errors import InputError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -22,19 +23,19 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+        raise InputError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-            raise ValueError(f"device {name!r} asked for, but torch ({torch.__version__}, {build}) sees no CUDA GPU: "
+            raise InputError(f"device {name!r} asked for, but torch ({torch.__version__}, {build}) sees no CUDA GPU: "
                              "use device cpu (or auto), or install a CUDA build of torch on a machine with a GPU")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
+            raise InputError(f"device {name!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
     elif device.type == "mps":
         if not torch.backends.mps.is_available():
-            raise ValueError(f"device {name!r} asked for, but this torch has no MPS backend: use cpu")
+            raise InputError(f"device {name!r} asked for, but this torch has no MPS backend: use cpu")
     elif device.type != "cpu":
-        raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+        raise InputError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     return device
 
 

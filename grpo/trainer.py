@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from data.gsm8k import Problem, load_gsm8k
 from qwen2 import Qwen2, Tokenizer, load_model
+from qwen2.errors import InputError, MissingInput
 from qwen2.lora import adapters_disabled, add_lora, load_adapter
 
 from .advantages import group_advantages
@@ -101,11 +102,11 @@ class Trainer:
         ckpt = latest_checkpoint(resume) if resume else None
         lora = cfg.model.lora
         if ckpt and (ckpt / "adapter").is_dir() != bool(lora.rank):
-            raise ValueError(f"{ckpt} was trained {'with' if lora.rank == 0 else 'without'} LoRA: resume it with "
+            raise InputError(f"{ckpt} was trained {'with' if lora.rank == 0 else 'without'} LoRA: resume it with "
                              "its own model.lora settings")
         model_dir = ckpt / "model" if ckpt and not lora.rank else Path(cfg.model.path)
         if not model_dir.is_dir():
-            raise FileNotFoundError(f"model.path {model_dir} not found: run python download.py, or point "
+            raise MissingInput(f"model.path {model_dir} not found: run python download.py, or point "
                                     "--set model.path=DIR at a Hugging Face Qwen2 checkpoint directory "
                                     "(python scripts/tiny_recipe.py builds an offline tiny one)")
         load_to = "cpu" if dist.launched else self.device  # torchrun: each rank shards the CPU copy onto its device
@@ -387,7 +388,7 @@ class Trainer:
         if len(kept) < len(problems):
             print(f"skipping {len(problems) - len(kept)} of {len(problems)} training problems longer than data.max_prompt_tokens={limit}")
         if not kept:
-            raise ValueError(f"no training problem in {path} fits data.max_prompt_tokens={limit}: raise it")
+            raise InputError(f"no training problem in {path} fits data.max_prompt_tokens={limit}: raise it")
         return kept
 
     # -- checkpoints, evaluation, logs ------------------------------------------------------------

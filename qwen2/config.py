@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import InputError, MissingInput
+
 
 @dataclass
 class Qwen2Config:
@@ -39,7 +41,7 @@ class Qwen2Config:
         if self.head_dim == 0:
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
+            raise InputError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
@@ -59,17 +61,17 @@ class Qwen2Config:
         raw = dict(raw)
         model_type = raw.get("model_type")
         if model_type != "qwen2":
-            raise ValueError(f"config.json has model_type={model_type!r}, not 'qwen2': this is not a Qwen2/Qwen2.5 checkpoint")
+            raise InputError(f"config.json has model_type={model_type!r}, not 'qwen2': this is not a Qwen2/Qwen2.5 checkpoint")
         # transformers 5 moved rope_theta into rope_parameters and renamed torch_dtype to dtype.
         rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
         if rope.get("rope_type", rope.get("type", "default")) != "default":
-            raise ValueError(f"rope scaling {rope!r} is not supported (only the default RoPE of Qwen2.5)")
+            raise InputError(f"rope scaling {rope!r} is not supported (only the default RoPE of Qwen2.5)")
         if "rope_theta" in rope:
             raw.setdefault("rope_theta", rope["rope_theta"])
         if "dtype" in raw:
             raw.setdefault("torch_dtype", raw["dtype"])
         if raw.get("use_sliding_window"):
-            raise ValueError("use_sliding_window=true is not supported (Qwen2.5 checkpoints ship with it off)")
+            raise InputError("use_sliding_window=true is not supported (Qwen2.5 checkpoints ship with it off)")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in names and v is not None})
 
@@ -79,11 +81,11 @@ class Qwen2Config:
         if path.is_dir():
             path = path / "config.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: run python download.py, or point to a Hugging Face checkpoint directory")
+            raise MissingInput(f"{path} not found: run python download.py, or point to a Hugging Face checkpoint directory")
         try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}): re-run python download.py") from None
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{path} is not valid JSON ({e}): re-run python download.py") from None
         return cls.from_dict(raw)
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,7 +110,7 @@ class Qwen2Config:
         key = name.split("/")[-1].removesuffix("-Instruct")
         if key not in PRESETS:
             valid = ", ".join(sorted(PRESETS))
-            raise ValueError(f"unknown model name {name!r}; known: {valid} (optionally with -Instruct)")
+            raise InputError(f"unknown model name {name!r}; known: {valid} (optionally with -Instruct)")
         return cls(**PRESETS[key])
 
 

@@ -34,6 +34,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .errors import InputError
+
 from .model import Qwen2
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -127,13 +129,13 @@ def read_adapter_config(path: str | os.PathLike) -> dict:
     """adapter_config.json of a PEFT LoRA directory, with a one-line error for anything else."""
     file = Path(path) / ADAPTER_CONFIG
     if not file.is_file() or not (Path(path) / ADAPTER_WEIGHTS).is_file():
-        raise ValueError(f"{path} is not a LoRA adapter directory: it needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}")
+        raise InputError(f"{path} is not a LoRA adapter directory: it needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}")
     try:
         config = json.loads(file.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{file} is not valid JSON ({e})") from None
+        raise InputError(f"{file} is not valid JSON ({e})") from None
     if config.get("peft_type") != "LORA" or "r" not in config:
-        raise ValueError(f"{file} is not a LoRA adapter (peft_type {config.get('peft_type')!r})")
+        raise InputError(f"{file} is not a LoRA adapter (peft_type {config.get('peft_type')!r})")
     return config
 
 
@@ -146,14 +148,14 @@ def load_adapter(model: Qwen2, path: str | os.PathLike) -> None:
     expected = adapter_state_dict(model)
     if set(weights) != set(expected):
         missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-        raise ValueError(f"{path} does not fit this base model: {len(missing)} adapter tensors missing "
+        raise InputError(f"{path} does not fit this base model: {len(missing)} adapter tensors missing "
                          f"({(missing or extra)[:1]}), {len(extra)} unexpected")
     own = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in weights.items():
             target = own[name.removeprefix(PEFT_PREFIX)]
             if target.shape != tensor.shape:
-                raise ValueError(f"{path} does not fit this base model: {name} is {tuple(tensor.shape)}, "
+                raise InputError(f"{path} does not fit this base model: {name} is {tuple(tensor.shape)}, "
                                  f"the base needs {tuple(target.shape)}")
             target.copy_(tensor)
 

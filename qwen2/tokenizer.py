@@ -34,17 +34,26 @@ from typing import Any
 
 import tokenizers
 
+from .errors import InputError, MissingInput
+
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # newer checkpoints keep the template here
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text (byte {e.start}): re-download the checkpoint (python download.py)") from None
+
+
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(_read_text(path))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}): re-download the checkpoint (python download.py)") from None
+        raise InputError(f"{path} is not valid JSON ({e}): re-download the checkpoint (python download.py)") from None
 
 
 def _token_content(value: Any) -> str | None:
@@ -145,7 +154,7 @@ class Tokenizer:
     def _lookup(self, token: str, field: str) -> int:
         token_id = self._tok.token_to_id(token)
         if token_id is None:
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: {field} {token!r} from {TOKENIZER_CONFIG_FILE} is not in {TOKENIZER_FILE}'s vocabulary: "
                 "the two files come from different checkpoints; re-download them (python download.py)"
             )
@@ -156,23 +165,27 @@ class Tokenizer:
         """Load from a Hugging Face checkpoint directory (needs tokenizer.json; tokenizer_config.json for chat)."""
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"model directory {model_dir} not found: run python download.py "
                 "(or pass the path of a Hugging Face checkpoint directory)"
             )
         tok_path = model_dir / TOKENIZER_FILE
         if not tok_path.is_file():
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"{tok_path} not found: the tokenizer is read from the fast-tokenizer file {TOKENIZER_FILE}; "
                 f"re-run python download.py, or copy {TOKENIZER_FILE} from the Hugging Face checkpoint into {model_dir}"
             )
-        tok = tokenizers.Tokenizer.from_file(str(tok_path))
+        try:
+            tok = tokenizers.Tokenizer.from_file(str(tok_path))
+        except Exception as e:  # the Rust library's own exception type: a damaged or foreign file
+            raise InputError(f"{tok_path} cannot be read as a tokenizer ({str(e).splitlines()[0][:200]}): "
+                             "re-download the checkpoint (python download.py)") from None
         cfg_path = model_dir / TOKENIZER_CONFIG_FILE
         config = _read_json(cfg_path) if cfg_path.is_file() else {}
         gen_path = model_dir / GENERATION_CONFIG_FILE
         generation_config = _read_json(gen_path) if gen_path.is_file() else {}
         jinja_path = model_dir / CHAT_TEMPLATE_FILE
-        chat_template = jinja_path.read_text(encoding="utf-8") if jinja_path.is_file() else None
+        chat_template = _read_text(jinja_path) if jinja_path.is_file() else None
         return cls(tok, config, generation_config, chat_template, name=str(model_dir))
 
     # --- ids -----------------------------------------------------------------
@@ -230,7 +243,7 @@ class Tokenizer:
         ("<|im_start|>assistant\\n" for Qwen), so the model writes the answer next.
         """
         if not self.chat_template:
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: {TOKENIZER_CONFIG_FILE} has no chat_template, so messages can't be rendered: "
                 "use an -Instruct checkpoint, or encode plain text with encode()"
             )

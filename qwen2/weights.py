@@ -19,13 +19,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import Qwen2Config
+from .errors import InputError, MissingInput
 from .model import Qwen2
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint directory that cannot be loaded; the message says why and what to do."""
 
 
@@ -64,7 +65,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
     """Load a Hugging Face Qwen2 checkpoint directory. dtype=None keeps the stored dtype."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"model directory {path} not found: run python download.py "
+        raise MissingInput(f"model directory {path} not found: run python download.py "
                                 f"(python scripts/tiny_recipe.py for the offline tiny model), or pass a Hugging Face checkpoint directory")
     config = Qwen2Config.from_json(path / "config.json")
     files = _checkpoint_files(path)

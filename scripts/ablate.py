@@ -32,6 +32,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from qwen2.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +72,7 @@ def run_variant(out: Path, seed: int, variant: str, base: Path | None) -> dict:
     with open(log, "w") as f:
         code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT).returncode
     if code != 0:
-        raise RuntimeError(f"{variant}, seed {seed} failed (exit {code}); see {log}")
+        raise InputError(f"{variant}, seed {seed} failed (exit {code}); see {log}")
     results = json.loads((target / "results.json").read_text())
     results["wall_seconds"] = time.perf_counter() - t0
     evals = [json.loads(line) for line in (target / "grpo" / "metrics.jsonl").read_text().splitlines()]
@@ -142,13 +143,13 @@ def main(argv: list[str] | None = None) -> dict:
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        raise ValueError(f"unknown variant {', '.join(unknown)}: valid are {', '.join(VARIANTS)}")
+        raise InputError(f"unknown variant {', '.join(unknown)}: valid are {', '.join(VARIANTS)}")
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s]
     except ValueError:
-        raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+        raise InputError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     if not seeds or args.jobs < 1:
-        raise ValueError("give at least one seed and --jobs >= 1")
+        raise InputError("give at least one seed and --jobs >= 1")
     out = Path(args.out)
     t0 = time.perf_counter()
     runs: dict[str, list[dict]] = {v: [] for v in variants}
@@ -180,6 +181,6 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, RuntimeError) as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

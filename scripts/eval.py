@@ -31,6 +31,7 @@ from grpo.evaluate import evaluate
 from grpo.runtime import DTYPES, resolve_device
 from qwen2 import SamplingParams, Tokenizer
 from qwen2.lora import load_adapted_model
+from qwen2.errors import InputError, MissingInput
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data = Path(args.data)
     if not data.is_file() and args.data == DEFAULT_DATA:
-        raise FileNotFoundError(f"{DEFAULT_DATA} not found: run python download.py, or pass --data FILE "
+        raise MissingInput(f"{DEFAULT_DATA} not found: run python download.py, or pass --data FILE "
                                 "(the tiny recipe's held-out set is runs/tiny/data/test.jsonl)")
     problems = load_gsm8k(data)[: args.limit]
     device = resolve_device(args.device)
@@ -97,7 +98,7 @@ def run(argv: list[str] | None = None) -> int:
     """main() with bad input turned into one line on stderr and exit status 2."""
     try:
         return main(argv)
-    except (FileNotFoundError, ValueError) as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

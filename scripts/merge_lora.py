@@ -18,6 +18,7 @@ from pathlib import Path
 
 from qwen2 import Tokenizer, load_model, save_model
 from qwen2.lora import load_adapter, merge_lora, read_adapter_config
+from qwen2.errors import InputError, MissingInput
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,9 +33,9 @@ def main(argv: list[str] | None = None) -> Path:
     config = read_adapter_config(adapter)  # one-line error when it is not an adapter
     base = Path(args.base or config.get("base_model_name_or_path") or "")
     if not (base / "config.json").is_file():
-        raise FileNotFoundError(f"base model {base} not found: pass --base DIR (the model the adapter was trained on)")
+        raise MissingInput(f"base model {base} not found: pass --base DIR (the model the adapter was trained on)")
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} already exists and is not empty: pick another directory")
+        raise InputError(f"{out} already exists and is not empty: pick another directory")
     model = load_model(base)
     load_adapter(model, adapter)  # one-line error when the shapes do not fit this base
     merge_lora(model)
@@ -48,6 +49,6 @@ def main(argv: list[str] | None = None) -> Path:
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, ValueError) as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

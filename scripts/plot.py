@@ -20,13 +20,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from qwen2.errors import InputError, MissingInput
 
 
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
     """(per-step records, evaluation records) of a metrics.jsonl file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: pass the metrics.jsonl that train.py wrote into train.out_dir")
+        raise MissingInput(f"{path} not found: pass the metrics.jsonl that train.py wrote into train.out_dir")
     steps, evals = [], []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -34,13 +35,13 @@ def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            raise ValueError(f"{path}:{number}: not valid JSON (a run killed mid-write? delete the line)") from None
+            raise InputError(f"{path}:{number}: not valid JSON (a run killed mid-write? delete the line)") from None
         if "eval_accuracy" in row:
             evals.append(row)
         elif "reward" in row:
             steps.append(row)
     if not steps and not evals:
-        raise ValueError(f"{path} has no step or eval records: is it a train.py metrics.jsonl?")
+        raise InputError(f"{path} has no step or eval records: is it a train.py metrics.jsonl?")
     return steps, evals
 
 
@@ -120,6 +121,6 @@ def main(argv: list[str] | None = None) -> Path | None:
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, ValueError) as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

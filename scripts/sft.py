@@ -55,6 +55,7 @@ from grpo.rollout import encode_prompt
 from grpo.runtime import DTYPES, enable_activation_checkpointing, resolve_device
 from grpo.schedule import DataOrder, lr_factor
 from qwen2 import Qwen2, Tokenizer, load_model, pad_batch, save_model
+from qwen2.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +78,7 @@ def end_token_id(tokenizer: Tokenizer) -> int:
     if end is None:
         end = tokenizer.eos_token_id
     if end is None:
-        raise ValueError(f"{tokenizer.name}: the tokenizer has neither {END_OF_TURN} nor an eos token to end the answer with")
+        raise InputError(f"{tokenizer.name}: the tokenizer has neither {END_OF_TURN} nor an eos token to end the answer with")
     return end
 
 
@@ -165,9 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = None if args.dtype == "auto" else DTYPES[args.dtype]
     out = Path(args.out)
     if out.resolve() == Path(args.model).resolve():
-        raise ValueError(f"--out {out} is the --model directory: write the fine-tuned model somewhere else")
+        raise InputError(f"--out {out} is the --model directory: write the fine-tuned model somewhere else")
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"--out {out} already exists and is not empty: pick another directory, or delete it first")
+        raise InputError(f"--out {out} already exists and is not empty: pick another directory, or delete it first")
 
     problems = load_gsm8k(args.data)
     if args.limit:
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     if dropped:
         print(f"skipping {dropped} of {len(problems)} examples longer than --max-len {args.max_len}")
     if not examples:
-        raise ValueError(f"no example of {args.data} fits --max-len {args.max_len}: raise it")
+        raise InputError(f"no example of {args.data} fits --max-len {args.max_len}: raise it")
     n_params = sum(p.numel() for p in model.parameters())
     print(f"SFT {args.model} ({n_params / 1e6:.2f}M params) on {len(examples)} examples of {args.data}: "
           f"{args.steps} steps x {args.batch_size}, lr {args.lr:g}, {device}", flush=True)
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch = [examples[i] for i in order.take(args.batch_size)]
         loss, tokens = sft_step(model, batch, tokenizer.pad_token_id, micro, device)
         if not math.isfinite(loss):
-            raise ValueError(f"SFT loss is {loss} at step {step}: lower --lr")
+            raise InputError(f"SFT loss is {loss} at step {step}: lower --lr")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -264,6 +265,6 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, ValueError) as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -62,6 +62,7 @@ from grpo.evaluate import evaluate
 from qwen2 import Qwen2, Qwen2Config, Tokenizer, save_model
 from qwen2.lora import load_adapted_model
 from qwen2.bpe_trainer import train_bpe_tokenizer
+from qwen2.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,7 +178,7 @@ def reuse_stages(source: Path, out: Path, settings: dict) -> None:
     stamp = source / "recipe.json"
     theirs = json.loads(stamp.read_text()) if stamp.is_file() else None
     if theirs is None or {k: theirs.get(k) for k in settings} != settings or not (source / "eval_sft.json").is_file():
-        raise ValueError(f"--reuse {source}: not a recipe directory of the same seed and mode with a finished SFT "
+        raise InputError(f"--reuse {source}: not a recipe directory of the same seed and mode with a finished SFT "
                          f"stage ({settings}); run it first")
     for name in ("tokenizer", "init", "data", "sft", "eval_sft.json"):
         if not (out / name).exists():
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Run (or finish) the recipe; returns the results dict also written to <out>/results.json."""
     args = parse_args(argv)
     if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
     out = Path(args.out or default_out(args.quick))
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
         settings["set"] = args.overrides
     stamp = out / "recipe.json"
     if stamp.is_file() and json.loads(stamp.read_text()) != settings:
-        raise ValueError(f"{out} holds a run with other settings ({stamp.read_text().strip()}): "
+        raise InputError(f"{out} holds a run with other settings ({stamp.read_text().strip()}): "
                          "pass another --out, or --fresh to start over")
     stamp.write_text(json.dumps(settings) + "\n")
 
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
         elif paths["grpo"].exists():
             shutil.rmtree(paths["grpo"])  # logs of a run that never saved: start clean
         if train.main(argv) != 0:
-            raise RuntimeError("train.py stopped before the last step (interrupted?): re-run to resume")
+            raise InputError("train.py stopped before the last step (interrupted?): re-run to resume")
 
     def grpo_done() -> bool:
         ckpts = list_checkpoints(paths["grpo"])
@@ -342,6 +343,6 @@ def format_table(r: dict) -> str:
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
