@@ -41,11 +41,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def setup(args: argparse.Namespace):
     """Config and trainer from the command line; every bad input raises a one-line error here."""
-    config_path, base = args.config, None
-    if config_path is None and args.resume:
-        from grpo.checkpoint import saved_config
+    config_path, base, resume = args.config, None, None
+    if args.resume:
+        from grpo.checkpoint import latest_checkpoint, read_trainer_state
 
-        base = saved_config(args.resume)  # resume with the configuration the run was started with (plus any --set)
+        resume = latest_checkpoint(args.resume)  # the newest intact checkpoint (damaged ones are skipped, saying why)
+        if config_path is None:  # resume with the configuration the run was started with (plus any --set)
+            base = read_trainer_state(resume)["config"]
     elif config_path is None and Path("config.yaml").is_file():
         config_path = "config.yaml"
     cfg = load_config(config_path, args.overrides, base=base)
@@ -61,7 +63,7 @@ def setup(args: argparse.Namespace):
     from grpo.trainer import Trainer
 
     dist = init_from_env(cfg.model.device) if launched_by_torchrun() else None  # torchrun: one rank of several
-    return cfg, Trainer(cfg, resume=args.resume, dist=dist)
+    return cfg, Trainer(cfg, resume=resume, dist=dist)
 
 
 def main(argv: list[str] | None = None) -> int:

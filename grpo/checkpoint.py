@@ -23,6 +23,8 @@ import json
 import os
 import re
 import shutil
+import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ import torch
 
 from qwen2 import Qwen2, Tokenizer, save_model
 from qwen2.errors import InputError, MissingInput
+from qwen2.weights import check_weight_files
 from qwen2.lora import has_lora, save_adapter
 
 from .distributed import Dist, full_state_dict
@@ -103,18 +106,22 @@ def restore_checkpoint(ckpt: Path, run_dir: str | Path, optimizer: torch.optim.O
                        generator: torch.Generator, dist: Dist) -> TrainingState:
     """Put optimizer, LR schedule and RNGs back as they were at `ckpt`, and drop the lines of
     `run_dir`'s logs that belong to later steps. The model itself is loaded from ckpt/'model'."""
-    saved = json.loads((ckpt / "trainer_state.json").read_text())
+    saved = read_trainer_state(ckpt)
     ranks = saved.get("ranks", 1)  # checkpoints from before multi-process runs: one
     if ranks != dist.world:
         launcher = f"torchrun --nproc_per_node={ranks} train.py" if ranks > 1 else "python train.py"
         raise InputError(f"{ckpt} was written by {ranks} process(es); resume it with the same number "
                          f"({launcher} --resume ...), or start a new run from its model/ folder")
-    opt_state = torch.load(ckpt / _per_rank("optimizer", dist), map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(opt_state["optimizer"])
-    scheduler.load_state_dict(opt_state["scheduler"])
-    rng = torch.load(ckpt / _per_rank("rng", dist), map_location="cpu", weights_only=True)
-    generator.set_state(rng["sampler"])
-    torch.set_rng_state(rng["torch"])
+    opt_state = _load(ckpt / _per_rank("optimizer", dist))
+    rng = _load(ckpt / _per_rank("rng", dist))
+    try:
+        optimizer.load_state_dict(opt_state["optimizer"])
+        scheduler.load_state_dict(opt_state["scheduler"])
+        generator.set_state(rng["sampler"])
+        torch.set_rng_state(rng["torch"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise InputError(f"{ckpt} does not match this run's model and optimizer ({e}): resume it with the settings "
+                         "it was trained with, or start a new run from its model/ folder") from None
     if dist.main:
         trim_logs(run_dir, saved["step"])
     return TrainingState(saved["step"], saved["data"], rng)
@@ -125,13 +132,75 @@ def trim_logs(run_dir: str | Path, step: int) -> None:
     for name in LOG_FILES:
         path = Path(run_dir) / name
         if path.is_file():
-            lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            lines = [line for line in path.read_text(errors="replace").splitlines() if _step_of(line) <= step]
             path.write_text("".join(line + "\n" for line in lines))
+
+
+def _step_of(line: str) -> float:
+    """The step of a log line; a damaged line (a run killed mid-write) counts as later, so it is dropped."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def saved_config(path: str | Path) -> dict[str, Any]:
     """The config (as a dict) that the run at `path` (run or checkpoint directory) was started with."""
-    return json.loads((latest_checkpoint(path) / "trainer_state.json").read_text())["config"]
+    return read_trainer_state(latest_checkpoint(path))["config"]
+
+
+def read_trainer_state(ckpt: Path) -> dict[str, Any]:
+    """trainer_state.json of a checkpoint, or a one-line error naming it."""
+    file = ckpt / "trainer_state.json"
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+        if not all(k in state for k in ("step", "data", "config")):
+            raise ValueError("step, data or config missing")
+        return state
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InputError(f"{file} is damaged ({e}): resume from an earlier checkpoint (--resume {ckpt.parent}/step_...)"
+                         ) from None
+
+
+def _load(file: Path) -> Any:
+    """torch.load of a checkpoint file (tensors and plain containers only), or a one-line error naming it."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{file} is missing: the checkpoint is incomplete; resume from an earlier one "
+                         f"(--resume {file.parent.parent}/step_...)") from None
+    except Exception as e:  # zip, unpickling and EOF errors of a damaged file: torch raises many kinds
+        raise InputError(f"{file} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:160]}): resume from an "
+                         f"earlier checkpoint (--resume {file.parent.parent}/step_...)") from None
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why `ckpt` cannot be resumed (a missing or truncated file, a damaged trainer_state.json), or
+    None when every file is there whole. Cheap: it reads headers and zip directories, not tensors."""
+    try:
+        state = read_trainer_state(ckpt)
+    except InputError:
+        return "trainer_state.json is damaged"
+    weights = ckpt / "adapter" if (ckpt / "adapter").is_dir() else ckpt / "model"
+    try:
+        check_weight_files(weights)
+    except InputError as e:
+        return str(e)
+    ranks = state.get("ranks", 1)
+    names = [f"{n}.pt" for n in ("optimizer", "rng")] if ranks == 1 else \
+        [f"{n}_rank{r}.pt" for n in ("optimizer", "rng") for r in range(ranks)]
+    for name in names:
+        file = ckpt / name
+        if not file.is_file():
+            return f"{name} is missing"
+        try:  # torch.save writes a zip archive; a truncated one has no central directory
+            with zipfile.ZipFile(file) as archive:
+                end = max((i.header_offset + i.compress_size for i in archive.infolist()), default=0)
+            if end > file.stat().st_size:
+                return f"{name} is truncated"
+        except (zipfile.BadZipFile, OSError) as e:
+            return f"{name} is damaged ({e})"
+    return None
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -144,14 +213,27 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(path: str | Path) -> Path:
-    """`path` may be a run directory or one checkpoint directory; returns the checkpoint to resume."""
+    """`path` may be a run directory or one checkpoint directory; returns the checkpoint to resume:
+    the newest whose files are all there and whole. Damaged newer ones are skipped, saying why."""
     path = Path(path)
+    if not path.exists():
+        raise MissingInput(f"{path} does not exist: pass the run directory (train.out_dir) of the run to continue")
     if (path / "trainer_state.json").is_file():
+        problem = checkpoint_problem(path)
+        if problem:
+            raise InputError(f"checkpoint {path} cannot be resumed: {problem}; pass its run directory to resume from "
+                             "the newest intact checkpoint")
         return path
     found = list_checkpoints(path)
     if not found:
         raise MissingInput(f"no complete checkpoint under {path}: pass a run directory (train.out_dir) that has checkpoints/step_*/")
-    return found[-1]
+    for ckpt in reversed(found):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt
+        if int(os.environ.get("RANK", 0)) == 0:  # torchrun: every rank finds the same; one says so
+            print(f"skipping {ckpt}: {problem}", file=sys.stderr, flush=True)
+    raise InputError(f"no checkpoint under {path} can be resumed (each is damaged, see above): start a new run")
 
 
 def refuse_to_overwrite(run_dir: Path) -> None:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from qwen2 import Qwen2, Qwen2Config
+from qwen2.errors import InputError
 from qwen2.lora import add_lora
 from qwen2.shared_prefix import block_attention_bound
 
@@ -190,6 +191,32 @@ HOST_OVERHEAD_GB = 3.0
 def host_ram_gb() -> float:
     """Physical memory of this machine in GB."""
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GB
+
+
+def check_fits(cfg: Config, mc: Qwen2Config, device: torch.device, ranks: int = 1) -> None:
+    """Refuse, in one line and before anything is allocated, a run this machine cannot hold: prompts
+    plus completions longer than the model's positions, or a memory plan larger than the GPU (or, on
+    a CPU, the RAM). Only a certain failure is refused: the plan is compared with the whole memory,
+    without the overheads --dry-run adds for its verdict."""
+    longest = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    if longest > mc.max_position_embeddings:
+        raise InputError(f"data.max_prompt_tokens + rollout.max_new_tokens = {longest} exceeds the model's "
+                         f"{mc.max_position_embeddings} positions (max_position_embeddings): lower rollout.max_new_tokens")
+    on_gpu = device.type == "cuda"
+    items = plan_memory(cfg, mc, device="cuda" if on_gpu else "cpu", ranks=ranks)
+    host = sum(i.cpu for i in items) * ranks  # every rank's host memory shares the machine's RAM
+    if on_gpu:
+        checks = [(peak_gpu(items), torch.cuda.get_device_properties(device).total_memory, "GPU memory")]
+    else:
+        host += peak_gpu(items) * ranks
+        checks = []
+    checks.append((host, host_ram_gb() * GB, "RAM"))
+    for need, have, what in checks:
+        if need > have:
+            big = max(items, key=lambda i: i.gpu if what == "GPU memory" else i.gpu + i.cpu)
+            raise InputError(f"this run needs about {need / GB:.1f} GB of {what} at its peak (the largest part: {big.name}), "
+                             f"more than the {have / GB:.1f} GB here: try " + "; or ".join(gpu_memory_advice(cfg))
+                             + " (python train.py --dry-run shows the whole plan)")
 
 
 def gpu_memory_advice(cfg: Config) -> list[str]:

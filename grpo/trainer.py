@@ -36,7 +36,7 @@ from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from data.gsm8k import Problem, load_gsm8k
-from qwen2 import Qwen2, Tokenizer, load_model
+from qwen2 import Qwen2, Qwen2Config, Tokenizer, load_model
 from qwen2.errors import InputError, MissingInput
 from qwen2.lora import adapters_disabled, add_lora, load_adapter
 
@@ -48,6 +48,7 @@ from .config import Config
 from .distributed import Dist, check_distributed, full_weights, in_lockstep, shard
 from .evaluate import evaluate
 from .interrupt import Interrupt
+from .memory import check_fits
 from .logprobs import micro_batch_logprobs
 from .loss import PolicyLoss, policy_loss, top_entropy_mask, truncated_importance_weights
 from .optim import OffloadAdamW
@@ -109,6 +110,7 @@ class Trainer:
             raise MissingInput(f"model.path {model_dir} not found: run python download.py, or point "
                                     "--set model.path=DIR at a Hugging Face Qwen2 checkpoint directory "
                                     "(python scripts/tiny_recipe.py builds an offline tiny one)")
+        check_fits(cfg, Qwen2Config.from_json(model_dir), self.device, dist.world)  # before anything is allocated
         load_to = "cpu" if dist.launched else self.device  # torchrun: each rank shards the CPU copy onto its device
         self.model = load_model(model_dir, device=load_to, dtype=self.dtype)
         if ckpt and lora.rank:
@@ -148,8 +150,14 @@ class Trainer:
             state = restore_checkpoint(ckpt, self.out_dir, self.optimizer, self.scheduler, self.generator, dist)
             self.step = state.step
             self.data = DataOrder(len(self.train_set), cfg.train.seed, **state.data)
+            # The optimizer's settings are the config's (the run's own, unless --set changed one).
+            self.scheduler.base_lrs = [optim.lr] * len(self.optimizer.param_groups)
+            for group in self.optimizer.param_groups:
+                group.update(initial_lr=optim.lr, lr=optim.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch),
+                             betas=(optim.beta1, optim.beta2), eps=optim.eps, weight_decay=optim.weight_decay)
             self._say(f"resumed from {ckpt} at step {self.step}")
         self.interrupt: Interrupt | None = None
+        self.nonfinite_streak = 0  # steps in a row with non-finite numbers: no checkpoint is written meanwhile
         self.log = RunLog(self.out_dir, cfg)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -164,7 +172,7 @@ class Trainer:
         self.interrupt = interrupt = Interrupt(hold=not self.dist.launched)
         last_saved = self.step
         snapshot = self._capture()  # the state after the last completed step
-        steps_this_run, nonfinite_streak = 0, 0
+        steps_this_run = 0
         if cfg.train.eval_every and cfg.train.eval_at_start and self.step == 0:
             self._evaluate()  # step 0: where the run starts from
         try:
@@ -178,9 +186,9 @@ class Trainer:
                     self.log.step(self.step, result.metrics, result.episodes, result.problems, time.perf_counter() - t0)
                 snapshot = self._capture()
                 interrupt.release()
-                nonfinite_streak = nonfinite_streak + 1 if result.metrics["skipped_nonfinite"] else 0
-                if nonfinite_streak:
-                    self._check_divergence(nonfinite_streak)
+                self.nonfinite_streak = self.nonfinite_streak + 1 if result.metrics["skipped_nonfinite"] else 0
+                if self.nonfinite_streak:
+                    self._check_divergence()
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
                     self._evaluate()
                 if (self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps) and self._save(snapshot):
@@ -241,7 +249,8 @@ class Trainer:
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics.update(asdict(update.stats))
         metrics["trained_episodes"] = trained
-        metrics["skipped_nonfinite"] = int(update.skipped)
+        # A diverged model shows first in the sampler (non-finite logits: NaN entropy), then in the loss.
+        metrics["skipped_nonfinite"] = int(update.skipped or not math.isfinite(metrics["entropy"]))
         if trained:
             # Tokens one forward pass over the batch pushes through the model, and what the padded
             # layout (one [left-padded prompt | completion] row per episode) would push.
@@ -397,26 +406,27 @@ class Trainer:
         return TrainingState.capture(self.step, self.data.state(), self.generator)
 
     def _save(self, state: TrainingState) -> bool:
-        """Write the checkpoint of `state`, unless the weights are not finite (then nothing is written)."""
+        """Write the checkpoint of `state`, unless the step had non-finite numbers or the weights are
+        not finite (a diverging run): then nothing is written, and the newest checkpoint stays good."""
         local_bad = sum(int(not torch.isfinite(p.detach()).all()) for p in self.model.parameters() if p.requires_grad)
-        if self.dist.sum([local_bad])[0]:
-            self._say(f"not saving step {state.step}: the weights are not finite (the last saved checkpoint stays the newest)")
+        if self.nonfinite_streak or self.dist.sum([local_bad])[0]:
+            self._say(f"not saving step {state.step}: its numbers are not finite (the newest checkpoint stays the last good one)")
             return False
         path = save_checkpoint(self.out_dir, state, self.model, self.tokenizer, self.optimizer, self.scheduler,
                                self.cfg.to_dict(), self.dist, keep=self.cfg.train.keep_checkpoints)
         self._say(f"saved {path}")
         return True
 
-    def _check_divergence(self, streak: int) -> None:
+    def _check_divergence(self) -> None:
         """A step whose update was refused as non-finite: say so; after train.max_nonfinite_steps such
         steps in a row, stop the run (nothing more is saved: the last checkpoint is the last good one)."""
-        limit = self.cfg.train.max_nonfinite_steps
-        self._say(f"step {self.step}: non-finite loss or gradient norm, update skipped ({streak} in a row; "
-                  f"the run stops at {limit})")
+        limit, streak = self.cfg.train.max_nonfinite_steps, self.nonfinite_streak
+        self._say(f"step {self.step}: non-finite numbers (sampler logits, loss or gradient norm), no update applied "
+                  f"({streak} in a row; the run stops at {limit})")
         if streak >= limit:
             ckpts = list_checkpoints(self.out_dir)
             last = f"the last good checkpoint is {ckpts[-1]}" if ckpts else "no checkpoint was saved"
-            raise Diverged(f"{streak} steps in a row (to step {self.step}) had a non-finite loss or gradient norm: "
+            raise Diverged(f"{streak} steps in a row (to step {self.step}) had non-finite numbers: "
                            f"the run diverged and stops ({last}). Lower optim.lr (now {self.cfg.optim.lr:g}) or "
                            f"check the data, then start again or continue with --resume {self.out_dir}")
 

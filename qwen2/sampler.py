@@ -84,7 +84,9 @@ def sample_from_probs(probs: Tensor, generator: torch.Generator | None = None) -
     """
     cdf = probs.cumsum_(-1)  # in place: no second (B, V) buffer
     u = 1.0 - torch.rand((probs.shape[0], 1), generator=generator, device=probs.device)  # in (0, 1]
-    return torch.searchsorted(cdf, u * cdf[:, -1:])[:, 0]
+    # The clamp only matters for a row of NaN probabilities (a diverged model): its draw is then some
+    # valid token instead of an index past the vocabulary; the trainer refuses the step's update.
+    return torch.searchsorted(cdf, u * cdf[:, -1:])[:, 0].clamp_(max=probs.shape[-1] - 1)
 
 
 def sample_next(logits: Tensor, sampling: SamplingParams, generator: torch.Generator | None = None) -> Tensor:
@@ -143,6 +145,10 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
         raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
     device = model.lm_head.weight.device
     N = len(prompts)
+    longest, limit = max(len(p) for p in prompts), model.config.max_position_embeddings
+    if longest + max_new_tokens > limit:
+        raise InputError(f"a prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the model's "
+                         f"{limit} positions (max_position_embeddings): generate fewer tokens or shorten the prompt")
 
     # 1. Prefill each distinct prompt once, then fan its cache out to the rows that share it.
     distinct: dict[tuple[int, ...], int] = {}

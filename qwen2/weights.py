@@ -33,7 +33,10 @@ class CheckpointError(InputError):
 def _checkpoint_files(path: Path) -> list[Path]:
     index = path / INDEX_FILE
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index} is damaged ({e}): re-run python download.py") from None
         files = [path / name for name in sorted(set(weight_map.values()))]
         for f in files:
             if not f.is_file():
@@ -59,6 +62,29 @@ def _read_header(file: Path) -> dict[str, torch.Size]:
     if file.stat().st_size < 8 + n + end:
         raise CheckpointError(f"{file} is truncated ({file.stat().st_size} bytes, header needs {8 + n + end}): delete it and re-run python download.py")
     return {name: torch.Size(t["shape"]) for name, t in header.items()}
+
+
+def check_weight_files(path: str | os.PathLike) -> None:
+    """A one-line CheckpointError when a model directory (or a LoRA adapter directory) lacks a file or
+    holds a damaged or truncated one. Reads headers only, so it is cheap for any model size."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is missing")
+    if (path / "adapter_config.json").is_file():  # a PEFT adapter directory (qwen2/lora.py)
+        files = [path / "adapter_model.safetensors"]
+        if not files[0].is_file():
+            raise CheckpointError(f"{files[0]} is missing")
+    else:
+        Qwen2Config.from_json(path / "config.json")
+        files = _checkpoint_files(path)
+    for f in files:
+        _read_header(f)
+    tokenizer = path / "tokenizer.json"
+    if tokenizer.is_file():
+        try:
+            json.loads(tokenizer.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise CheckpointError(f"{tokenizer} is damaged ({e})") from None
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Qwen2:

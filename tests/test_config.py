@@ -52,7 +52,7 @@ def test_bad_set_value_is_one_line():
 
 
 def test_sampling_parameters_are_checked():
-    with pytest.raises(ConfigError, match="rollout.top_k must be >= 0"):
+    with pytest.raises(ConfigError, match=re.escape("rollout.top_k must be in [0, ")):
         load_config(ROOT / "config.yaml", ["rollout.top_k=-1"])
     assert load_config(ROOT / "config.yaml", ["rollout.top_k=5", "rollout.top_p=0.9"]).rollout.sampling.top_k == 5
 
@@ -63,7 +63,7 @@ def test_sampling_parameters_are_checked():
     ("grpo.loss=gspo", "grpo.loss must be one of ppo_clip, cispo"),
     ("grpo.ratio_level=episode", "grpo.ratio_level must be one of token, sequence"),
     ("grpo.top_entropy_quantile=0", "grpo.top_entropy_quantile must be in (0, 1]"),
-    ("grpo.old_logprobs=vllm", "grpo.old_logprobs must be recompute or sampler"),
+    ("grpo.old_logprobs=vllm", "grpo.old_logprobs must be one of recompute, sampler"),
     ("reward.overlong={max_tokens: 10, buffer: 20}", "reward.overlong needs 0 <= buffer <= max_tokens"),
     ("reward.overlong.max_tokens=10", "reward.overlong.buffer must be > 0 when max_tokens is set"),
 ])
@@ -92,4 +92,4 @@ def test_the_command_line_prints_a_bad_setting_as_one_line():
     res = subprocess.run([sys.executable, "train.py", "--dry-run", "--set", "grpo.loss=gspo"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert res.stderr.strip() == "error: grpo.loss must be one of ppo_clip, cispo"
+    assert res.stderr.strip() == "error: grpo.loss must be one of ppo_clip, cispo, got 'gspo'"

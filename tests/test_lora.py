@@ -136,7 +136,7 @@ def test_merge_script_writes_a_model_transformers_loads(tmp_path, tiny_model):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("model.lora.targets=[q_proj, qkv_proj]", "unknown model.lora.targets qkv_proj; valid: q_proj, k_proj"),
+    ("model.lora.targets=[q_proj, qkv_proj]", "model.lora.targets must be a non-empty selection of q_proj, k_proj.*unknown: qkv_proj"),
     ("model.lora.dropout=0.1", "model.lora.dropout > 0 cannot serve grpo.updates_per_batch > 1"),
 ])
 def test_lora_settings_that_cannot_work_are_one_line(override, message):
