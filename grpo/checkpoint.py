@@ -199,7 +199,7 @@ def checkpoint_problem(ckpt: Path) -> str | None:
             if end > file.stat().st_size:
                 return f"{name} is truncated"
         except (zipfile.BadZipFile, OSError) as e:
-            return f"{name} is damaged ({e})"
+            return f"{name} is truncated or damaged ({e})"
     return None
 
 
