@@ -103,9 +103,11 @@ def _per_rank(name: str, dist: Dist) -> str:
 
 
 def restore_checkpoint(ckpt: Path, run_dir: str | Path, optimizer: torch.optim.Optimizer, scheduler: Any,
-                       generator: torch.Generator, dist: Dist) -> TrainingState:
+                       generator: torch.Generator, dist: Dist, settings: Any = None) -> TrainingState:
     """Put optimizer, LR schedule and RNGs back as they were at `ckpt`, and drop the lines of
-    `run_dir`'s logs that belong to later steps. The model itself is loaded from ckpt/'model'."""
+    `run_dir`'s logs that belong to later steps. The model itself is loaded from ckpt/'model'.
+    `settings` (the config's optim section) then overrides the optimizer's saved hyperparameters:
+    they are the run's own unless `--set` changed one on resuming, which must take effect."""
     saved = read_trainer_state(ckpt)
     ranks = saved.get("ranks", 1)  # checkpoints from before multi-process runs: one
     if ranks != dist.world:
@@ -119,6 +121,12 @@ def restore_checkpoint(ckpt: Path, run_dir: str | Path, optimizer: torch.optim.O
         scheduler.load_state_dict(opt_state["scheduler"])
         generator.set_state(rng["sampler"])
         torch.set_rng_state(rng["torch"])
+        if settings is not None:
+            scheduler.base_lrs = [settings.lr] * len(optimizer.param_groups)
+            factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+            for group in optimizer.param_groups:
+                group.update(initial_lr=settings.lr, lr=settings.lr * factor, betas=(settings.beta1, settings.beta2),
+                             eps=settings.eps, weight_decay=settings.weight_decay)
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
         raise InputError(f"{ckpt} does not match this run's model and optimizer ({e}): resume it with the settings "
                          "it was trained with, or start a new run from its model/ folder") from None

@@ -14,6 +14,7 @@ token (logged as `entropy`), so the update need not spend a pass over the vocabu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,10 @@ from data.gsm8k import Problem
 from data.prompts import build_messages, template_tags
 from data.rewards import Score, combined_reward, overlong_penalty
 from qwen2 import GenerationOutput, Qwen2, SamplingParams, Tokenizer, generate
+from qwen2.errors import InputError
+
+if TYPE_CHECKING:
+    from .config import DataConfig
 
 
 @dataclass
@@ -42,6 +47,18 @@ class Episode:
 
 def encode_prompt(tokenizer: Tokenizer, question: str, template: str) -> list[int]:
     return tokenizer.encode(tokenizer.apply_chat_template(build_messages(question, template), add_generation_prompt=True))
+
+
+def problems_that_fit(problems: list[Problem], tokenizer: Tokenizer, data: DataConfig) -> list[Problem]:
+    """The training problems whose chat prompt has at most data.max_prompt_tokens tokens."""
+    limit = data.max_prompt_tokens
+    kept = [p for p in problems if len(encode_prompt(tokenizer, p.question, data.template)) <= limit]
+    if len(kept) < len(problems):
+        print(f"skipping {len(problems) - len(kept)} of {len(problems)} training problems longer than "
+              f"data.max_prompt_tokens={limit}")
+    if not kept:
+        raise InputError(f"no training problem in {data.train_file} fits data.max_prompt_tokens={limit}: raise it")
+    return kept
 
 
 @torch.no_grad()

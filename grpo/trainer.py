@@ -36,25 +36,24 @@ from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from data.gsm8k import Problem, load_gsm8k
-from qwen2 import Qwen2, Qwen2Config, Tokenizer, load_model
-from qwen2.errors import InputError, MissingInput
-from qwen2.lora import adapters_disabled, add_lora, load_adapter
+from qwen2 import Qwen2
+from qwen2.lora import adapters_disabled
 
 from .advantages import group_advantages
 from .batch import Batch, MicroBatch, build_batch, filler_batch, micro_batches, padded_tokens
 from .checkpoint import (TrainingState, latest_checkpoint, list_checkpoints, refuse_to_overwrite, restore_checkpoint,
                          save_checkpoint)
 from .config import Config
-from .distributed import Dist, check_distributed, full_weights, in_lockstep, shard
+from .distributed import Dist, check_distributed, full_weights, in_lockstep
 from .evaluate import evaluate
 from .interrupt import Interrupt
-from .memory import check_fits
 from .logprobs import micro_batch_logprobs
 from .loss import PolicyLoss, policy_loss, top_entropy_mask, truncated_importance_weights
 from .optim import OffloadAdamW
-from .rollout import Episode, encode_prompt, sample_groups, score_groups
+from .policy import load_policy
+from .rollout import Episode, problems_that_fit, sample_groups, score_groups
 from .run_log import PhaseTimer, RunLog, rollout_metrics
-from .runtime import cpu_warning, enable_activation_checkpointing, resolve_device
+from .runtime import resolve_device
 from .schedule import DataOrder, lr_factor
 
 
@@ -101,38 +100,9 @@ class Trainer:
             refuse_to_overwrite(self.out_dir)
 
         ckpt = latest_checkpoint(resume) if resume else None
-        lora = cfg.model.lora
-        if ckpt and (ckpt / "adapter").is_dir() != bool(lora.rank):
-            raise InputError(f"{ckpt} was trained {'with' if lora.rank == 0 else 'without'} LoRA: resume it with "
-                             "its own model.lora settings")
-        model_dir = ckpt / "model" if ckpt and not lora.rank else Path(cfg.model.path)
-        if not model_dir.is_dir():
-            raise MissingInput(f"model.path {model_dir} not found: run python download.py, or point "
-                                    "--set model.path=DIR at a Hugging Face Qwen2 checkpoint directory "
-                                    "(python scripts/tiny_recipe.py builds an offline tiny one)")
-        check_fits(cfg, Qwen2Config.from_json(model_dir), self.device, dist.world)  # before anything is allocated
-        load_to = "cpu" if dist.launched else self.device  # torchrun: each rank shards the CPU copy onto its device
-        self.model = load_model(model_dir, device=load_to, dtype=self.dtype)
-        if ckpt and lora.rank:
-            load_adapter(self.model, ckpt / "adapter")
-        elif lora.rank:  # B = 0: training starts from the base model exactly
-            add_lora(self.model, lora.rank, lora.alpha, lora.targets, lora.dropout,
-                     generator=torch.Generator(device=self.device).manual_seed(cfg.train.seed))
-        warning = cpu_warning(self.device, self.dtype, sum(p.numel() for p in self.model.parameters()))
-        if warning:
-            print(warning, file=sys.stderr, flush=True)
-        self.tokenizer = Tokenizer.from_pretrained(model_dir)
-        self.ref_model = None
-        if cfg.grpo.beta > 0 and not lora.rank:  # frozen initial policy for the KL term (LoRA: adapters off)
-            self.ref_model = load_model(cfg.model.path, device=load_to, dtype=self.dtype).requires_grad_(False)
-        if cfg.model.activation_checkpointing:
-            enable_activation_checkpointing(self.model)
-        if dist.launched:
-            for model in (self.model, self.ref_model):
-                if model is not None:
-                    shard(model, dist)
+        self.model, self.ref_model, self.tokenizer = load_policy(cfg, ckpt, dist)
 
-        self.train_set = self._load_problems(cfg.data.train_file)
+        self.train_set = problems_that_fit(load_gsm8k(cfg.data.train_file), self.tokenizer, cfg.data)
         self.eval_set = load_gsm8k(cfg.data.test_file)[:cfg.train.eval_size] if cfg.train.eval_every else []
 
         optim = cfg.optim
@@ -147,14 +117,9 @@ class Trainer:
         self.data = DataOrder(len(self.train_set), cfg.train.seed)
         self.step = 0
         if ckpt:
-            state = restore_checkpoint(ckpt, self.out_dir, self.optimizer, self.scheduler, self.generator, dist)
+            state = restore_checkpoint(ckpt, self.out_dir, self.optimizer, self.scheduler, self.generator, dist, optim)
             self.step = state.step
             self.data = DataOrder(len(self.train_set), cfg.train.seed, **state.data)
-            # The optimizer's settings are the config's (the run's own, unless --set changed one).
-            self.scheduler.base_lrs = [optim.lr] * len(self.optimizer.param_groups)
-            for group in self.optimizer.param_groups:
-                group.update(initial_lr=optim.lr, lr=optim.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch),
-                             betas=(optim.beta1, optim.beta2), eps=optim.eps, weight_decay=optim.weight_decay)
             self._say(f"resumed from {ckpt} at step {self.step}")
         self.interrupt: Interrupt | None = None
         self.nonfinite_streak = 0  # steps in a row with non-finite numbers: no checkpoint is written meanwhile
@@ -387,18 +352,6 @@ class Trainer:
         """Log-probs (e, width) of a micro-batch's completion tokens under `model` (no gradients)."""
         logp, _ = micro_batch_logprobs(model, micro, self.cfg.rollout.temperature, self.cfg.grpo.logprob_chunk)
         return logp
-
-    # -- setup -----------------------------------------------------------------------------------
-
-    def _load_problems(self, path: str) -> list[Problem]:
-        problems = load_gsm8k(path)
-        limit = self.cfg.data.max_prompt_tokens
-        kept = [p for p in problems if len(encode_prompt(self.tokenizer, p.question, self.cfg.data.template)) <= limit]
-        if len(kept) < len(problems):
-            print(f"skipping {len(problems) - len(kept)} of {len(problems)} training problems longer than data.max_prompt_tokens={limit}")
-        if not kept:
-            raise InputError(f"no training problem in {path} fits data.max_prompt_tokens={limit}: raise it")
-        return kept
 
     # -- checkpoints, evaluation, logs ------------------------------------------------------------
 

@@ -68,12 +68,12 @@ def test_host_reads_of_one_update_do_not_grow_with_the_micro_batches(tmp_path, t
 
 
 def test_an_internal_error_during_setup_keeps_its_traceback(tmp_path, tiny_model, monkeypatch, capsys):
-    import grpo.trainer
+    import grpo.policy
 
     def broken_loader(*args, **kwargs):
         raise ValueError("an internal bug, not the user's input")
 
-    monkeypatch.setattr(grpo.trainer, "load_model", broken_loader)
+    monkeypatch.setattr(grpo.policy, "load_model", broken_loader)
     with pytest.raises(ValueError, match="an internal bug"):  # not swallowed into a one-line "error:"
         train.main(["--config", str(write_config(tmp_path, tiny_model))])
     assert "error:" not in capsys.readouterr().err

@@ -1,0 +1,64 @@
+"""The models a run trains and scores with: the policy, its tokenizer and, for the KL term, the
+frozen reference, loaded the way the config and the checkpoint say.
+
+    model, ref_model, tokenizer = load_policy(cfg, ckpt, dist)
+
+The policy comes from the checkpoint being resumed (`ckpt/model`), else from `model.path`; with
+LoRA it is always the base of `model.path` plus the adapters (from `ckpt/adapter`, or new ones with
+B = 0, so training starts from the base exactly). Before a weight is read, the memory plan is
+checked against the machine (grpo/memory.py: a run that cannot fit is one line, not an
+out-of-memory error minutes later). The reference exists only for grpo.beta > 0 without LoRA (with
+LoRA the base, adapters off, is the reference). Activation checkpointing and, under torchrun,
+FSDP2 sharding are applied here.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from qwen2 import Qwen2, Qwen2Config, Tokenizer, load_model
+from qwen2.errors import InputError, MissingInput
+from qwen2.lora import add_lora, load_adapter
+
+from .config import Config
+from .distributed import Dist, shard
+from .memory import check_fits
+from .runtime import cpu_warning, enable_activation_checkpointing
+
+
+def load_policy(cfg: Config, ckpt: Path | None, dist: Dist) -> tuple[Qwen2, Qwen2 | None, Tokenizer]:
+    """(policy, reference or None, tokenizer), on `dist.device` (sharded under torchrun)."""
+    lora, dtype = cfg.model.lora, getattr(torch, cfg.model.dtype)
+    if ckpt and (ckpt / "adapter").is_dir() != bool(lora.rank):
+        raise InputError(f"{ckpt} was trained {'with' if lora.rank == 0 else 'without'} LoRA: resume it with "
+                         "its own model.lora settings")
+    model_dir = ckpt / "model" if ckpt and not lora.rank else Path(cfg.model.path)
+    if not model_dir.is_dir():
+        raise MissingInput(f"model.path {model_dir} not found: run python download.py, or point "
+                           "--set model.path=DIR at a Hugging Face Qwen2 checkpoint directory "
+                           "(python scripts/tiny_recipe.py builds an offline tiny one)")
+    check_fits(cfg, Qwen2Config.from_json(model_dir), dist.device, dist.world)  # before anything is allocated
+    load_to = "cpu" if dist.launched else dist.device  # torchrun: each rank shards the CPU copy onto its device
+    model = load_model(model_dir, device=load_to, dtype=dtype)
+    if ckpt and lora.rank:
+        load_adapter(model, ckpt / "adapter")
+    elif lora.rank:  # B = 0: training starts from the base model exactly
+        add_lora(model, lora.rank, lora.alpha, lora.targets, lora.dropout,
+                 generator=torch.Generator(device=dist.device).manual_seed(cfg.train.seed))
+    warning = cpu_warning(dist.device, dtype, sum(p.numel() for p in model.parameters()))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    tokenizer = Tokenizer.from_pretrained(model_dir)
+    ref_model = None
+    if cfg.grpo.beta > 0 and not lora.rank:  # frozen initial policy for the KL term (LoRA: adapters off)
+        ref_model = load_model(cfg.model.path, device=load_to, dtype=dtype).requires_grad_(False)
+    if cfg.model.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    if dist.launched:
+        for m in (model, ref_model):
+            if m is not None:
+                shard(m, dist)
+    return model, ref_model, tokenizer
