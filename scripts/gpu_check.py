@@ -47,7 +47,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import subprocess
@@ -196,23 +195,46 @@ def phases(step: dict[str, Any]) -> str:
 # -- the steps ----------------------------------------------------------------------------------------
 
 
+def pytest_counts(junit: Path) -> tuple[dict[str, int], list[str]]:
+    """Counts of passed/failed/errors/skipped tests from pytest's own --junitxml report, and the
+    reasons tests were skipped."""
+    import xml.etree.ElementTree as ET
+
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    reasons = []
+    if not junit.is_file():
+        return counts, reasons
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        kinds = [child.tag for child in case]
+        if "failure" in kinds:
+            counts["failed"] += 1
+        elif "error" in kinds:
+            counts["errors"] += 1
+        elif "skipped" in kinds:
+            counts["skipped"] += 1
+            reasons.append(case.find("skipped").get("message", ""))
+        else:
+            counts["passed"] += 1
+    return counts, reasons
+
+
 def step_cuda_tests(ctx: Context) -> list[Row]:
     env = {SMOKE_ENV: "1"} if ctx.smoke else {}
-    child = run_child(ctx, "cuda-tests", ["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+    ctx.work.mkdir(parents=True, exist_ok=True)
+    junit = ctx.work / "cuda-tests.xml"
+    child = run_child(ctx, "cuda-tests", ["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={junit}",
                                           "tests/test_gpu.py", "tests/test_optim.py"], ctx.timeout("cuda-tests"), env)
-    counts = {}
-    for line in child.stdout.splitlines()[-5:]:
-        for n, what in re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)", line):
-            counts[what] = int(n)
-    needs_cuda = sum(int(n) for n in re.findall(r"SKIPPED \[(\d+)\][^\n]*needs CUDA", child.stdout))
-    figure = ", ".join(f"{n} {what}" for what, n in counts.items()) or child.why()
+    counts, reasons = pytest_counts(junit)
+    needs_cuda = sum("needs CUDA" in r for r in reasons)
+    figure = ", ".join(f"{n} {what}" for what, n in counts.items() if n) or child.why()
     if needs_cuda:
         figure += f" ({needs_cuda} need CUDA)"
     figure += f" in {child.seconds:.0f} s"
+    ran = sum(counts.values()) > 0
     if ctx.smoke:  # test_gpu.py runs on the CPU; test_optim.py's CUDA tests are skipped
-        ok, target = child.rc == 0, "all pass (smoke: test_gpu.py on the CPU)"
+        ok, target = child.rc == 0 and ran, "all pass (smoke: test_gpu.py on the CPU)"
     else:
-        ok, target = child.rc == 0 and not needs_cuda, "all pass, none skipped"
+        ok, target = child.rc == 0 and ran and not needs_cuda, "all pass, none skipped"
     return [Row("CUDA tests: tests/test_gpu.py + tests/test_optim.py", "PASS" if ok else "FAIL", figure, target)]
 
 
