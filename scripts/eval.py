@@ -31,7 +31,7 @@ from grpo.evaluate import evaluate
 from grpo.runtime import DTYPES, resolve_device
 from qwen2 import SamplingParams, Tokenizer
 from qwen2.lora import load_adapted_model
-from qwen2.errors import InputError, MissingInput
+from qwen2.errors import MissingInput, run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,11 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     """main() with bad input turned into one line on stderr and exit status 2."""
-    try:
-        return main(argv)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(lambda: main(argv))
 
 
 if __name__ == "__main__":

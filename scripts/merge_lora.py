@@ -18,7 +18,7 @@ from pathlib import Path
 
 from qwen2 import Tokenizer, load_model, save_model
 from qwen2.lora import load_adapter, merge_lora, read_adapter_config
-from qwen2.errors import InputError, MissingInput
+from qwen2.errors import InputError, MissingInput, run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,8 +47,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_command(main))

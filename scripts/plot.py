@@ -20,7 +20,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from qwen2.errors import InputError, MissingInput
+from qwen2.errors import InputError, MissingInput, run_command
 
 
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
@@ -119,8 +119,4 @@ def main(argv: list[str] | None = None) -> Path | None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_command(main))

@@ -55,7 +55,7 @@ from grpo.rollout import encode_prompt
 from grpo.runtime import DTYPES, enable_activation_checkpointing, resolve_device
 from grpo.schedule import DataOrder, lr_factor
 from qwen2 import Qwen2, Tokenizer, load_model, pad_batch, save_model
-from qwen2.errors import InputError
+from qwen2.errors import InputError, run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -263,8 +263,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_command(main))

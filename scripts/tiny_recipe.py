@@ -62,7 +62,7 @@ from grpo.evaluate import evaluate
 from qwen2 import Qwen2, Qwen2Config, Tokenizer, save_model
 from qwen2.lora import load_adapted_model
 from qwen2.bpe_trainer import train_bpe_tokenizer
-from qwen2.errors import InputError
+from qwen2.errors import InputError, run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -341,8 +341,4 @@ def format_table(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_command(main))
