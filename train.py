@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ram-gb", type=float, default=None, help="with --dry-run: CPU RAM in GB (default: this machine's)")
     ap.add_argument("--ranks", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
                     help="with --dry-run: plan per GPU for this many torchrun processes (default: WORLD_SIZE, else 1)")
+    ap.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="torch CPU threads (default: 1 for a CPU run of a model under 100M parameters, else torch's)")
     ap.add_argument("--stop-after", type=int, default=None, metavar="N",
                     help="stop (with a checkpoint) after N steps of this run, e.g. to fit a job time limit")
     return ap.parse_args(argv)
@@ -60,7 +62,10 @@ def setup(args: argparse.Namespace):
                           ranks=args.ranks))
         return cfg, None
     from grpo.distributed import init_from_env, launched_by_torchrun
+    from grpo.runtime import choose_cpu_threads, model_size, resolve_device
     from grpo.trainer import Trainer
+
+    choose_cpu_threads(resolve_device(cfg.model.device), model_size(cfg.model.path), args.threads)
 
     dist = init_from_env(cfg.model.device) if launched_by_torchrun() else None  # torchrun: one rank of several
     return cfg, Trainer(cfg, resume=resume, dist=dist)

@@ -7,10 +7,12 @@ Simplification: one device per process (no model parallelism).
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from qwen2 import Qwen2
+from qwen2 import Qwen2, Qwen2Config
 from qwen2.errors import InputError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -37,6 +39,36 @@ def resolve_device(name: str) -> torch.device:
     elif device.type != "cpu":
         raise InputError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     return device
+
+
+SMALL_MODEL_PARAMS = 100e6  # below this, one CPU thread is as fast as several (docs/benchmarks.md)
+
+
+def choose_cpu_threads(device: torch.device, num_params: int | None, requested: int | None = None) -> int:
+    """Set and return torch's CPU thread count for a run on `device`.
+
+    `requested` (a --threads switch) wins, then OMP_NUM_THREADS; otherwise a CPU run of a small
+    model gets one thread. Such models run a stream of small ops, which gain nothing from a second
+    thread, and lose badly when another process is busy on a core: every op then waits at a
+    barrier for a thread the OS has descheduled (measured: the tiny recipe's GRPO stage ran 2x
+    slower with the other core busy, docs/benchmarks.md). GPU runs keep torch's default.
+    """
+    if requested is not None:
+        if requested < 1:
+            raise InputError(f"--threads must be >= 1, got {requested}")
+        torch.set_num_threads(requested)
+    elif "OMP_NUM_THREADS" not in os.environ and device.type == "cpu" and num_params is not None \
+            and num_params < SMALL_MODEL_PARAMS:
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
+
+
+def model_size(path: str | os.PathLike) -> int | None:
+    """Parameters of the checkpoint at `path` from its config.json (None when there is none yet)."""
+    try:
+        return Qwen2Config.from_json(path).num_params
+    except (InputError, OSError):
+        return None  # a missing or bad model directory gets its own one-line error when it is loaded
 
 
 def cpu_warning(device: torch.device, dtype: torch.dtype, num_params: int) -> str | None:

@@ -28,7 +28,7 @@ from data.gsm8k import load_gsm8k
 from data.prompts import TEMPLATES
 from data.rewards import GSM8K_WEIGHTS
 from grpo.evaluate import evaluate
-from grpo.runtime import DTYPES, resolve_device
+from grpo.runtime import DTYPES, choose_cpu_threads, model_size, resolve_device
 from qwen2 import SamplingParams, Tokenizer
 from qwen2.lora import load_adapted_model
 from qwen2.errors import MissingInput, run_command
@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (with --temperature > 0)")
+    ap.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="torch CPU threads (default: 1 for a CPU run of a model under 100M parameters, else torch's)")
     args = ap.parse_args(argv)
     sampling = SamplingParams(args.temperature, args.top_p, args.top_k)  # checks the ranges
 
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "(the tiny recipe's held-out set is runs/tiny/data/test.jsonl)")
     problems = load_gsm8k(data)[: args.limit]
     device = resolve_device(args.device)
+    base = Path(args.model) if not (Path(args.model) / "adapter_config.json").is_file() else None
+    choose_cpu_threads(device, model_size(base) if base else None, args.threads)
     dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.float32 if device.type == "cpu" else torch.bfloat16)
     model = load_adapted_model(args.model, device=device, dtype=dtype)  # a model, or a LoRA adapter on its base
     tokenizer = Tokenizer.from_pretrained(args.model)
