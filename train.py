@@ -84,10 +84,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg, trainer = setup(args)
     except InputError as e:
-        # Bad input: one line with the cause and what to do, no traceback (under torchrun from rank 0
-        # only: every rank finds the same). Any other exception is a bug and keeps its traceback.
-        if int(os.environ.get("RANK", 0)) == 0:
-            print(f"error: {e}", file=sys.stderr)
+        # Bad input: one line with the cause and what to do, no traceback. Any other exception is a
+        # bug and keeps its traceback. Under torchrun every rank finds the same: rank 0 says it and
+        # fails (so torchrun's exit code says so too, and its summary names the cause); the others
+        # end quietly, so torchrun's report lists one failure, not one per rank.
+        if int(os.environ.get("RANK", 0)) != 0:
+            return 0
+        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("TORCHELASTIC_ERROR_FILE"):  # torchrun's summary then repeats the cause, not "<N/A>"
+            import json
+            import time
+
+            line = {"message": str(e), "extraInfo": {"py_callstack": f"error: {e}", "timestamp": str(int(time.time()))}}
+            Path(os.environ["TORCHELASTIC_ERROR_FILE"]).write_text(json.dumps({"message": line}))
         return 2
     except KeyboardInterrupt:  # before training started: nothing to save
         print("interrupted", file=sys.stderr)
