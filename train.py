@@ -42,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def setup(args: argparse.Namespace):
-    """Config and trainer from the command line; every bad input raises a one-line error here."""
+    """Config and trainer from the command line (with --dry-run: the plan's exit code instead of a
+    trainer, 0 = fits); every bad input raises a one-line error here."""
     config_path, base, resume = args.config, None, None
     if args.resume:
         from grpo.checkpoint import latest_checkpoint, read_trainer_state
@@ -54,13 +55,13 @@ def setup(args: argparse.Namespace):
         config_path = "config.yaml"
     cfg = load_config(config_path, args.overrides, base=base)
     if args.dry_run:
-        from grpo.memory import format_plan, plan_memory
+        from grpo.memory import format_plan, plan_fits, plan_memory
 
         if args.ranks < 1 or cfg.rollout.prompts_per_step % args.ranks:
             raise InputError(f"--ranks {args.ranks} must be >= 1 and divide rollout.prompts_per_step={cfg.rollout.prompts_per_step}")
-        print(format_plan(plan_memory(cfg, ranks=args.ranks), cfg, card_gb=args.card_gb, ram_gb=args.ram_gb,
-                          ranks=args.ranks))
-        return cfg, None
+        items = plan_memory(cfg, ranks=args.ranks)
+        print(format_plan(items, cfg, card_gb=args.card_gb, ram_gb=args.ram_gb, ranks=args.ranks))
+        return cfg, 0 if all(plan_fits(items, args.card_gb, args.ram_gb, args.ranks)) else 1  # scripts can tell
     from grpo.distributed import init_from_env, launched_by_torchrun
     from grpo.runtime import choose_cpu_threads, model_size, resolve_device
     from grpo.trainer import Trainer
@@ -101,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # before training started: nothing to save
         print("interrupted", file=sys.stderr)
         return 130
-    if trainer is None:  # --dry-run: the plan is printed
-        return 0
+    if isinstance(trainer, int):  # --dry-run: the plan is printed; 1 when it does not fit
+        return trainer
     from grpo.trainer import Diverged
 
     try:

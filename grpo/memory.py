@@ -242,15 +242,29 @@ def out_of_memory_message(cfg: Config, step: int) -> str:
             f"--resume {cfg.train.out_dir}")
 
 
+def machine_gb(card_gb: float | None = None, ram_gb: float | None = None) -> tuple[float, float]:
+    """The card and RAM sizes to plan for: as given, else the visible GPU (24 GB without one) and
+    this machine's RAM."""
+    if card_gb is None:
+        card_gb = torch.cuda.get_device_properties(0).total_memory / GB if torch.cuda.is_available() else 24.0
+    return card_gb, host_ram_gb() if ram_gb is None else ram_gb
+
+
+def plan_fits(items: list[Item], card_gb: float | None = None, ram_gb: float | None = None,
+              ranks: int = 1) -> tuple[bool, bool]:
+    """(fits the GPU, fits the RAM): the plan plus the overheads, against the card and the machine."""
+    card_gb, ram_gb = machine_gb(card_gb, ram_gb)
+    host = sum(i.cpu for i in items) * ranks / GB  # all ranks share the machine's RAM
+    return peak_gpu(items) / GB + GPU_OVERHEAD_GB <= card_gb, host + HOST_OVERHEAD_GB <= ram_gb
+
+
 def format_plan(items: list[Item], cfg: Config, card_gb: float | None = None, ram_gb: float | None = None,
                 ranks: int = 1) -> str:
     """The plan as a table, then whether it fits the card (`card_gb`, default: the visible GPU, else
     24) and this machine's RAM (`ram_gb`, default: its physical memory), and what to try if not."""
     gpu_here = torch.cuda.is_available()
-    if card_gb is None:
-        card_gb = torch.cuda.get_device_properties(0).total_memory / GB if gpu_here else 24.0
     ram_source = "this machine; --ram-gb sets it" if ram_gb is None else "--ram-gb"
-    ram_gb = host_ram_gb() if ram_gb is None else ram_gb
+    card_gb, ram_gb = machine_gb(card_gb, ram_gb)
     mc = model_config_for(cfg)
     per = f", per rank of {ranks} (torchrun)" if ranks > 1 else ""
     lines = [f"memory plan: {Path(cfg.model.path).name} ({mc.num_params / 1e9:.2f}B params, {cfg.model.dtype}), "
@@ -261,13 +275,12 @@ def format_plan(items: list[Item], cfg: Config, card_gb: float | None = None, ra
     lines.append(f"  {'GPU peak (larger of rollout and training phase)':50s} {peak:8.2f} {host / ranks:8.2f}")
 
     card = f"a card of {card_gb:.0f} GB" + ("" if gpu_here else " (no GPU here; --card-gb sets the size)")
-    gpu_fits = peak + GPU_OVERHEAD_GB <= card_gb
+    gpu_fits, ram_fits = plan_fits(items, card_gb, ram_gb, ranks)
     if gpu_fits:
         lines.append(f"GPU: fits {card}: {card_gb - GPU_OVERHEAD_GB - peak:.1f} GB to spare after "
                      f"~{GPU_OVERHEAD_GB} GB of CUDA overhead")
     else:
         lines.append(f"GPU: does NOT fit {card}: needs {peak:.1f} GB + ~{GPU_OVERHEAD_GB} GB of CUDA overhead")
-    ram_fits = host + HOST_OVERHEAD_GB <= ram_gb
     need = f"{host:.1f} GB + ~{HOST_OVERHEAD_GB:.0f} GB for the process"
     lines.append(f"CPU RAM: {'fits' if ram_fits else 'does NOT fit'} {ram_gb:.1f} GB ({ram_source}): needs {need}")
     if gpu_fits and ram_fits:

@@ -28,9 +28,10 @@ class MissingInput(InputError, FileNotFoundError):
 
 def run_command(main: Callable[[], int | None]) -> int:
     """Run a command-line `main`: bad input becomes its one line on stderr and exit code 2; any other
-    exception propagates with its traceback. Returns main's exit code (None counts as 0)."""
+    exception propagates with its traceback. Returns main's exit code (anything but an int counts as 0)."""
     try:
-        return main() or 0
+        code = main()
+        return code if isinstance(code, int) else 0
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -82,6 +82,10 @@ def plot(steps: list[dict], evals: list[dict], out: str | Path, *, smooth: int =
     right.plot(ex, ey, "o-", color="tab:green")
     for sx, sy in zip(ex, ey):
         right.annotate(f"{sy:.0%}", (sx, sy), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    if not ex:  # train.eval_every = 0
+        right.text(0.5, 0.5, "no held-out evaluation in this run\n(train.eval_every = 0)", ha="center", va="center",
+                   transform=right.transAxes, color="gray")
+        right.set_xlim(0, max(x, default=1))
     right.set_xlabel("step")
     right.set_ylim(0, 1)
     right.set_title("held-out accuracy (greedy)")
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     ap.add_argument("-o", "--out", default=None, help="PNG path (default: curve.png next to metrics.jsonl)")
     ap.add_argument("--smooth", type=int, default=5, help="moving-average window in steps (default 5)")
     ap.add_argument("--baseline", type=float, default=None, help="held-out accuracy before training, drawn at step 0")
-    ap.add_argument("--title", default=None)
+    ap.add_argument("--title", default=None, help="figure title (default: the run directory's name)")
     args = ap.parse_args(argv)
     if args.smooth < 1:
         ap.error("--smooth must be >= 1")
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         print('matplotlib is not installed, so no plot was drawn: pip install matplotlib (or pip install -e ".[plot]")')
         return None
     out = plot(steps, evals, args.out or Path(args.metrics).with_name("curve.png"), smooth=args.smooth,
-               baseline=args.baseline, title=args.title)
+               baseline=args.baseline, title=args.title or f"GRPO run {'/'.join(Path(args.metrics).resolve().parent.parts[-2:])}")
     print(f"wrote {out}")
     return out
 

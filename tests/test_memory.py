@@ -129,3 +129,11 @@ def test_several_ranks_shard_the_state_and_split_the_rows():
     assert two["weights gathered for sampling"].gpu + two["weights"].gpu == one["weights"].gpu  # full for sampling
     assert two["rollout KV cache"].gpu * 2 == pytest.approx(one["rollout KV cache"].gpu, rel=1e-3)
     assert peak_gpu(list(two.values())) < peak_gpu(list(one.values()))
+
+
+def test_dry_run_exit_code_says_whether_the_plan_fits(capsys):
+    import train
+
+    assert train.main(["--dry-run", "--card-gb", "24", "--ram-gb", "24"]) == 1  # 3B without offload: no
+    assert "does NOT fit" in capsys.readouterr().out
+    assert train.main(["--dry-run", "--set", "optim.offload=true", "--card-gb", "80", "--ram-gb", "200"]) == 0
