@@ -235,7 +235,8 @@ def manual_steps(step: str, model: str, target: Path) -> str:
     """How to place the files of `step` by hand when there is no network."""
     if step == "model":
         return (f"download {', '.join(MODEL_FILES)} from https://huggingface.co/{model} into {target}/ "
-                "by hand, or re-run with --skip-model")
+                "by hand, or re-run with --skip-model; to try the whole pipeline with no download and no GPU: "
+                "python scripts/tiny_recipe.py")
     if step == "gsm8k":
         return (f"put train.jsonl and test.jsonl from https://github.com/openai/grade-school-math "
                 f"(grade_school_math/data/) into {target}/ by hand")
