@@ -11,14 +11,16 @@ recipe's 80 steps, and the variant's `--set` overrides) and the held-out evaluat
 thread, and a finished run is reused when the script is run again.
 
 Printed and written to `--out/ablation.md` / `ablation.json`: per variant, held-out sampled
-accuracy (mean@8 at T=1, the expected reward GRPO maximises) and greedy accuracy after GRPO, as
-mean and spread (min..max) over the seeds, the change from the SFT start, and GRPO wall time.
+accuracy (mean@8 at T=1, the expected reward GRPO maximises) after GRPO, and for sampled and greedy
+accuracy the change from the SFT start with its 95% confidence interval over seeds (Student's t),
+then the paired difference to the baseline, seed by seed (each seed's variants share one SFT
+start, so the pairing removes the start's luck), marked '*' when its interval excludes 0; then how
+many seeds a difference of 2, 5 or 10 points needs, from the spread observed (80% power).
 `--out/ablation.png` draws held-out greedy accuracy against the step for each variant (mean over
 seeds; evaluated every 20 steps on the 200 held-out questions).
 
-Simplifications: a 0.26M-parameter model on synthetic multiplication problems, 80 steps and three
-seeds: differences of a few points are within seed noise, and what helps here need not help a
-3B model on GSM8K. GSPO and CISPO only differ from GRPO when the ratio leaves 1, so their variants
+Simplifications: a 0.26M-parameter model on synthetic multiplication problems and 80 steps: what
+helps here need not help a 3B model on GSM8K; intervals assume the seeds' results are normal. GSPO and CISPO only differ from GRPO when the ratio leaves 1, so their variants
 use two updates per batch (mu = 2), and so does `mu2`, the baseline they should be read against.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -83,24 +86,79 @@ def run_variant(out: Path, seed: int, variant: str, base: Path | None) -> dict:
     return results
 
 
-def spread(values: list[float]) -> str:
-    """'mean (min..max)' in percent."""
-    return f"{100 * statistics.mean(values):.1f} ({100 * min(values):.1f}..{100 * max(values):.1f})"
+# Two-sided 95% quantiles of Student's t by degrees of freedom (n - 1 for n seeds); 1.96 beyond.
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+       20: 2.086, 25: 2.060, 30: 2.042}
+
+
+def t95(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom (the next smaller tabulated df)."""
+    return T95[max(d for d in T95 if d <= df)] if df <= 30 else 1.96
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of its 95% confidence interval) over seeds: t(n - 1) x sample std / sqrt(n).
+    One value has no interval (half-width inf): a difference needs at least two seeds."""
+    n = len(values)
+    m = statistics.mean(values)
+    return m, (t95(n - 1) * statistics.stdev(values) / n ** 0.5 if n > 1 else float("inf"))
+
+
+def seeds_needed(sd: float, difference: float) -> int:
+    """Seeds for a paired difference of `difference` to show at 95% with 80% power when the seed-to-seed
+    standard deviation of the paired difference is `sd`: ((1.96 + 0.84) sd / difference)^2, at least 2."""
+    return max(2, math.ceil(((1.96 + 0.84) * sd / difference) ** 2))
+
+
+def interval(values: list[float]) -> str:
+    """'+12.8 ± 3.1' in points (a 95% interval over seeds)."""
+    m, h = mean_ci(values)
+    return f"{100 * m:+.1f} ± {100 * h:.1f}" if math.isfinite(h) else f"{100 * m:+.1f}"
+
+
+def paired(values: list[float], base: list[float]) -> str:
+    """The seed-by-seed difference to the baseline with its interval; '*' when the interval excludes 0."""
+    diffs = [v - b for v, b in zip(values, base)]
+    m, h = mean_ci(diffs)
+    return interval(diffs) + (" *" if abs(m) > h else "")
+
+
+def changes(results: list[dict], key: str) -> list[float]:
+    """Per seed: held-out accuracy after GRPO minus the SFT start's (`key`: sampled or greedy)."""
+    def acc(r: dict) -> float:
+        return r["sampled"]["accuracy"] if key == "sampled" else r["accuracy"]
+    return [acc(r["after"]) - acc(r["before"]) for r in results]
 
 
 def table(runs: dict[str, list[dict]]) -> str:
     seeds = len(next(iter(runs.values())))
-    lines = [f"| variant | held-out sampled accuracy, % (min..max over {seeds} seeds) | change from SFT, points "
-             "| greedy accuracy, % | change, points | GRPO seconds |", "|---|---|---|---|---|---|"]
+    base = runs.get("baseline")
+    lines = [f"| variant | sampled accuracy after, % | sampled change from SFT, points (95% CI, {seeds} seeds) "
+             "| minus baseline, paired | greedy change, points | minus baseline, paired | GRPO seconds |",
+             "|---|---|---|---|---|---|---|"]
     for name, results in runs.items():
-        sampled = [r["after"]["sampled"]["accuracy"] for r in results]
-        greedy = [r["after"]["accuracy"] for r in results]
-        d_sampled = [r["after"]["sampled"]["accuracy"] - r["before"]["sampled"]["accuracy"] for r in results]
-        d_greedy = [r["after"]["accuracy"] - r["before"]["accuracy"] for r in results]
-        grpo = statistics.mean(r["seconds"].get("grpo", 0.0) for r in results)
-        lines.append(f"| {name} | {spread(sampled)} | {100 * statistics.mean(d_sampled):+.1f} | {spread(greedy)} "
-                     f"| {100 * statistics.mean(d_greedy):+.1f} | {grpo:.0f} |")
+        after = statistics.mean(r["after"]["sampled"]["accuracy"] for r in results)
+        cells = [name, f"{100 * after:.1f}"]
+        for key in ("sampled", "greedy"):
+            cells.append(interval(changes(results, key)))
+            cells.append("" if base is None or name == "baseline" else paired(changes(results, key), changes(base, key)))
+        cells.append(f"{statistics.mean(r['seconds'].get('grpo', 0.0) for r in results):.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def seeds_advice(runs: dict[str, list[dict]]) -> str:
+    """How many seeds a difference needs, from the spread of the paired differences observed here."""
+    base = runs.get("baseline")
+    sds = [statistics.stdev([v - b for v, b in zip(changes(rs, "sampled"), changes(base, "sampled"))])
+           for name, rs in runs.items() if base is not None and name != "baseline" and len(rs) > 2]
+    if not sds:
+        return ""
+    sd = statistics.median(sds)
+    sizes = ", ".join(f"{d} points: {seeds_needed(sd, d / 100)} seeds" for d in (2, 5, 10))
+    return (f"Paired differences to the baseline vary by {100 * sd:.1f} points (std over seeds, median over "
+            f"variants). To show a difference at 95% with 80% power: {sizes}. '*': the interval excludes 0.")
 
 
 def plot(runs: dict[str, list[dict]], path: Path) -> bool:
@@ -165,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
         for v in variants:
             runs[v] = [bases[s] if v == "baseline" else futures[v, s].result() for s in seeds]
     elapsed = time.perf_counter() - t0
-    text = table(runs)
+    text = table(runs) + ("\n\n" + seeds_advice(runs) if seeds_advice(runs) else "")
     header = (f"GRPO variants on the quick tiny recipe (scripts/ablate.py, {len(seeds)} seeds: {args.seeds}); "
               f"torch {runs[variants[0]][0]['torch']}, one thread per run, {args.jobs} at a time; "
               f"{time.strftime('%Y-%m-%d')}; total {elapsed / 60:.1f} min")
