@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from data.prompts import TEMPLATES
 from data.rewards import REWARD_FUNCTIONS
 from qwen2 import SamplingParams
@@ -83,6 +85,14 @@ class RolloutConfig:
     # prompts_per_step groups with spread, and train on exactly those.
     dynamic_sampling: bool = False
     max_extra_rounds: int = key(2, at_least(0, 100))
+    # Decode with the static-shape step compiled once (torch.compile; CUDA graphs on a GPU), for
+    # rollouts and evaluation: qwen2/static_decode.py. auto = on for one process on a GPU, off on the
+    # CPU (where the same matmuls bound both paths and the compile costs ~30 s).
+    compile: bool | str = key("auto", Check(lambda v: v in ("auto", True, False), "auto, true or false"))
+
+    def compiled(self, device: torch.device, launched: bool = False) -> bool:
+        """Whether rollouts decode with the compiled step on `device` (auto: a GPU, one process)."""
+        return device.type == "cuda" and not launched if self.compile == "auto" else bool(self.compile)
 
     @property
     def sampling(self) -> SamplingParams:

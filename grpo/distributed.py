@@ -176,6 +176,9 @@ def check_distributed(cfg, dist: Dist) -> None:
                   (cfg.grpo.scale_rewards == "batch", "grpo.scale_rewards=batch"),
                   (cfg.grpo.top_entropy_quantile < 1, "grpo.top_entropy_quantile < 1"),
                   (cfg.model.lora.rank > 0, "model.lora")]
+    if cfg.rollout.compile is True:
+        raise InputError("rollout.compile=true is not supported with several processes (the sampler runs on the "
+                         "FSDP-sharded model): leave rollout.compile=auto, which decodes eagerly under torchrun")
     for on, name in batch_wide:
         if on:
             raise InputError(f"{name} is not supported with several processes yet: run it with one (python train.py)")

@@ -26,11 +26,13 @@ from .rollout import encode_prompt
 @torch.no_grad()
 def evaluate(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], *, max_new_tokens: int, template: str,
              reward_weights: dict[str, float], batch_size: int = 64, progress: bool = False,
-             sampling: SamplingParams = GREEDY, samples: int = 1, seed: int = 0) -> tuple[dict[str, float], list[dict[str, Any]]]:
+             sampling: SamplingParams = GREEDY, samples: int = 1, seed: int = 0,
+             compile: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Returns (summary, per-completion results); summary has accuracy, reward, mean length, truncated
     share, the number of completions `n` and of `questions`, and the sampling temperature.
 
-    batch_size counts questions; each of them is sampled `samples` times (greedy needs 1).
+    batch_size counts questions; each of them is sampled `samples` times (greedy needs 1); `compile`
+    decodes with the compiled static-shape step (qwen2/static_decode.py).
     """
     if samples < 1 or (sampling.temperature == 0 and samples != 1):
         raise InputError(f"samples must be >= 1, and 1 when temperature is 0 (greedy): got samples={samples} at "
@@ -49,7 +51,7 @@ def evaluate(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], *, max
         chunk = [p for p in questions for _ in range(samples)]
         prompts = [ids for ids in encoded for _ in range(samples)]  # the sampler prefills each distinct prompt once
         out = generate(model, prompts, max_new_tokens, sampling, stop_token_ids=tokenizer.stop_token_ids,
-                       pad_token_id=tokenizer.pad_token_id, generator=generator)
+                       pad_token_id=tokenizer.pad_token_id, generator=generator, compile=compile)
         for p, toks, fin in zip(chunk, out.tokens, out.finished):
             text = tokenizer.decode(toks, skip_special_tokens=True)
             score = combined_reward(text, p.answer, reward_weights, tags)

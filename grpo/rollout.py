@@ -65,15 +65,16 @@ def problems_that_fit(problems: list[Problem], tokenizer: Tokenizer, data: DataC
 def sample_groups(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], group_size: int, *,
                   max_new_tokens: int, template: str, sampling: SamplingParams,
                   generator: torch.Generator | None = None, progress: bool = False,
-                  return_logprobs: bool = False) -> tuple[list[list[int]], GenerationOutput]:
+                  return_logprobs: bool = False, compile: bool = False) -> tuple[list[list[int]], GenerationOutput]:
     """Phase 1, generate: each problem's chat prompt, repeated `group_size` times, through the sampler.
     Returns the prompt of every row and the sampler's output (the sampler's log-probs with
-    `return_logprobs`, for grpo.old_logprobs: sampler; its entropies always)."""
+    `return_logprobs`, for grpo.old_logprobs: sampler; its entropies always); `compile`: the
+    compiled static-shape decode step (rollout.compile)."""
     prompts = [encode_prompt(tokenizer, p.question, template) for p in problems]
     rows = [ids for ids in prompts for _ in range(group_size)]
     out = generate(model, rows, max_new_tokens, sampling, stop_token_ids=tokenizer.stop_token_ids,
                    generator=generator, pad_token_id=tokenizer.pad_token_id, progress=progress, return_entropies=True,
-                   return_logprobs=return_logprobs)
+                   return_logprobs=return_logprobs, compile=compile)
     return rows, out
 
 

@@ -110,6 +110,7 @@ class Trainer:
         self.optimizer = OffloadAdamW(trainable, lr=optim.lr, betas=(optim.beta1, optim.beta2),
                                       eps=optim.eps, weight_decay=optim.weight_decay, offload=optim.offload)
         self.loss = PolicyLoss.from_config(cfg)  # which loss, decided once
+        self.compile = cfg.rollout.compiled(self.device, dist.launched)  # rollouts and evaluation
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, partial(lr_factor, warmup=optim.warmup_steps, total=cfg.train.steps, min_ratio=optim.min_lr_ratio))
         # Each rank samples with its own stream; rank 0's is the one-process stream.
@@ -238,7 +239,7 @@ class Trainer:
                                       max_new_tokens=cfg.rollout.max_new_tokens, template=cfg.data.template,
                                       sampling=cfg.rollout.sampling, generator=self.generator,
                                       progress=cfg.train.progress and self.dist.main,
-                                      return_logprobs=cfg.grpo.old_logprobs == "sampler")
+                                      return_logprobs=cfg.grpo.old_logprobs == "sampler", compile=self.compile)
         overlong = cfg.reward.overlong
         with timer("reward"):
             episodes = score_groups(self.tokenizer, problems, rows, out, template=cfg.data.template,
@@ -391,7 +392,7 @@ class Trainer:
             summary, _ = evaluate(self.model, self.tokenizer, questions, max_new_tokens=cfg.rollout.max_new_tokens,
                                   template=cfg.data.template, reward_weights=cfg.reward.weights,
                                   batch_size=cfg.rollout.prompts_per_step * cfg.rollout.group_size,
-                                  progress=cfg.train.progress and self.dist.main)
+                                  progress=cfg.train.progress and self.dist.main, compile=self.compile)
         means = ("accuracy", "reward", "length", "truncated")
         *totals, n, q = self.dist.sum([summary[k] * summary["n"] for k in means] + [summary["n"], summary["questions"]])
         summary |= {k: v / max(n, 1) for k, v in zip(means, totals)} | {"n": int(n), "questions": int(q)}

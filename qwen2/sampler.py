@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
+from .kv_cache import KVCache
 from .model import Qwen2
 
 
@@ -125,17 +126,50 @@ def pad_batch(prompts: Sequence[Sequence[int]], pad_id: int, completions: Sequen
     return ids.to(device), mask.to(device)
 
 
-# --- the decode loop ------------------------------------------------------------------------------
+# --- the decode loop: prefill, decode one token, generate ------------------------------------------
+
+def prefill(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_token_id: int) -> tuple[KVCache, Tensor]:
+    """Each distinct prompt once, in one left-padded batch; its cache is then fanned out to the rows
+    that share it (a GRPO group's G samples). Returns the cache (N rows, room for max_new_tokens
+    more) and the logits (N, V) of every row's first new token."""
+    device = model.lm_head.weight.device
+    distinct: dict[tuple[int, ...], int] = {}
+    row_to_prompt = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], device=device)
+    ids, mask = pad_batch(list(distinct), pad_token_id, device=device)
+    cache = model.new_cache(len(distinct), ids.shape[1] + max_new_tokens)
+    logits = model(ids, cache.append(mask), logits_to_keep=1)[:, -1]  # (U, V)
+    cache.select(row_to_prompt)
+    return cache, logits[row_to_prompt]
+
+
+def decode_one_token(model: Qwen2, cache: KVCache, tok: Tensor) -> Tensor:
+    """Logits (B, V) of the token after `tok` (B,), one per row of the cache, which grows by one."""
+    return model(tok[:, None], cache.append(), logits_to_keep=1)[:, -1]
+
+
+class EagerDecoder:
+    """The reference decode loop's state: the growing cache of the live rows."""
+
+    def __init__(self, model: Qwen2, cache: KVCache):
+        self.model, self.cache = model, cache
+
+    def step(self, tok: Tensor, length: int) -> Tensor:
+        return decode_one_token(self.model, self.cache, tok)
+
+    def keep(self, rows: Tensor) -> None:
+        self.cache.select(rows)
+
 
 @torch.no_grad()
 def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int,
              sampling: SamplingParams = SamplingParams(), *, stop_token_ids: Sequence[int] = (),
              generator: torch.Generator | None = None, return_logprobs: bool = False, return_entropies: bool = False,
-             pad_token_id: int = 0,
-             compact_every: int = 8, progress: bool = False,
+             pad_token_id: int = 0, compact_every: int = 8, progress: bool = False, compile: bool = False,
              logits_hook: Callable[[Tensor, Tensor, int], Tensor] | None = None) -> GenerationOutput:
     """Sample a completion for every prompt (token-id lists; repeat a prompt G times for G samples).
 
+    `compile=True` decodes with the static-shape step of static_decode.py, compiled once per model
+    (CUDA graphs on a GPU); the tokens are those of the eager loop (see that module for the last bits).
     `logits_hook(logits, rows, step)`, if given, may rewrite each step's logits (B, V) before
     sampling; `rows` (B,) holds the output row of each batch row (the batch shrinks as rows finish)
     and `step` is the index of the token being chosen. Logprobs are then those of the rewritten
@@ -151,13 +185,14 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
                          f"{limit} positions (max_position_embeddings): generate fewer tokens or shorten the prompt")
 
     # 1. Prefill each distinct prompt once, then fan its cache out to the rows that share it.
-    distinct: dict[tuple[int, ...], int] = {}
-    row_to_prompt = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], device=device)
-    ids, mask = pad_batch(list(distinct), pad_token_id, device=device)
-    cache = model.new_cache(len(distinct), ids.shape[1] + max_new_tokens)
-    logits = model(ids, cache.append(mask), logits_to_keep=1)[:, -1]  # (U, V)
-    cache.select(row_to_prompt)
-    logits = logits[row_to_prompt]  # (N, V)
+    cache, logits = prefill(model, prompts, max_new_tokens, pad_token_id)
+    prompt_len = cache.length
+    if compile:
+        from .static_decode import CompiledDecoder
+
+        decoder = CompiledDecoder(model, cache, N, prompt_len + compact_every)
+    else:
+        decoder = EagerDecoder(model, cache)
 
     # Output buffers live on the device and are read back once at the end.
     out = torch.full((N, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
@@ -167,7 +202,7 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
     out_ent = torch.zeros((N, max_new_tokens), dtype=torch.float32, device=device) if scored else None
     stops = torch.tensor(list(stop_token_ids), dtype=torch.long, device=device)
     done = torch.zeros(N, dtype=torch.bool, device=device)  # indexed by output row
-    live = torch.arange(N, device=device)  # output row of each batch row still in the cache
+    live = torch.arange(N, device=device)  # output row of each batch row still decoding
     steps = range(max_new_tokens)
     if progress:
         from tqdm.auto import tqdm
@@ -191,22 +226,21 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
             if len(keep) == 0:
                 break
             if len(keep) < len(live):
-                cache.select(keep)
+                decoder.keep(keep)
                 live, tok = live[keep], tok[keep]
-        logits = model(tok[:, None], cache.append(), logits_to_keep=1)[:, -1]
+        # 4. The next token's logits; the cache then holds prompt_len + t + 1 positions.
+        logits = decoder.step(tok, prompt_len + t + 1)
 
-    # Cut each row after its first stop token.
-    out_cpu, done_cpu = out.cpu(), done.cpu()
-    lp_cpu = out_lp.cpu() if scored else None
-    ent_cpu = out_ent.cpu() if scored else None
+    # Read everything back once, then cut each row after its first stop token.
+    rows, finished = out.tolist(), done.tolist()
+    lp_rows, ent_rows = (out_lp.tolist(), out_ent.tolist()) if scored else ([], [])
     stop_set = set(stop_token_ids)
     tokens, logprobs, entropies = [], [], []
     for i in range(N):
-        row = out_cpu[i].tolist()
-        end = next((j + 1 for j, x in enumerate(row) if x in stop_set), max_new_tokens) if done_cpu[i] else max_new_tokens
-        tokens.append(row[:end])
+        end = next((j + 1 for j, x in enumerate(rows[i]) if x in stop_set), max_new_tokens) if finished[i] else max_new_tokens
+        tokens.append(rows[i][:end])
         if scored:
-            logprobs.append(lp_cpu[i, :end].tolist())
-            entropies.append(ent_cpu[i, :end].tolist())
-    return GenerationOutput(tokens, done_cpu.tolist(), logprobs if return_logprobs else None,
+            logprobs.append(lp_rows[i][:end])
+            entropies.append(ent_rows[i][:end])
+    return GenerationOutput(tokens, finished, logprobs if return_logprobs else None,
                             entropies if return_entropies else None)

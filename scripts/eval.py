@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (with --temperature > 0)")
+    ap.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
+                    help="decode with the compiled static-shape step (auto: on a GPU; ~30 s to compile on a CPU)")
     ap.add_argument("--threads", type=int, default=None, metavar="N",
                     help="torch CPU threads (default: 1 for a CPU run of a model under 100M parameters, else torch's)")
     args = ap.parse_args(argv)
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     summary, results = evaluate(model, tokenizer, problems, max_new_tokens=args.max_new_tokens, template=args.template,
                                 reward_weights=GSM8K_WEIGHTS, batch_size=args.batch_size, progress=True,
-                                sampling=sampling, samples=args.samples, seed=args.seed)
+                                sampling=sampling, samples=args.samples, seed=args.seed,
+                                compile=device.type == "cuda" if args.compile == "auto" else args.compile == "true")
     out = Path(args.out) if args.out else default_out(Path(args.model), data)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:
