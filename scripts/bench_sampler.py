@@ -32,7 +32,12 @@ On a GPU the wall-time ratio is the one that counts (the CPU time of the process
 launches and waiting). `--model tiny` runs everything in seconds on a CPU (a smoke test; its
 numbers mean nothing). The last output line is `RESULT {json}` for scripts/gpu_check.py.
 
-Usage: python scripts/bench_sampler.py [--threads 1] [--repeats 3] [--fixed-tokens 24] [--no-hf] [--cache-dir DIR] ...
+`--compile` adds our compiled static-shape decode (qwen2/static_decode.py) as a third system on the
+same batch, after one untimed full run that compiles it (its time is reported); `--bound-rows 64,256`
+times a fixed-length decode at those row counts against the memory-bandwidth bound of a step
+(every weight and the cached keys/values read once, at the bandwidth of a large device copy).
+
+Usage: python scripts/bench_sampler.py [--threads 1] [--repeats 3] [--fixed-tokens 24] [--no-hf] [--compile] [--cache-dir DIR] ...
 """
 
 from __future__ import annotations
@@ -89,7 +94,8 @@ class Run:
     prefill: float  # wall seconds until the first token's logits
 
 
-def run_ours(model, rows, stop_len, stop_id, pad_id, seed, device, compact_every) -> tuple[Run, list[list[int]]]:
+def run_ours(model, rows, stop_len, stop_id, pad_id, seed, device, compact_every,
+             compile: bool = False) -> tuple[Run, list[list[int]]]:
     """Timing and completions of one ragged run of our sampler."""
     stop_step = torch.tensor(stop_len, device=device) - 1
     first_step_at = []
@@ -104,7 +110,7 @@ def run_ours(model, rows, stop_len, stop_id, pad_id, seed, device, compact_every
     start = time.perf_counter()
     wall, cpu, out = timed(lambda: generate(model, rows, max(stop_len), SamplingParams(temperature=1.0), stop_token_ids=[stop_id],
                                             generator=g, pad_token_id=pad_id, compact_every=compact_every,
-                                            logits_hook=hook), device)
+                                            logits_hook=hook, compile=compile), device)
     return Run(wall, cpu, first_step_at[0] - start), out.tokens
 
 
@@ -172,7 +178,7 @@ def gemm_roofline(cfg: Qwen2Config, rows: int, device, dtype, reps: int = 3, squ
     return flops / seconds, square
 
 
-def run_fixed(model, rows, new_tokens, pad_id, seed, device) -> tuple[float, float, float]:
+def run_fixed(model, rows, new_tokens, pad_id, seed, device, compile: bool = False) -> tuple[float, float, float]:
     """(decode wall s, decode CPU s, decode FLOPs) of `rows` all generating exactly `new_tokens` tokens.
 
     "Decode" starts when the first token is sampled (after the prefill) and ends when generate
@@ -187,13 +193,29 @@ def run_fixed(model, rows, new_tokens, pad_id, seed, device) -> tuple[float, flo
         return logits
 
     g = torch.Generator(device).manual_seed(seed)
-    out = generate(model, rows, new_tokens, SamplingParams(temperature=1.0), generator=g, pad_token_id=pad_id, logits_hook=mark)
+    out = generate(model, rows, new_tokens, SamplingParams(temperature=1.0), generator=g, pad_token_id=pad_id, logits_hook=mark,
+                   compile=compile)
     sync(device)
     wall, cpu = time.perf_counter() - first_step_at[0][0], time.process_time() - first_step_at[0][1]
     assert all(len(t) == new_tokens for t in out.tokens)
     P = max(map(len, rows))  # prompts are left-padded to P, so every row attends over P + t keys
     flops = sum(decode_flops(model.config, len(rows), P + t + 1) for t in range(new_tokens - 1))
     return wall, cpu, flops
+
+
+def memory_bandwidth(device, reps: int = 3) -> float:
+    """Bytes/s of a large device-to-device copy (read + write), best of reps: the HBM bound's rate."""
+    x = torch.empty(2**28, dtype=torch.uint8, device=device)  # 256 MiB
+    y = torch.empty_like(x)
+    return 2 * x.numel() / best_seconds(lambda: y.copy_(x), device, reps)
+
+
+def decode_bytes(model, rows: int, context: int) -> int:
+    """Bytes a decode step must read: every weight once, and the keys/values of `context` positions per row."""
+    cfg = model.config
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    per_position = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * model.lm_head.weight.element_size()
+    return weights + rows * context * per_position
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -213,6 +235,10 @@ def main() -> None:
     ap.add_argument("--fixed-repeats", type=int, default=2)
     ap.add_argument("--compact-every", type=int, default=8, help="our generate's compact_every")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers (ours only)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time our compiled static-shape decode (rollout.compile), after its one compile")
+    ap.add_argument("--bound-rows", default="", help="comma-separated row counts (e.g. 64,256): a fixed-length decode "
+                    "at each, its step time against the memory-bandwidth bound (weights + KV read per step)")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--square-size", type=int, default=0, help="side of the square matmul (0: 2048 on a CPU, 8192 on a GPU)")
@@ -239,26 +265,36 @@ def main() -> None:
         transformers.logging.set_verbosity_error()
         hf = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype).to(device).eval()
 
-    # Warm-up: first calls pay one-time allocation and dispatch costs.
+    # Warm-up: first calls pay one-time allocation and dispatch costs (and the one compile).
     warm_rows, warm_len = rows[:2], [3, 4]
     run_ours(model, warm_rows, warm_len, stop_id, pad_id, 0, device, args.compact_every)
+    compile_s = None
+    if args.compile:
+        from qwen2.static_decode import STATS
+
+        t0 = time.perf_counter()
+        run_ours(model, rows, stop_len, stop_id, pad_id, 0, device, args.compact_every, compile=True)  # every bucket
+        compile_s = time.perf_counter() - t0
+        print(f"compiled decode: first full run {compile_s:.1f} s ({STATS.compiles} compile(s), {STATS.seconds:.1f} s of them)")
     if hf is not None:
         run_hf(hf, warm_rows, warm_len, stop_id, pad_id, 0, device)
+    systems = ["ours", "hf"] + (["compiled"] if args.compile else [])
 
     tokens = sum(stop_len)
     results: list[dict[str, Run]] = []
     for r in range(args.repeats):
         res = {}
-        for who in (["ours", "hf"] if r % 2 == 0 else ["hf", "ours"]):
-            if who == "ours":
-                res[who], toks = run_ours(model, rows, stop_len, stop_id, pad_id, args.seed + r, device, args.compact_every)
+        for who in systems[r % len(systems):] + systems[:r % len(systems)]:  # rotate the order
+            if who in ("ours", "compiled"):
+                res[who], toks = run_ours(model, rows, stop_len, stop_id, pad_id, args.seed + r, device, args.compact_every,
+                                          compile=who == "compiled")
             elif hf is not None:
                 res[who], toks = run_hf(hf, rows, stop_len, stop_id, pad_id, args.seed + r, device)
             else:
                 continue
             check(toks, stop_len, stop_id, who)
             x = res[who]
-            print(f"  repeat {r}: {who:5s} wall {x.wall:6.1f} s (prefill {x.prefill:5.1f} s), CPU {x.cpu:6.1f} s: "
+            print(f"  repeat {r}: {who:8s} wall {x.wall:6.1f} s (prefill {x.prefill:5.1f} s), CPU {x.cpu:6.1f} s: "
                   f"{tokens / x.wall:6.1f} tok/s by wall, {tokens / x.cpu:6.1f} by CPU", flush=True)
         results.append(res)
 
@@ -266,7 +302,7 @@ def main() -> None:
                   dtype=args.dtype, rows=len(rows), useful_tokens=tokens, repeats=args.repeats, torch=torch.__version__)
     print("\n| ragged batch | wall (s) | prefill (s) | CPU (s) | useful tok/s (wall) | useful tok/s (CPU) |")
     print("|---|---|---|---|---|---|")
-    for who, name in [("ours", "ours"), ("hf", "transformers")]:
+    for who, name in [("ours", "ours (eager)"), ("compiled", "ours (compiled)"), ("hf", "transformers")]:
         if all(who in r for r in results):
             wall, cpu = median([r[who].wall for r in results]), median([r[who].cpu for r in results])
             pre = median([r[who].prefill for r in results])
@@ -280,6 +316,15 @@ def main() -> None:
               f"{median(by_cpu):.2f}x by CPU time ({', '.join(f'{x:.2f}' for x in by_cpu)})")
         result.update(speedup_wall=round(median(by_wall), 3), speedup_cpu=round(median(by_cpu), 3),
                       speedups_wall=[round(x, 3) for x in by_wall])
+    if args.compile:
+        over_eager = [r["ours"].wall / r["compiled"].wall for r in results]
+        result.update(compile_s=round(compile_s, 1), compiled_over_eager=round(median(over_eager), 3))
+        line = f"compiled / eager: {median(over_eager):.2f}x by wall time ({', '.join(f'{x:.2f}' for x in over_eager)})"
+        if hf is not None:
+            over_hf = [r["hf"].wall / r["compiled"].wall for r in results]
+            result.update(speedup_compiled_wall=round(median(over_hf), 3))
+            line += f"; compiled / transformers: {median(over_hf):.2f}x"
+        print(line)
 
     if args.fixed_tokens:
         print(f"\nfixed length: {len(rows)} rows x {args.fixed_tokens} tokens; decode FLOP/s vs torch.mm on the same shapes")
@@ -298,6 +343,22 @@ def main() -> None:
               f"of the decode-shape GEMM roofline")
         result.update(roofline_wall=round(median([f[0] for f in fractions]), 3),
                       roofline_cpu=round(median([f[1] for f in fractions]), 3))
+    if args.bound_rows:
+        bandwidth = memory_bandwidth(device)
+        print(f"\ndecode step vs its memory-bandwidth bound ({bandwidth / 1e9:.0f} GB/s measured by a device copy), "
+              f"{args.fixed_tokens} tokens per row, {'compiled' if args.compile else 'eager'}")
+        print("| rows | ms per decode step | bound (ms) | step / bound |")
+        print("|---|---|---|---|")
+        bounds = {}
+        P = max(map(len, rows))
+        for n in (int(x) for x in args.bound_rows.split(",")):
+            batch = (rows * -(-n // len(rows)))[:n]
+            wall, _, _ = run_fixed(model, batch, args.fixed_tokens, pad_id, args.seed, device, compile=args.compile)
+            step = wall / args.fixed_tokens  # each of the fixed_tokens - 1 decode forwards, plus sampling
+            bound = sum(decode_bytes(model, n, P + t + 1) for t in range(args.fixed_tokens - 1)) / (args.fixed_tokens - 1) / bandwidth
+            bounds[n] = round(step / bound, 3)
+            print(f"| {n} | {1000 * step:.2f} | {1000 * bound:.2f} | {step / bound:.2f}x |", flush=True)
+        result.update(bandwidth_gbs=round(bandwidth / 1e9, 1), step_over_bound=bounds)
     print_result(result)
 
 
