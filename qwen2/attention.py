@@ -14,8 +14,8 @@ both, so there nothing is copied.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.functional import scaled_dot_product_attention as sdpa  # one name, so a tracer can stand in (grpo/trace.py)
 
 REPEAT_HEADS_ON = ("cuda",)  # devices whose fused kernels need every head to take a mask
 
@@ -26,5 +26,5 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     group = q.shape[1] // k.shape[1]  # query heads per key/value head: head h reads h // group
     if group > 1 and mask is not None and q.shape[2] > 1 and q.device.type in REPEAT_HEADS_ON:
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+        return sdpa(q, k, v, attn_mask=mask)
+    return sdpa(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)

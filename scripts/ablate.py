@@ -106,9 +106,13 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 
 
 def seeds_needed(sd: float, difference: float) -> int:
-    """Seeds for a paired difference of `difference` to show at 95% with 80% power when the seed-to-seed
-    standard deviation of the paired difference is `sd`: ((1.96 + 0.84) sd / difference)^2, at least 2."""
-    return max(2, math.ceil(((1.96 + 0.84) * sd / difference) ** 2))
+    """Seeds for a paired difference of `difference` to show at 95% with 80% power, when the paired
+    difference varies by `sd` from seed to seed: the smallest n >= 2 with
+    (t(n - 1) + 0.84) x sd / sqrt(n) <= difference (0.84: the 80% quantile of the normal)."""
+    n = 2
+    while (t95(n - 1) + 0.84) * sd / n ** 0.5 > difference:
+        n += 1
+    return n
 
 
 def interval(values: list[float]) -> str:

@@ -27,6 +27,7 @@ def test_paired_difference_marks_only_intervals_that_exclude_zero():
 
 
 def test_seeds_needed_for_a_difference():
-    # ((1.96 + 0.84) x 0.05 / 0.05)^2 = 7.84 -> 8 seeds; half the difference needs four times as many.
-    assert seeds_needed(0.05, 0.05) == 8 and seeds_needed(0.05, 0.025) == 32
+    # sd = difference: (t(n - 1) + 0.84) / sqrt(n) <= 1 first holds at n = 10 (t(9) = 2.262: 3.102 <= 3.162;
+    # at n = 9, 2.306 + 0.84 = 3.146 > 3). Half the difference: n = 32 (t(31) ~ 1.96: 2.80 <= 2.83).
+    assert seeds_needed(0.05, 0.05) == 10 and seeds_needed(0.05, 0.025) == 32
     assert seeds_needed(0.001, 0.10) == 2  # never fewer than two

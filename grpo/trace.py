@@ -1,0 +1,234 @@
+"""The GPU memory of a training step, traced without a GPU: `python train.py --dry-run --trace`.
+
+The planner (memory.py) adds up the tensors it knows a step holds. This module checks it against
+the real code instead: it runs the step's peak phases on PyTorch's meta device (tensors with shapes
+and no storage, so a 14B model costs no memory and seconds of time) under an allocation tracker at the
+dispatcher (`DeviceMemory`: what PyTorch's MemTracker counts, without the per-module bookkeeping
+that allows one call per module), and reports each phase's peak:
+
+  rollout     the sampler's prefill of the step's prompts and its first decode steps, with the real
+              KV cache (prompts_per_step x group_size rows, max_prompt_tokens + max_new_tokens)
+  update      one micro-step at the real token budget: forward with activation checkpointing,
+              chunked log-probs, the loss and backward (a micro-batch filled to
+              grpo.micro_batch_tokens, or micro_batch_size padded rows)
+  optimizer   gradient clipping and the AdamW step, optimizer state on the device (offload off;
+              with offload on the state lives in CPU RAM, outside the trace: the phase is the
+              weights and gradients the step starts from)
+
+The meta device stands for the GPU: the code takes its CUDA branches (qwen2/attention.py repeats
+the key/value heads for masked attention, as on CUDA). The optimizer state exists before the
+rollout is traced (from the second step on it does), and the reference model when beta > 0.
+
+Simplifications: one process (no FSDP); the rollout traces two decode steps after the prefill
+(the cache is allocated whole up front, so later steps add nothing); no allocator fragmentation
+or CUDA context (the planner's GPU_OVERHEAD_GB covers those); completions in the update are all of
+one length, chosen so the micro-batch reaches its token budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.weak import WeakIdKeyDictionary
+
+import qwen2.attention
+from data.rewards import Score
+from qwen2 import Qwen2, Qwen2Config
+from qwen2.lora import add_lora
+from qwen2.sampler import SamplingParams, decode_one_token, prefill, sample_next
+
+from .batch import build_batch, micro_batches
+from .config import Config
+from .logprobs import micro_batch_logprobs
+from .loss import PolicyLoss, policy_loss
+from .memory import model_config_for
+from .optim import OffloadAdamW
+from .rollout import Episode
+from .runtime import enable_activation_checkpointing
+
+META = torch.device("meta")
+
+
+@dataclass
+class PhaseTrace:
+    phase: str  # rollout, update or optimizer
+    peak: int  # bytes at the phase's peak
+    what: str  # what ran
+
+
+def cuda_sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
+              enable_gqa: bool = False) -> Tensor:
+    """scaled_dot_product_attention as CUDA runs it, on meta tensors: masked attention over many
+    queries (heads already repeated, qwen2/attention.py) goes to the memory-efficient kernel, with
+    the mask turned into an additive bias in the queries' dtype, so no (T, S) scores are kept; the
+    rest (decoding: one query per row) takes the default path, whose scores are small."""
+    if attn_mask is not None and q.shape[2] > 1 and q.shape[1] == k.shape[1]:
+        bias = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~attn_mask, float("-inf"))
+        shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias.expand(shape), q.requires_grad)[0]
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                                            enable_gqa=enable_gqa)
+
+
+@contextlib.contextmanager
+def meta_as_gpu() -> Iterator[None]:
+    """The CUDA branches and kernels taken on the meta device too."""
+    saved = qwen2.attention.REPEAT_HEADS_ON, qwen2.attention.sdpa
+    qwen2.attention.REPEAT_HEADS_ON = (*saved[0], "meta")
+    qwen2.attention.sdpa = cuda_sdpa
+    try:
+        yield
+    finally:
+        qwen2.attention.REPEAT_HEADS_ON, qwen2.attention.sdpa = saved
+
+
+class DeviceMemory(TorchDispatchMode):
+    """Bytes of the live storages on one device and their peak, counted at the dispatcher: every
+    tensor an operation returns (forward, backward, optimizer) and the tensors registered with
+    `add`. A storage is freed when its last tensor dies (torch keeps a storage's Python object alive
+    as long as the storage lives, so a weak reference to it dies with it). This is what PyTorch's
+    MemTracker counts, without its per-module bookkeeping, which allows one call per module only."""
+
+    def __init__(self, device: torch.device = META):
+        super().__init__()
+        self.device, self.current, self.peak = device, 0, 0
+        self.sizes: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+    def add(self, *tensors: torch.Tensor | None) -> None:
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and t.device == self.device:
+                storage = t.untyped_storage()
+                if storage not in self.sizes:
+                    size = storage.nbytes()
+                    self.sizes[storage] = size
+                    self.current += size
+                    self.peak = max(self.peak, self.current)
+                    weakref.finalize(storage, self._free, size)
+
+    def _free(self, size: int) -> None:
+        self.current -= size
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.add(*(t for t in tree_leaves(out) if isinstance(t, torch.Tensor)))
+        return out
+
+
+def live_tensors(*objects) -> list[torch.Tensor]:
+    """The parameters, gradients and buffers of modules and the state of optimizers."""
+    out = []
+    for obj in objects:
+        if isinstance(obj, torch.nn.Module):
+            out += [*obj.parameters(), *(p.grad for p in obj.parameters() if p.grad is not None), *obj.buffers()]
+        elif isinstance(obj, torch.optim.Optimizer):
+            out += [t for state in obj.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
+    return out
+
+
+def peak_of(fn, *tracked) -> int:
+    """Peak bytes on the meta device while fn() runs, the tracked modules' and optimizers' tensors
+    counted from the start."""
+    memory = DeviceMemory()
+    memory.add(*live_tensors(*tracked))
+    with memory:
+        fn()
+    return memory.peak
+
+
+def trace_memory(cfg: Config, model_config: Qwen2Config | None = None) -> list[PhaseTrace]:
+    """Traced peak bytes of the rollout, update and optimizer phases of one step of `cfg`."""
+    mc = model_config or model_config_for(cfg)
+    dtype = getattr(torch, cfg.model.dtype)
+    with torch.device("meta"):
+        model = Qwen2(mc).to(dtype)
+        ref = Qwen2(mc).to(dtype).requires_grad_(False) if cfg.grpo.beta > 0 and not cfg.model.lora.rank else None
+    lora = cfg.model.lora
+    if lora.rank:
+        add_lora(model, lora.rank, lora.alpha, lora.targets)
+    if cfg.model.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = OffloadAdamW(trainable, lr=cfg.optim.lr, offload=cfg.optim.offload, fused=True)
+    tracked = [m for m in (model, ref, optimizer) if m is not None]
+    batch = update_batch(cfg, mc.vocab_size)
+    micro = micro_batches(batch, shared_prefix=cfg.grpo.shared_prefix, micro_batch_size=cfg.grpo.micro_batch_size,
+                          micro_batch_tokens=cfg.grpo.micro_batch_tokens, pad_id=0, device=META)[0]
+    settings = PolicyLoss.from_config(cfg)
+    counts = (batch.completion_tokens, batch.sequences)
+
+    def micro_step() -> None:
+        logp, _ = micro_batch_logprobs(model, micro, cfg.rollout.temperature, cfg.grpo.logprob_chunk)
+        ref_logp = None
+        if cfg.grpo.beta > 0:
+            with torch.no_grad():
+                ref_logp, _ = micro_batch_logprobs(ref or model, micro, cfg.rollout.temperature, cfg.grpo.logprob_chunk)
+        loss, _ = policy_loss(logp, logp.detach(), batch.advantages[micro.episodes], micro.loss_mask, settings,
+                              ref_logp=ref_logp, num_tokens=counts[0], num_sequences=counts[1])
+        loss.backward()
+
+    def optimizer_step() -> None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        if not cfg.optim.offload:  # offloaded state lives in CPU RAM: not on the traced device
+            optimizer.step()
+
+    rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    prompts = [[1 + (i % 7)] * cfg.data.max_prompt_tokens for i in range(cfg.rollout.prompts_per_step)]
+
+    @torch.no_grad()
+    def rollout() -> None:
+        cache, logits = prefill(model, [p for p in prompts for _ in range(cfg.rollout.group_size)],
+                                cfg.rollout.max_new_tokens, pad_token_id=0)
+        for _ in range(2):
+            tok = sample_next(logits, SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k))
+            logits = decode_one_token(model, cache, tok)
+
+    with meta_as_gpu():
+        micro_step()  # a step before: the optimizer state exists from the second step on
+        optimizer_step()
+        optimizer.zero_grad(set_to_none=True)
+        model.eval()
+        rollout_peak = peak_of(rollout, *tracked)
+        model.train()
+        update_peak = peak_of(micro_step, *tracked)
+        optimizer_peak = peak_of(optimizer_step, *tracked)
+        optimizer.zero_grad(set_to_none=True)
+    where = "micro_batch_tokens" if cfg.grpo.shared_prefix else "micro_batch_size"
+    return [PhaseTrace("rollout", rollout_peak, f"prefill + 2 decode steps, {rows} rows"),
+            PhaseTrace("update", update_peak, f"one micro-step of {micro.num_tokens} tokens ({where})"),
+            PhaseTrace("optimizer", optimizer_peak, "clip + AdamW" + (" (state on the host)" if cfg.optim.offload else ""))]
+
+
+def update_batch(cfg: Config, vocab: int):
+    """Episodes whose first micro-batch is as large as the config allows: prompts of
+    max_prompt_tokens, groups of group_size completions of one length, chosen so that the
+    shared-prefix rows fill grpo.micro_batch_tokens (or padded rows of max_new_tokens)."""
+    P, G, C = cfg.data.max_prompt_tokens, cfg.rollout.group_size, cfg.rollout.max_new_tokens
+    if cfg.grpo.shared_prefix:
+        budget = cfg.grpo.micro_batch_tokens
+        rows = max(1, -(-budget // (P + G * C)))  # rows per micro-batch when every completion is C long
+        length = max(1, min(C, (budget // rows - P) // G))  # the longest completions that still fit `rows` rows
+    else:
+        rows, length = cfg.grpo.micro_batch_size, C
+    groups = rows if cfg.grpo.shared_prefix else -(-rows // G)  # one row per group, or rows / G groups
+    episodes = [Episode(g, [1 + g % 7] * P, [2] * length, False, "", "0", Score({}, 0.0, False), [0.0] * length)
+                for g in range(groups) for _ in range(G)]
+    advantages = torch.linspace(-1, 1, len(episodes))
+    return build_batch(episodes, advantages, META)
+
+
+def format_trace(traces: list[PhaseTrace], plan: list, GB: float = 1e9) -> str:
+    """The traced peaks next to the plan's phase totals (training = the larger of update, optimizer)."""
+    planned = {phase: sum(i.gpu for i in plan if i.phase in ("both", phase)) for phase in ("rollout", "training")}
+    lines = ["traced on the meta device (the real code, allocations counted at the dispatcher) vs the plan:",
+             f"  {'phase':10s} {'traced GB':>10s} {'planned GB':>11s} {'trace/plan':>10s}  what ran"]
+    for t in traces:
+        p = planned["rollout" if t.phase == "rollout" else "training"]
+        lines.append(f"  {t.phase:10s} {t.peak / GB:10.2f} {p / GB:11.2f} {t.peak / max(p, 1):10.2f}  {t.what}")
+    return "\n".join(lines)
