@@ -2,10 +2,16 @@
 
 Exact for the tensors whose size is known up front (weights, gradients, optimizer state, the
 rollout KV cache, sampler logits); an estimate for activations, which depend on kernels.
-A step has two phases that never overlap, so the GPU peak is the larger of
-    rollout:  weights + optimizer state on the GPU + KV cache + sampler logits
-    training: weights + gradients + optimizer state on the GPU + activations + one log-prob chunk
-(gradients are freed between steps, the KV cache after the rollout).
+Besides what a step always holds (weights, optimizer state on the GPU, the reference or the LoRA
+adapters), the GPU peaks at one of five moments that never overlap:
+    prefill    the KV cache of all rows, the distinct prompts' own cache, one block's activations
+    decode     the KV cache, a step's logits, their sampling copies and the entropies
+    logprobs   the activations kept for backward, the attention masks, one chunk of full-vocabulary logits
+    backward   the same activations and masks, the gradients, one block recomputed (checkpointing)
+    optimizer  the gradients and the optimizer's working buffers
+(the KV cache is freed after the rollout, the gradients after the optimizer step; the log-prob
+chunk's backward runs first, when the gradients are still few). The peak is the largest total.
+`train.py --dry-run --trace` checks these moments against the real code (grpo/trace.py).
 """
 
 from __future__ import annotations
@@ -29,12 +35,18 @@ from .offload import DEFAULT_BUCKET_NUMEL, is_own_master, split_into_buckets, st
 GB = 1e9
 
 
+# The moments of a step at which the GPU can peak, in order. They never overlap, so the GPU peak is
+# the largest of their totals.
+PHASES = ("prefill", "decode", "logprobs", "backward", "optimizer")
+ROLLOUT, TRAINING = PHASES[:2], PHASES[2:]
+
+
 @dataclass
 class Item:
     name: str
     gpu: int  # bytes on the training device
     cpu: int  # bytes in host memory
-    phase: str  # "both", "rollout" or "training"
+    phases: tuple[str, ...] = PHASES  # the moments at which it is held (default: the whole step)
 
 
 def model_config_for(cfg: Config) -> Qwen2Config:
@@ -51,22 +63,27 @@ def kv_cache_bytes(mc: Qwen2Config, rows: int, length: int, dtype_bytes: int) ->
     return kv + rows * length + rows * 8
 
 
-def activation_bytes(mc: Qwen2Config, tokens: int, dtype_bytes: int, checkpointing: bool) -> int:
-    """Estimate of what autograd keeps for backward over `tokens` = micro-batch x sequence length.
+def block_activation_bytes(mc: Qwen2Config, tokens: int, dtype_bytes: int) -> int:
+    """Estimate of what autograd keeps for backward in one block over `tokens` tokens.
 
-    Per token and block: two RMSNorms (fp32 input and normalised copy + output), q/k/v before and
-    after RoPE, k/v repeated to every query head (masked attention on CUDA, qwen2/attention.py),
-    attention output, and the MLP's gate, up, silu and product (F wide each). With
-    checkpointing only each block's input is kept, plus one block's activations while it is
-    recomputed in backward.
+    Per token: two RMSNorms (fp32 input and normalised copy + output), q/k/v before and after RoPE,
+    k/v repeated to every query head (masked attention on CUDA, qwen2/attention.py), attention
+    output, and the MLP's gate, up, silu and product (F wide each).
     """
     C, F, kv, b = mc.hidden_size, mc.intermediate_size, mc.num_key_value_heads * mc.head_dim, dtype_bytes
     norms = 2 * (4 * C + 4 * C + b * C)
     attn = b * (2 * (C + kv) + 2 * kv + 2 * C + 2 * C)
     mlp = 4 * b * F
-    per_block = tokens * (norms + attn + mlp)
+    return tokens * (norms + attn + mlp)
+
+
+def activation_bytes(mc: Qwen2Config, tokens: int, dtype_bytes: int, checkpointing: bool) -> int:
+    """What autograd keeps for backward over `tokens` tokens at its peak: with checkpointing each
+    block's input, plus one block's activations while it is recomputed in backward; without,
+    every block's activations."""
+    per_block = block_activation_bytes(mc, tokens, dtype_bytes)
     if checkpointing:
-        return mc.num_hidden_layers * tokens * C * b + per_block
+        return mc.num_hidden_layers * tokens * mc.hidden_size * dtype_bytes + per_block
     return mc.num_hidden_layers * per_block
 
 
@@ -126,60 +143,85 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
     trainable = [p for p in model.parameters() if p.requires_grad]
     trained = sum(p.numel() for p in trainable)
     opt = optimizer_state_bytes(trainable, offload=cfg.optim.offload, device=on_gpu)
-    rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size
-    seq = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
-    # Tokens per forward/backward: a shared-prefix micro-batch fills rows up to micro_batch_tokens (one
-    # episode longer than that still gets a row); a padded one is micro_batch_size rows of up to `seq`.
-    if cfg.grpo.shared_prefix:
-        mb_tokens = max(cfg.grpo.micro_batch_tokens, seq)
-        mb_what = f"{mb_tokens} tokens"
-        # Attention in blocks (qwen2/shared_prefix.py), at its worst: ragged lengths pad the blocks.
-        mask_elements = block_attention_bound(mb_tokens, cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens)
+    P, C, G = cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens, cfg.rollout.group_size
+    seq = P + C
+    questions = cfg.rollout.prompts_per_step // ranks  # each rank samples its share of the questions
+    rows = questions * G
+    mb_tokens, mb_what = update_tokens(cfg)
+    if cfg.grpo.shared_prefix:  # attention in blocks (qwen2/shared_prefix.py), at its worst: ragged lengths pad them
+        mask_elements = block_attention_bound(mb_tokens, P, C)
     else:
-        mb_tokens, mb_what = cfg.grpo.micro_batch_size * seq, f"{cfg.grpo.micro_batch_size} x {seq} tokens"
         mask_elements = cfg.grpo.micro_batch_size * seq * seq
-    chunk = cfg.grpo.logprob_chunk * mc.vocab_size * (b + 4 + 4)  # logits, fp32 copy, log-softmax
+    chunk = min(cfg.grpo.logprob_chunk, mb_tokens) * mc.vocab_size * (b + 4 + 4)  # logits, fp32 copy, log-softmax
 
     def split(nbytes: int, where_cpu: bool) -> tuple[int, int]:
         return (-(-nbytes // ranks), 0) if not where_cpu else (0, -(-nbytes // ranks))  # this rank's shard
 
     shard = -(-n * b // ranks)
-    items = [Item("weights" + (f" (1/{ranks} each)" if ranks > 1 else ""), shard, 0, "both")]
+    items = [Item("weights" + (f" (1/{ranks} each)" if ranks > 1 else ""), shard, 0)]
     if ranks > 1:
         root = mc.vocab_size * mc.hidden_size * (1 if mc.tie_word_embeddings else 2) + mc.hidden_size
         unit = (n - root) // mc.num_hidden_layers
-        items += [Item("weights gathered for sampling", n * b - shard, 0, "rollout"),
-                  Item("FSDP units gathered in training", (root + unit) * b, 0, "training")]
+        items += [Item("weights gathered for sampling", n * b - shard, 0, ROLLOUT),
+                  Item("FSDP units gathered in training", (root + unit) * b, 0, TRAINING)]
     if lora.rank:
-        items.append(Item(f"LoRA adapters (rank {lora.rank}, {trained / 1e6:.1f}M params)", trained * b, 0, "both"))
+        items.append(Item(f"LoRA adapters (rank {lora.rank}, {trained / 1e6:.1f}M params)", trained * b, 0))
     elif cfg.grpo.beta > 0:  # with LoRA the reference is the base model itself (adapters off)
-        items.append(Item("reference model (beta > 0)", shard, 0, "both"))
-    rows = rows // ranks  # each rank samples its share of the questions
+        items.append(Item("reference model (beta > 0)", shard, 0))
     items += [
-        Item("gradients", -(-trained * b // ranks), 0, "training"),
-        Item("fp32 master weights", *split(opt["master"], cfg.optim.offload), "both"),
-        Item("Adam moments (fp32 x2)", *split(opt["exp_avg"] + opt["exp_avg_sq"], cfg.optim.offload), "both"),
+        Item("RoPE cos/sin tables", 2 * mc.max_position_embeddings * mc.head_dim * 4, 0),
+        Item("gradients", -(-trained * b // ranks), 0, ("backward", "optimizer")),
+        Item("fp32 master weights", *split(opt["master"], cfg.optim.offload)),
+        Item("Adam moments (fp32 x2)", *split(opt["exp_avg"] + opt["exp_avg_sq"], cfg.optim.offload)),
     ]
     # fp32 gradient scratch and pinned staging: whatever of the optimizer's bytes is not the state.
     state_gpu = 0 if cfg.optim.offload else opt["master"] + opt["exp_avg"] + opt["exp_avg_sq"]
     state_cpu = opt["master"] + opt["exp_avg"] + opt["exp_avg_sq"] - state_gpu
     if opt["scratch"] or opt["staging"]:
         items.append(Item("optimizer working buffers", -(-(opt["device"] - state_gpu) // ranks),
-                          -(-(opt["cpu"] - state_cpu) // ranks), "training"))
+                          -(-(opt["cpu"] - state_cpu) // ranks), ("optimizer",)))
+    per_block = block_activation_bytes(mc, mb_tokens, b)
+    checkpointing = cfg.model.activation_checkpointing
     items += [
-        Item(f"rollout KV cache ({rows} rows x {seq} tokens)", kv_cache_bytes(mc, rows, seq, b), 0, "rollout"),
-        Item("sampler logits", rows * mc.vocab_size * (b + 4), 0, "rollout"),
-        Item(f"activations ({mb_what}, recompute {'on' if cfg.model.activation_checkpointing else 'off'})",
-             activation_bytes(mc, mb_tokens, b, cfg.model.activation_checkpointing), 0, "training"),
-        # Boolean mask, and the additive bias SDPA may build from it, of the attention scores.
-        Item("attention mask", mask_elements * (1 + b), 0, "training"),
-        Item(f"log-prob chunk ({cfg.grpo.logprob_chunk} tokens)", chunk, 0, "training"),
+        Item(f"rollout KV cache ({rows} rows x {seq} tokens)", kv_cache_bytes(mc, rows, seq, b), 0, ROLLOUT),
+        # Prefill: the distinct prompts' own cache until it is fanned out to the G rows, and one
+        # block's activations over their tokens.
+        Item(f"prefill ({questions} prompts x {P} tokens: their cache, one block)",
+             kv_cache_bytes(mc, questions, seq, b) + block_activation_bytes(mc, questions * P, b), 0, ("prefill",)),
+        # Each decode step: logits, their fp32 copy and probabilities (sampling), and the log-softmax,
+        # its exp and their product (the entropies rollouts keep).
+        Item("sampler logits and entropies", rows * mc.vocab_size * (b + 16), 0, ("decode",)),
+        Item(f"activations kept for backward ({mb_what}, recompute {'on' if checkpointing else 'off'})",
+             mc.num_hidden_layers * (mb_tokens * mc.hidden_size * b if checkpointing else per_block), 0,
+             ("logprobs", "backward")),
+        # Boolean mask, and the additive bias SDPA builds from it, of the attention scores.
+        Item("attention mask", mask_elements * (1 + b), 0, ("logprobs", "backward")),
+        Item(f"log-prob chunk ({min(cfg.grpo.logprob_chunk, mb_tokens)} tokens)", chunk, 0, ("logprobs",)),
     ]
+    if checkpointing:
+        items.append(Item("one block recomputed in backward", per_block, 0, ("backward",)))
     return items
 
 
+def update_tokens(cfg: Config) -> tuple[int, str]:
+    """Tokens one forward/backward of the update pushes through the model, and how they are counted:
+    a shared-prefix micro-batch fills rows up to micro_batch_tokens (one episode longer than that
+    still gets a row); a padded one is micro_batch_size rows of up to prompt + completion."""
+    seq = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    if cfg.grpo.shared_prefix:
+        tokens = max(cfg.grpo.micro_batch_tokens, seq)
+        return tokens, f"{tokens} tokens"
+    return cfg.grpo.micro_batch_size * seq, f"{cfg.grpo.micro_batch_size} x {seq} tokens"
+
+
 def peak_gpu(items: list[Item]) -> int:
-    return max(sum(i.gpu for i in items if i.phase in ("both", phase)) for phase in ("rollout", "training"))
+    """The GPU peak: the largest total over the moments of a step."""
+    return max(phase_totals(items).values())
+
+
+def phase_totals(items: list[Item]) -> dict[str, int]:
+    """GPU bytes held at each moment of a step."""
+    return {phase: sum(i.gpu for i in items if phase in i.phases) for phase in PHASES}
 
 
 # Not in the plan's tensors: the CUDA context and allocator fragmentation on the GPU; Python,

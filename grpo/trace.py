@@ -6,8 +6,9 @@ and no storage, so a 14B model costs no memory and seconds of time) under an all
 dispatcher (`DeviceMemory`: what PyTorch's MemTracker counts, without the per-module bookkeeping
 that allows one call per module), and reports each phase's peak:
 
-  rollout     the sampler's prefill of the step's prompts and its first decode steps, with the real
-              KV cache (prompts_per_step x group_size rows, max_prompt_tokens + max_new_tokens)
+  rollout     the sampler's prefill of the step's prompts and its last decode steps (attention over
+              the whole cache), with the real KV cache (prompts_per_step x group_size rows,
+              max_prompt_tokens + max_new_tokens) and the per-token entropies rollouts keep
   update      one micro-step at the real token budget: forward with activation checkpointing,
               chunked log-probs, the loss and backward (a micro-batch filled to
               grpo.micro_batch_tokens, or micro_batch_size padded rows)
@@ -19,8 +20,8 @@ The meta device stands for the GPU: the code takes its CUDA branches (qwen2/atte
 the key/value heads for masked attention, as on CUDA). The optimizer state exists before the
 rollout is traced (from the second step on it does), and the reference model when beta > 0.
 
-Simplifications: one process (no FSDP); the rollout traces two decode steps after the prefill
-(the cache is allocated whole up front, so later steps add nothing); no allocator fragmentation
+Simplifications: one process (no FSDP); the rollout traces two decode steps, as the last two of a
+rollout (the cache is allocated whole up front; a late step's attention reads all of it); no allocator fragmentation
 or CUDA context (the planner's GPU_OVERHEAD_GB covers those); completions in the update are all of
 one length, chosen so the micro-batch reaches its token budget.
 """
@@ -42,13 +43,13 @@ import qwen2.attention
 from data.rewards import Score
 from qwen2 import Qwen2, Qwen2Config
 from qwen2.lora import add_lora
-from qwen2.sampler import SamplingParams, decode_one_token, prefill, sample_next
+from qwen2.sampler import choose_next, decode_one_token, prefill
 
 from .batch import build_batch, micro_batches
 from .config import Config
 from .logprobs import micro_batch_logprobs
 from .loss import PolicyLoss, policy_loss
-from .memory import model_config_for
+from .memory import model_config_for, phase_totals
 from .optim import OffloadAdamW
 from .rollout import Episode
 from .runtime import enable_activation_checkpointing
@@ -185,8 +186,9 @@ def trace_memory(cfg: Config, model_config: Qwen2Config | None = None) -> list[P
     def rollout() -> None:
         cache, logits = prefill(model, [p for p in prompts for _ in range(cfg.rollout.group_size)],
                                 cfg.rollout.max_new_tokens, pad_token_id=0)
+        cache.length = cache.max_len - 2  # the last decode steps: attention over the whole cache
         for _ in range(2):
-            tok = sample_next(logits, SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k))
+            tok, _, _ = choose_next(logits, cfg.rollout.sampling, scored=True)  # rollouts keep the entropies
             logits = decode_one_token(model, cache, tok)
 
     with meta_as_gpu():
@@ -223,12 +225,20 @@ def update_batch(cfg: Config, vocab: int):
     return build_batch(episodes, advantages, META)
 
 
+# Which of the plan's moments (grpo/memory.py) each traced phase is.
+PLANNED_AS = {"rollout": ("prefill", "decode"), "update": ("logprobs", "backward"), "optimizer": ("optimizer",)}
+
+
+def against_plan(traces: list[PhaseTrace], plan: list) -> list[tuple[PhaseTrace, int]]:
+    """Each traced phase with the plan's peak over the same moments."""
+    totals = phase_totals(plan)
+    return [(t, max(totals[m] for m in PLANNED_AS[t.phase])) for t in traces]
+
+
 def format_trace(traces: list[PhaseTrace], plan: list, GB: float = 1e9) -> str:
-    """The traced peaks next to the plan's phase totals (training = the larger of update, optimizer)."""
-    planned = {phase: sum(i.gpu for i in plan if i.phase in ("both", phase)) for phase in ("rollout", "training")}
+    """The traced peaks next to the plan's."""
     lines = ["traced on the meta device (the real code, allocations counted at the dispatcher) vs the plan:",
              f"  {'phase':10s} {'traced GB':>10s} {'planned GB':>11s} {'trace/plan':>10s}  what ran"]
-    for t in traces:
-        p = planned["rollout" if t.phase == "rollout" else "training"]
-        lines.append(f"  {t.phase:10s} {t.peak / GB:10.2f} {p / GB:11.2f} {t.peak / max(p, 1):10.2f}  {t.what}")
+    for t, planned in against_plan(traces, plan):
+        lines.append(f"  {t.phase:10s} {t.peak / GB:10.2f} {planned / GB:11.2f} {t.peak / max(planned, 1):10.2f}  {t.what}")
     return "\n".join(lines)

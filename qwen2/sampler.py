@@ -109,6 +109,16 @@ def token_logprob_and_entropy(logits: Tensor, tokens: Tensor, temperature: float
     return logp.gather(-1, tokens[:, None])[:, 0], -(logp.exp() * logp).sum(-1)
 
 
+def choose_next(logits: Tensor, sampling: SamplingParams, generator: torch.Generator | None = None,
+                scored: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """One decode step's choice for every row: the token (B,), and with `scored` its log-prob and
+    the distribution's entropy (B,) each."""
+    tok = sample_next(logits, sampling, generator)
+    if not scored:
+        return tok, None, None
+    return tok, *token_logprob_and_entropy(logits, tok, sampling.temperature)
+
+
 def pad_batch(prompts: Sequence[Sequence[int]], pad_id: int, completions: Sequence[Sequence[int]] | None = None, *,
               device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     """Token lists -> ids and attention mask (B, P + C): [left-padded prompt | completion | right padding].
@@ -212,10 +222,10 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
         # 2. Sample this step's token for every live row.
         if logits_hook is not None:
             logits = logits_hook(logits, live, t)
-        tok = sample_next(logits, sampling, generator)  # (B,)
+        tok, lp, ent = choose_next(logits, sampling, generator, scored)  # (B,) each
         out[live, t] = tok
         if scored:
-            out_lp[live, t], out_ent[live, t] = token_logprob_and_entropy(logits, tok, sampling.temperature)
+            out_lp[live, t], out_ent[live, t] = lp, ent
         done[live] |= torch.isin(tok, stops)
         if t == max_new_tokens - 1:
             break

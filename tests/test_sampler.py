@@ -39,7 +39,12 @@ def models(tmp_path_factory):
     return hf, load_model(path)
 
 
-def test_greedy_equals_transformers_on_ragged_batch_with_stop(models):
+@pytest.mark.parametrize("cuda_path", [False, True])
+def test_greedy_equals_transformers_on_ragged_batch_with_stop(models, cuda_path, monkeypatch):
+    if cuda_path:  # qwen2/attention.py's CUDA branches on the CPU: repeated heads, grouped decode queries
+        import qwen2.attention
+
+        monkeypatch.setattr(qwen2.attention, "REPEAT_HEADS_ON", ("cpu",))
     hf, ours = models
     prompts = ragged_prompts(ours.config.vocab_size, [3, 11, 7, 1, 15, 9], seed=1)
     ref = hf_greedy(hf, prompts, 24, STOP)
