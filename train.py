@@ -5,6 +5,7 @@
     python train.py --config configs/tiny.yaml        # the offline CPU recipe
     python train.py --resume runs/gsm8k               # continue from the last checkpoint
     python train.py --dry-run                         # memory plan only: does it fit the card?
+    python train.py --dry-run --trace                 # ... and the real code's peaks, traced on the meta device
     torchrun --nproc_per_node=2 train.py              # one run on 2 GPUs (or 2 CPU processes): FSDP2
 
 Logs one line per step, writes metrics.jsonl, samples.jsonl and checkpoints into train.out_dir.
@@ -30,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="override one config value, e.g. --set rollout.group_size=16 (repeatable)")
     ap.add_argument("--resume", metavar="DIR", help="run directory (or one checkpoint directory) to continue from")
     ap.add_argument("--dry-run", action="store_true", help="print the memory plan for this config and exit")
+    ap.add_argument("--trace", action="store_true",
+                    help="with --dry-run: also run the step's peak phases on the meta device and print their traced "
+                         "peaks next to the plan (no weights are read; seconds for any model size)")
     ap.add_argument("--card-gb", type=float, default=None, help="with --dry-run: GPU size in GB (default: the visible GPU, else 24)")
     ap.add_argument("--ram-gb", type=float, default=None, help="with --dry-run: CPU RAM in GB (default: this machine's)")
     ap.add_argument("--ranks", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
@@ -61,6 +65,13 @@ def setup(args: argparse.Namespace):
             raise InputError(f"--ranks {args.ranks} must be >= 1 and divide rollout.prompts_per_step={cfg.rollout.prompts_per_step}")
         items = plan_memory(cfg, ranks=args.ranks)
         print(format_plan(items, cfg, card_gb=args.card_gb, ram_gb=args.ram_gb, ranks=args.ranks))
+        if args.trace:
+            from grpo.trace import format_trace, trace_memory
+
+            if args.ranks > 1:
+                raise InputError("--trace follows one process (no FSDP on the meta device): drop --ranks, or use "
+                                 "--dry-run --ranks N without --trace")
+            print(format_trace(trace_memory(cfg), items))
         return cfg, 0 if all(plan_fits(items, args.card_gb, args.ram_gb, args.ranks)) else 1  # scripts can tell
     from grpo.distributed import init_from_env, launched_by_torchrun
     from grpo.runtime import choose_cpu_threads, model_size, resolve_device

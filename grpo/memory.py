@@ -186,14 +186,16 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
         Item(f"rollout KV cache ({rows} rows x {seq} tokens)", kv_cache_bytes(mc, rows, seq, b), 0, ROLLOUT),
         # Prefill: the distinct prompts' own cache until it is fanned out to the G rows, and one
         # block's activations over their tokens.
-        Item(f"prefill ({questions} prompts x {P} tokens: their cache, one block)",
+        Item(f"prefill ({questions} prompts' own cache, one block)",
              kv_cache_bytes(mc, questions, seq, b) + block_activation_bytes(mc, questions * P, b), 0, ("prefill",)),
         # Each decode step: logits, their fp32 copy and probabilities (sampling), and the log-softmax,
         # its exp and their product (the entropies rollouts keep).
         Item("sampler logits and entropies", rows * mc.vocab_size * (b + 16), 0, ("decode",)),
-        Item(f"activations kept for backward ({mb_what}, recompute {'on' if checkpointing else 'off'})",
+        Item(f"activations for backward ({mb_what}{', recompute' if checkpointing else ''})",
              mc.num_hidden_layers * (mb_tokens * mc.hidden_size * b if checkpointing else per_block), 0,
-             ("logprobs", "backward")),
+             # Checkpointed block inputs are small and freed block by block; without checkpointing
+             # backward frees each block's activations as its gradients arrive, so they never all coexist.
+             ("logprobs", "backward") if checkpointing else ("logprobs",)),
         # Boolean mask, and the additive bias SDPA builds from it, of the attention scores.
         Item("attention mask", mask_elements * (1 + b), 0, ("logprobs", "backward")),
         Item(f"log-prob chunk ({min(cfg.grpo.logprob_chunk, mb_tokens)} tokens)", chunk, 0, ("logprobs",)),
@@ -310,11 +312,15 @@ def format_plan(items: list[Item], cfg: Config, card_gb: float | None = None, ra
     mc = model_config_for(cfg)
     per = f", per rank of {ranks} (torchrun)" if ranks > 1 else ""
     lines = [f"memory plan: {Path(cfg.model.path).name} ({mc.num_params / 1e9:.2f}B params, {cfg.model.dtype}), "
-             f"optim.offload={str(cfg.optim.offload).lower()}{per}", f"{'':52s} {'GPU GB':>8s} {'CPU GB':>8s}"]
+             f"optim.offload={str(cfg.optim.offload).lower()}{per}", f"{'':60s} {'GPU GB':>8s} {'CPU GB':>8s}"]
     for i in items:
-        lines.append(f"  {i.name:50s} {i.gpu / GB:8.2f} {i.cpu / GB:8.2f}")
+        when = "" if i.phases == PHASES else f"  [{', '.join(i.phases)}]"
+        lines.append(f"  {i.name:58s} {i.gpu / GB:8.2f} {i.cpu / GB:8.2f}{when}")
+    totals = phase_totals(items)
     peak, host = peak_gpu(items) / GB, sum(i.cpu for i in items) * ranks / GB  # all ranks share the machine's RAM
-    lines.append(f"  {'GPU peak (larger of rollout and training phase)':50s} {peak:8.2f} {host / ranks:8.2f}")
+    at = max(totals, key=totals.get)
+    lines.append(f"  {'GPU peak (at ' + at + ')':58s} {peak:8.2f} {host / ranks:8.2f}")
+    lines.append("  GPU at each moment: " + ", ".join(f"{p} {v / GB:.2f}" for p, v in totals.items()))
 
     card = f"a card of {card_gb:.0f} GB" + ("" if gpu_here else " (no GPU here; --card-gb sets the size)")
     gpu_fits, ram_fits = plan_fits(items, card_gb, ram_gb, ranks)
