@@ -162,6 +162,11 @@ def run(args: argparse.Namespace, device: torch.device, work: Path, tmp: Path, d
                   device_name=device_name(device), dtype=args.dtype, offload=cfg.optim.offload, cap_gb=args.cap_gb,
                   ranks=ranks, rows=rows, new_tokens=cfg.rollout.max_new_tokens, plan_gb=round(plan_gb, 3),
                   plan_cpu_gb=round(plan_cpu_gb, 3), torch=torch.__version__)
+    if ranks == 1:  # the same step traced on the meta device (grpo/trace.py): plan, trace and measured side by side
+        from grpo.trace import trace_memory
+
+        result["trace_gb"] = round(max(t.peak for t in trace_memory(cfg, mc)) / GB, 3)
+        print(f"traced peak {result['trace_gb']:.2f} GB (plan {plan_gb:.2f} GB)", flush=True)
     print(f"{args.model} ({mc.num_params / 1e9:.2f}B) {args.dtype} on {result['device_name']}, "
           f"offload={str(cfg.optim.offload).lower()}, cap={args.cap_gb} GB, {ranks} rank(s), {cfg.rollout.prompts_per_step}x"
           f"{cfg.rollout.group_size} rows, {cfg.rollout.max_new_tokens} new tokens", flush=True)
@@ -223,7 +228,8 @@ def run(args: argparse.Namespace, device: torch.device, work: Path, tmp: Path, d
         result.update(peak_gb=peak_gb, reserved_gb=max(s["reserved_gb"] for s in steps),
                       plan_ratio=round(peak_gb / plan_gb, 3))
         print(f"peak GPU memory {peak_gb:.2f} GB allocated ({result['reserved_gb']:.2f} GB reserved) vs plan "
-              f"{plan_gb:.2f} GB: {peak_gb / plan_gb:.2f}x; peak RSS {ram_gb:.1f} GB vs plan {plan_cpu_gb:.1f} GB of CPU RAM")
+              f"{plan_gb:.2f} GB: {peak_gb / plan_gb:.2f}x (traced {result.get('trace_gb', float('nan')):.2f} GB); "
+              f"peak RSS {ram_gb:.1f} GB vs plan {plan_cpu_gb:.1f} GB of CPU RAM")
     else:
         print(f"peak RSS {ram_gb:.1f} GB (plan {plan_cpu_gb:.1f} GB of CPU RAM)")
     print_result(result)

@@ -50,3 +50,14 @@ def test_without_a_gpu_the_full_check_refuses_in_one_line(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "--smoke" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_a_step_estimated_past_the_budget_is_not_run_and_is_no_failure(tmp_path):
+    out = tmp_path / "budget"
+    code = main(["--smoke", "--quiet", "--only", "optimizer", "--only", "fit-7b", "--estimate", "fit-7b=100000",
+                 "--budget", "300", "--out", str(out)])
+    assert code == 0
+    steps = json.loads((out / "summary.json").read_text())["steps"]
+    assert steps["optimizer"]["status"] == "pass"
+    assert steps["fit-7b"]["status"] == "not run: budget" and steps["fit-7b"]["rows"][0]["result"] == "SKIP"
+    assert "not run: budget" in (out / "summary.md").read_text()
