@@ -3,18 +3,22 @@
 A checkpoint is a directory `RUN/checkpoints/step_000025/` holding
     model/               HF-format model + tokenizer files (shareable, loadable by transformers), or
     adapter/             with LoRA: a PEFT adapter directory (+ tokenizer files) for the base model
-    optimizer.pt         optimizer state (fp32 master weights, moments) and LR-scheduler state
-    rng.pt               RNG states (sampling generator, torch CPU)
-                         (with N > 1 ranks: optimizer_rank{r}.pt and rng_rank{r}.pt, each rank's own)
+    optimizer/           optimizer state (fp32 master weights, moments) as a torch.distributed.checkpoint
+                         directory: written by every rank, loadable by any number (sharded_state.py)
+    rng.pt               LR-scheduler state and torch's CPU RNG state
     trainer_state.json   step, data position, and the config it was made with (written last)
+Checkpoints of earlier versions (optimizer.pt, or optimizer_rank{r}.pt and rng_rank{r}.pt per rank)
+still load, with the number of ranks that wrote them.
 Everything is written into `step_000025.tmp-<pid>/` and renamed into place at the end, so a run
 killed mid-save leaves only a `.tmp-` directory, which resume ignores. Tensors are read back with
 `torch.load(weights_only=True)`: no pickled code is ever executed.
 
 An exact resume needs more than weights: `TrainingState` is the rest (step, data position, RNG
-states); `save_checkpoint` writes it with the model and optimizer, `restore_checkpoint` puts all of
-it back and drops the log lines of steps after the checkpoint (they will be redone).
-Simplification: the CUDA RNG is not saved; sampling uses its own seeded generator, which is.
+state); `save_checkpoint` writes it with the model and optimizer, `restore_checkpoint` puts all of
+it back and drops the log lines of steps after the checkpoint (they will be redone). Sampling needs
+no saved state: each episode's random stream is derived from (seed, step, question, sample).
+Simplification: the CUDA RNG is not saved (nothing draws from it), nor each rank's own CPU RNG
+(rank 0's is restored on every rank: only LoRA dropout draws from it).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from qwen2.weights import check_weight_files
 from qwen2.lora import has_lora, save_adapter
 
 from .distributed import Dist, full_state_dict
+from .sharded_state import load_optimizer, optimizer_problem, save_optimizer
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 LOG_FILES = ("metrics.jsonl", "samples.jsonl")
@@ -48,11 +53,11 @@ class TrainingState:
 
     step: int  # completed training steps
     data: dict[str, int]  # DataOrder.state(): epoch and position in the shuffled problems
-    rng: dict[str, torch.Tensor]  # the sampler's generator and torch's CPU generator
+    rng: torch.Tensor  # torch's CPU RNG state
 
     @classmethod
-    def capture(cls, step: int, data: dict[str, int], generator: torch.Generator) -> TrainingState:
-        return cls(step, dict(data), {"sampler": generator.get_state(), "torch": torch.get_rng_state()})
+    def capture(cls, step: int, data: dict[str, int]) -> TrainingState:
+        return cls(step, dict(data), torch.get_rng_state())
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -64,9 +69,9 @@ def save_checkpoint(run_dir: str | Path, state: TrainingState, model: Qwen2, tok
                     keep: int = 2) -> Path:
     """Write the checkpoint of `state.step` atomically and delete all but the newest `keep`.
 
-    Under torchrun every rank calls it: the model is gathered and written whole by rank 0, each
-    rank writes its optimizer shards and RNG states, and rank 0 marks the checkpoint complete and
-    renames it once all have written (with one plain process the barriers are no-ops)."""
+    Under torchrun every rank calls it: the model is gathered and written whole by rank 0, every
+    rank writes its optimizer shards, and rank 0 marks the checkpoint complete and renames it once
+    all have written (with one plain process the barriers are no-ops)."""
     root = checkpoint_dir(run_dir)
     final = root / f"step_{state.step:06d}"
     tmp = root / f"step_{state.step:06d}.tmp-{dist.token}"
@@ -75,14 +80,14 @@ def save_checkpoint(run_dir: str | Path, state: TrainingState, model: Qwen2, tok
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         if has_lora(model):  # only the adapters changed: save them, for the base model.path
-            save_adapter(model, tmp / "adapter", base_model=config["model"]["path"])
+            save_adapter(model, tmp / "adapter", base_model=config["model"]["path"], state_dict=weights)
             tokenizer.save_pretrained(tmp / "adapter")
         else:
             save_model(model, tmp / "model", state_dict=weights)
             tokenizer.save_pretrained(tmp / "model")
+        torch.save({"scheduler": scheduler.state_dict(), "torch": state.rng}, tmp / "rng.pt")
     dist.barrier()  # the directory exists before the other ranks write into it
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / _per_rank("optimizer", dist))
-    torch.save(state.rng, tmp / _per_rank("rng", dist))
+    save_optimizer(optimizer, model, tmp / "optimizer")  # every rank its shards
     dist.barrier()  # every rank's files are written
     if dist.main:
         trainer_state = {"step": state.step, "data": state.data, "config": config, "ranks": dist.world}
@@ -96,31 +101,40 @@ def save_checkpoint(run_dir: str | Path, state: TrainingState, model: Qwen2, tok
     return final
 
 
-def _per_rank(name: str, dist: Dist) -> str:
-    """optimizer.pt for one process (also torchrun with one); optimizer_rank{r}.pt for each rank of
-    several (its own shards)."""
-    return f"{name}.pt" if dist.world == 1 else f"{name}_rank{dist.rank}.pt"
+def _per_rank(name: str, ranks: int, rank: int) -> str:
+    """An earlier version's file: optimizer.pt for one process, optimizer_rank{r}.pt for each of several."""
+    return f"{name}.pt" if ranks == 1 else f"{name}_rank{rank}.pt"
 
 
 def restore_checkpoint(ckpt: Path, run_dir: str | Path, optimizer: torch.optim.Optimizer, scheduler: Any,
-                       generator: torch.Generator, dist: Dist, settings: Any = None) -> TrainingState:
-    """Put optimizer, LR schedule and RNGs back as they were at `ckpt`, and drop the lines of
-    `run_dir`'s logs that belong to later steps. The model itself is loaded from ckpt/'model'.
+                       model: torch.nn.Module, dist: Dist, settings: Any = None) -> TrainingState:
+    """Put optimizer, LR schedule and RNG back as they were at `ckpt` (written by any number of
+    ranks), and drop the lines of `run_dir`'s logs that belong to later steps. The model itself is
+    loaded from ckpt/'model' (or ckpt/'adapter') before; its weights then become the masters'.
     `settings` (the config's optim section) then overrides the optimizer's saved hyperparameters:
     they are the run's own unless `--set` changed one on resuming, which must take effect."""
     saved = read_trainer_state(ckpt)
     ranks = saved.get("ranks", 1)  # checkpoints from before multi-process runs: one
-    if ranks != dist.world:
-        launcher = f"torchrun --nproc_per_node={ranks} train.py" if ranks > 1 else "python train.py"
-        raise InputError(f"{ckpt} was written by {ranks} process(es); resume it with the same number "
-                         f"({launcher} --resume ...), or start a new run from its model/ folder")
-    opt_state = _load(ckpt / _per_rank("optimizer", dist))
-    rng = _load(ckpt / _per_rank("rng", dist))
-    try:
+    if (ckpt / "optimizer").is_dir():
+        try:
+            load_optimizer(optimizer, model, ckpt / "optimizer")
+        except (RuntimeError, ValueError, KeyError) as e:  # a key or shape the checkpoint does not have
+            raise InputError(f"{ckpt / 'optimizer'} does not fit this run's model ({str(e).splitlines()[0][:160]}): "
+                             "resume with the settings it was trained with (model.lora ...), or start a new run "
+                             "from its model/ folder") from None
+        extra = _load(ckpt / "rng.pt")
+        scheduler_state, rng = extra["scheduler"], extra["torch"]
+    else:  # an earlier version's per-rank files: only the same number of ranks can read them
+        if ranks != dist.world:
+            launcher = f"torchrun --nproc_per_node={ranks} train.py" if ranks > 1 else "python train.py"
+            raise InputError(f"{ckpt} was written by {ranks} process(es) in an earlier format; resume it with the same "
+                             f"number ({launcher} --resume ...), or start a new run from its model/ folder")
+        opt_state = _load(ckpt / _per_rank("optimizer", ranks, dist.rank))
         optimizer.load_state_dict(opt_state["optimizer"])
-        scheduler.load_state_dict(opt_state["scheduler"])
-        generator.set_state(rng["sampler"])
-        torch.set_rng_state(rng["torch"])
+        scheduler_state, rng = opt_state["scheduler"], _load(ckpt / _per_rank("rng", ranks, dist.rank))["torch"]
+    try:
+        scheduler.load_state_dict(scheduler_state)
+        torch.set_rng_state(rng)
         if settings is not None:
             scheduler.base_lrs = [settings.lr] * len(optimizer.param_groups)
             factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
@@ -195,8 +209,13 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     except InputError as e:
         return str(e)
     ranks = state.get("ranks", 1)
-    names = [f"{n}.pt" for n in ("optimizer", "rng")] if ranks == 1 else \
-        [f"{n}_rank{r}.pt" for n in ("optimizer", "rng") for r in range(ranks)]
+    if (ckpt / "optimizer").is_dir():
+        names = ["rng.pt"]
+        problem = optimizer_problem(ckpt / "optimizer")
+        if problem:
+            return problem
+    else:  # an earlier version's files
+        names = [_per_rank(n, ranks, r) for n in ("optimizer", "rng") for r in range(ranks)]
     for name in names:
         file = ckpt / name
         if not file.is_file():

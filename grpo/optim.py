@@ -373,7 +373,7 @@ class OffloadAdamW(torch.optim.Optimizer):
             raise ValueError("loaded state dict has a different number of parameter groups")
         if any(len(g["params"]) != len(s["params"]) for g, s in zip(self.param_groups, saved_groups)):
             raise ValueError("loaded state dict has a group of a different size")
-        buckets = self._prepare()
+        self._prepare()
         for group, saved in zip(self.param_groups, saved_groups):
             for key, value in saved.items():
                 if key != "params":
@@ -387,9 +387,21 @@ class OffloadAdamW(torch.optim.Optimizer):
                         raise ValueError(f"shape mismatch for {key}: {tuple(src[key].shape)} vs {tuple(dst[key].shape)}")
                     dst[key].copy_(src[key])
                 dst["step"].copy_(torch.as_tensor(src["step"]))
-        for b in buckets:
+        self.write_masters()
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def states(self) -> list[tuple[Tensor, dict[str, Tensor]]]:
+        """(parameter, its state: master, exp_avg, exp_avg_sq, step) for every trainable parameter,
+        the state created if it did not exist yet: what a sharded checkpoint saves and loads into
+        (grpo/sharded_state.py)."""
+        self._prepare()
+        return [(p, self.state[p]) for b in self._buckets for p in b.params]
+
+    @torch.no_grad()
+    def write_masters(self) -> None:
+        """Round the fp32 masters into the model's weights, so that model and optimizer agree."""
+        for b in self._prepare():
             for p, master, aliased in zip(b.params, b.state.masters, b.aliased):
                 if not aliased:
                     local(p).copy_(master)
-        for hook in self._optimizer_load_state_dict_post_hooks.values():
-            hook(self)

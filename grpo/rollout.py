@@ -22,6 +22,7 @@ from data.gsm8k import Problem
 from data.prompts import build_messages, template_tags
 from data.rewards import Score, combined_reward, overlong_penalty
 from qwen2 import GenerationOutput, Qwen2, SamplingParams, Tokenizer, generate
+from qwen2.sampler import Streams
 from qwen2.errors import InputError
 
 if TYPE_CHECKING:
@@ -64,16 +65,17 @@ def problems_that_fit(problems: list[Problem], tokenizer: Tokenizer, data: DataC
 @torch.no_grad()
 def sample_groups(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], group_size: int, *,
                   max_new_tokens: int, template: str, sampling: SamplingParams,
-                  generator: torch.Generator | None = None, progress: bool = False,
+                  streams: Streams | None = None, progress: bool = False,
                   return_logprobs: bool = False, compile: bool = False) -> tuple[list[list[int]], GenerationOutput]:
     """Phase 1, generate: each problem's chat prompt, repeated `group_size` times, through the sampler.
     Returns the prompt of every row and the sampler's output (the sampler's log-probs with
-    `return_logprobs`, for grpo.old_logprobs: sampler; its entropies always); `compile`: the
+    `return_logprobs`, for grpo.old_logprobs: sampler; its entropies always); `streams`: each row's
+    random stream (qwen2.sampler.Streams, in the rows' order); `compile`: the
     compiled static-shape decode step (rollout.compile)."""
     prompts = [encode_prompt(tokenizer, p.question, template) for p in problems]
     rows = [ids for ids in prompts for _ in range(group_size)]
     out = generate(model, rows, max_new_tokens, sampling, stop_token_ids=tokenizer.stop_token_ids,
-                   generator=generator, pad_token_id=tokenizer.pad_token_id, progress=progress, return_entropies=True,
+                   streams=streams, pad_token_id=tokenizer.pad_token_id, progress=progress, return_entropies=True,
                    return_logprobs=return_logprobs, compile=compile)
     return rows, out
 

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from data.gsm8k import Problem, load_gsm8k
 from qwen2 import Qwen2
+from qwen2.sampler import Streams, stream_key
 from qwen2.lora import adapters_disabled
 
 from .advantages import group_advantages
@@ -113,12 +114,10 @@ class Trainer:
         self.compile = cfg.rollout.compiled(self.device, dist.launched)  # rollouts and evaluation
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, partial(lr_factor, warmup=optim.warmup_steps, total=cfg.train.steps, min_ratio=optim.min_lr_ratio))
-        # Each rank samples with its own stream; rank 0's is the one-process stream.
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1_000_003 * dist.rank)
         self.data = DataOrder(len(self.train_set), cfg.train.seed)
         self.step = 0
         if ckpt:
-            state = restore_checkpoint(ckpt, self.out_dir, self.optimizer, self.scheduler, self.generator, dist, optim)
+            state = restore_checkpoint(ckpt, self.out_dir, self.optimizer, self.scheduler, self.model, dist, optim)
             self.step = state.step
             self.data = DataOrder(len(self.train_set), cfg.train.seed, **state.data)
             self._say(f"resumed from {ckpt} at step {self.step}")
@@ -181,10 +180,10 @@ class Trainer:
         timer = PhaseTimer(self.device)
         # 1. generate: N questions x G samples, scored. With dynamic sampling (DAPO), more rounds of N
         #    questions until N groups have reward spread (or the rounds run out).
-        problems, episodes = self._rollout(N, timer)
+        problems, episodes = self._rollout(N, timer, round=0)
         rounds = 1
         while cfg.rollout.dynamic_sampling and rounds <= cfg.rollout.max_extra_rounds and self._spread_groups(episodes) < N:
-            more_problems, more = self._rollout(N, timer, first_group=len(problems))
+            more_problems, more = self._rollout(N, timer, round=rounds, first_group=len(problems))
             problems, episodes, rounds = problems + more_problems, episodes + more, rounds + 1
 
         # 2. reward -> advantages; only episodes that carry a learning signal are trained on.
@@ -229,15 +228,20 @@ class Trainer:
         metrics.update({f"time_{phase}": seconds for phase, seconds in timer.seconds.items()})
         return StepResult(metrics, episodes, problems)
 
-    def _rollout(self, n: int, timer: PhaseTimer, first_group: int = 0) -> tuple[list[Problem], list[Episode]]:
-        """The next n training questions, G samples each (phase "generate"), scored (phase "reward")."""
-        cfg = self.cfg
-        # The same order on every rank, of which each rank samples its own slice.
+    def _rollout(self, n: int, timer: PhaseTimer, round: int, first_group: int = 0) -> tuple[list[Problem], list[Episode]]:
+        """The next n training questions, G samples each (phase "generate"), scored (phase "reward").
+
+        The same question order on every rank, of which each rank samples its own slice. Every
+        episode draws from its own random stream, keyed by (seed, step, the question's place in the
+        step, sample), so one process and N ranks sample the same episodes."""
+        cfg, G = self.cfg, self.cfg.rollout.group_size
         problems = self.dist.share([self.train_set[i] for i in self.data.take(n)])
+        first = round * n + self.dist.rank * len(problems)  # this rank's first question, counted over the step
+        keys = [stream_key(cfg.train.seed, self.step, first + q, j) for q in range(len(problems)) for j in range(G)]
         with timer("generate"), full_weights(self.model):
             rows, out = sample_groups(self.model, self.tokenizer, problems, cfg.rollout.group_size,
                                       max_new_tokens=cfg.rollout.max_new_tokens, template=cfg.data.template,
-                                      sampling=cfg.rollout.sampling, generator=self.generator,
+                                      sampling=cfg.rollout.sampling, streams=Streams.of(keys, self.device),
                                       progress=cfg.train.progress and self.dist.main,
                                       return_logprobs=cfg.grpo.old_logprobs == "sampler", compile=self.compile)
         overlong = cfg.reward.overlong
@@ -357,7 +361,7 @@ class Trainer:
     # -- checkpoints, evaluation, logs ------------------------------------------------------------
 
     def _capture(self) -> TrainingState:
-        return TrainingState.capture(self.step, self.data.state(), self.generator)
+        return TrainingState.capture(self.step, self.data.state())
 
     def _save(self, state: TrainingState) -> bool:
         """Write the checkpoint of `state`, unless the step had non-finite numbers or the weights are

@@ -108,21 +108,24 @@ def merge_lora(model: Qwen2) -> None:
     model.__dict__.pop("lora_config", None)
 
 
-def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """The adapter weights under PEFT's names (`base_model.model.<name>.lora_A.weight`)."""
-    return {PEFT_PREFIX + name: t.detach().contiguous() for name, t in model.state_dict().items()
+def adapter_state_dict(model: nn.Module, state_dict: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """The adapter weights under PEFT's names (`base_model.model.<name>.lora_A.weight`), from
+    `state_dict` (a sharded model's, gathered) or the model's own."""
+    return {PEFT_PREFIX + name: t.detach().contiguous() for name, t in (state_dict or model.state_dict()).items()
             if ".lora_A." in name or ".lora_B." in name}
 
 
-def save_adapter(model: Qwen2, path: str | os.PathLike, base_model: str) -> None:
-    """Write a PEFT adapter directory for `model`'s adapters; `base_model` is the base's directory."""
+def save_adapter(model: Qwen2, path: str | os.PathLike, base_model: str,
+                 state_dict: dict[str, Tensor] | None = None) -> None:
+    """Write a PEFT adapter directory for `model`'s adapters; `base_model` is the base's directory.
+    `state_dict` replaces model.state_dict() (a sharded model's weights, gathered)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(base_model),
               **model.lora_config, "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
               "init_lora_weights": True, "modules_to_save": None, "use_rslora": False, "use_dora": False}
     (path / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    save_file(adapter_state_dict(model), path / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    save_file(adapter_state_dict(model, state_dict), path / ADAPTER_WEIGHTS, metadata={"format": "pt"})
 
 
 def read_adapter_config(path: str | os.PathLike) -> dict:

@@ -53,6 +53,61 @@ class GenerationOutput:
     entropies: list[list[float]] | None = field(default=None)  # entropy of softmax(logits / temperature), nats
 
 
+# --- random streams: one per episode, not per batch ------------------------------------------------
+
+MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """splitmix64's finaliser (Steele et al. 2014) on a Python int: a 64-bit bijection that scatters
+    nearby inputs."""
+    x = (x + 0x9E3779B97F4A7C15) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+def stream_key(*numbers: int) -> int:
+    """One 64-bit key from a tuple of numbers (e.g. seed, step, question, sample), as a signed int64."""
+    key = 0
+    for n in numbers:
+        key = _mix64(key ^ (n & MASK64))
+    return key - (1 << 64) if key >= 1 << 63 else key
+
+
+def _shr(x: Tensor, k: int) -> Tensor:
+    """Logical right shift of int64 tensors (torch's >> keeps the sign)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _signed(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+@dataclass(frozen=True)
+class Streams:
+    """One random stream per output row, keyed by what the row *is* (stream_key(seed, step,
+    question, sample) in training): row r's draw at token t is a function of (key_r, t) alone, so
+    it does not depend on which batch row samples it, on how the batch is split over processes, or
+    on when finished rows leave the batch. The same splitmix64 mixing as stream_key, in int64
+    tensor ops (wrapping multiplication), on the device: no host round trip per token."""
+
+    keys: Tensor  # (N,) int64, one per output row
+
+    @classmethod
+    def of(cls, keys: Sequence[int], device: torch.device | str) -> Streams:
+        return cls(torch.tensor(list(keys), dtype=torch.long, device=device))
+
+    def uniforms(self, rows: Tensor, t: int) -> Tensor:
+        """(B, 1) draws in (0, 1] for the output rows `rows` at token t."""
+        x = self.keys[rows] ^ stream_key(t)
+        x = x + _signed(0x9E3779B97F4A7C15)
+        x = (x ^ _shr(x, 30)) * _signed(0xBF58476D1CE4E5B9)
+        x = (x ^ _shr(x, 27)) * _signed(0x94D049BB133111EB)
+        x = x ^ _shr(x, 31)
+        return ((_shr(x, 40) + 1).float() * 2.0**-24)[:, None]  # 24 random bits: exact in fp32
+
+
 # --- sampling: pure functions on a (B, V) logits tensor ----------------------------------------
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
@@ -75,30 +130,34 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def sample_from_probs(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def sample_from_probs(probs: Tensor, generator: torch.Generator | None = None, u: Tensor | None = None) -> Tensor:
     """One draw per row (B,) from probabilities (B, V) by inverting the CDF. Overwrites `probs`.
 
     Draw u uniformly in (0, total] and take the first token whose cumulative probability reaches u:
     token i wins when cdf[i-1] < u <= cdf[i], an interval of width p_i, so a zero-probability
     (filtered) token can never be picked. One random number per row and no host sync; on a CPU this
     is ~5x cheaper than drawing V exponentials (argmax(p_i / E_i)) or calling torch.multinomial.
+    `u` (B, 1) in (0, 1] gives the draws (Streams.uniforms), else they come from `generator`.
     """
     cdf = probs.cumsum_(-1)  # in place: no second (B, V) buffer
-    u = 1.0 - torch.rand((probs.shape[0], 1), generator=generator, device=probs.device)  # in (0, 1]
+    if u is None:
+        u = 1.0 - torch.rand((probs.shape[0], 1), generator=generator, device=probs.device)  # in (0, 1]
     # The clamp only matters for a row of NaN probabilities (a diverged model): its draw is then some
     # valid token instead of an index past the vocabulary; the trainer refuses the step's update.
     return torch.searchsorted(cdf, u * cdf[:, -1:])[:, 0].clamp_(max=probs.shape[-1] - 1)
 
 
-def sample_next(logits: Tensor, sampling: SamplingParams, generator: torch.Generator | None = None) -> Tensor:
-    """One token id per row (B,) from logits (B, V). temperature 0 = argmax. Leaves `logits` as is."""
+def sample_next(logits: Tensor, sampling: SamplingParams, generator: torch.Generator | None = None,
+                u: Tensor | None = None) -> Tensor:
+    """One token id per row (B,) from logits (B, V). temperature 0 = argmax. Leaves `logits` as is.
+    The draws come from `u` (B, 1), else from `generator` (sample_from_probs)."""
     if sampling.temperature == 0:
         return logits.argmax(-1)
     logits = logits.float()  # a no-op for fp32 logits; softmax below makes the one copy we need
     if sampling.temperature != 1.0:
         logits = logits / sampling.temperature
     probs = top_p_filter(top_k_filter(logits, sampling.top_k), sampling.top_p).softmax(-1)
-    return sample_from_probs(probs, generator)
+    return sample_from_probs(probs, generator, u)
 
 
 def token_logprob_and_entropy(logits: Tensor, tokens: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -110,10 +169,10 @@ def token_logprob_and_entropy(logits: Tensor, tokens: Tensor, temperature: float
 
 
 def choose_next(logits: Tensor, sampling: SamplingParams, generator: torch.Generator | None = None,
-                scored: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+                scored: bool = False, u: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """One decode step's choice for every row: the token (B,), and with `scored` its log-prob and
     the distribution's entropy (B,) each."""
-    tok = sample_next(logits, sampling, generator)
+    tok = sample_next(logits, sampling, generator, u)
     if not scored:
         return tok, None, None
     return tok, *token_logprob_and_entropy(logits, tok, sampling.temperature)
@@ -175,10 +234,12 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
              sampling: SamplingParams = SamplingParams(), *, stop_token_ids: Sequence[int] = (),
              generator: torch.Generator | None = None, return_logprobs: bool = False, return_entropies: bool = False,
              pad_token_id: int = 0, compact_every: int = 8, progress: bool = False, compile: bool = False,
+             streams: Streams | None = None,
              logits_hook: Callable[[Tensor, Tensor, int], Tensor] | None = None) -> GenerationOutput:
     """Sample a completion for every prompt (token-id lists; repeat a prompt G times for G samples).
 
-    `compile=True` decodes with the static-shape step of static_decode.py, compiled once per model
+    `streams` (one random stream per row, Streams) replaces `generator` for the draws, so that a
+    row's sample does not depend on the batch it is in. `compile=True` decodes with the static-shape step of static_decode.py, compiled once per model
     (CUDA graphs on a GPU); the tokens are those of the eager loop (see that module for the last bits).
     `logits_hook(logits, rows, step)`, if given, may rewrite each step's logits (B, V) before
     sampling; `rows` (B,) holds the output row of each batch row (the batch shrinks as rows finish)
@@ -222,7 +283,8 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
         # 2. Sample this step's token for every live row.
         if logits_hook is not None:
             logits = logits_hook(logits, live, t)
-        tok, lp, ent = choose_next(logits, sampling, generator, scored)  # (B,) each
+        u = streams.uniforms(live, t) if streams is not None else None
+        tok, lp, ent = choose_next(logits, sampling, generator, scored, u)  # (B,) each
         out[live, t] = tok
         if scored:
             out_lp[live, t], out_ent[live, t] = lp, ent

@@ -115,12 +115,12 @@ def two_checkpoints(tmp_path, tiny_model):
     return tmp_path / "run"
 
 
-@pytest.mark.parametrize("damage", ["truncated optimizer.pt", "missing optimizer.pt", "garbage trainer_state.json",
-                                    "truncated model.safetensors", "truncated rng.pt"])
+@pytest.mark.parametrize("damage", ["truncated optimizer/__0_0.distcp", "missing optimizer/.metadata",
+                                    "garbage trainer_state.json", "truncated model/model.safetensors", "truncated rng.pt"])
 def test_resume_skips_a_damaged_checkpoint_for_the_newest_intact_one(two_checkpoints, capsys, damage):
     newest = two_checkpoints / "checkpoints" / "step_000002"
     what, name = damage.split(" ", 1)
-    file = newest / ("model/" + name if name.startswith("model") else name)
+    file = newest / name
     if what == "truncated":
         truncate(file)
     elif what == "missing":
@@ -136,9 +136,9 @@ def test_resume_skips_a_damaged_checkpoint_for_the_newest_intact_one(two_checkpo
 
 def test_a_damaged_checkpoint_named_directly_is_one_line(two_checkpoints, capsys):
     newest = two_checkpoints / "checkpoints" / "step_000002"
-    truncate(newest / "optimizer.pt")
+    truncate(newest / "optimizer" / "__0_0.distcp")
     code, err = outcome(capsys, ["--resume", str(newest)])
-    assert code == 2 and len(err) == 1 and "optimizer.pt is truncated or damaged" in err[0], err
+    assert code == 2 and len(err) == 1 and "optimizer/__0_0.distcp is truncated" in err[0], err
 
 
 @pytest.mark.parametrize("damage", ["truncated tokenizer.json", "garbage config.json", "truncated model.safetensors",
