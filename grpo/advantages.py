@@ -40,6 +40,7 @@ def group_advantages(
     group_size: int,
     scale: str = "group",
     eps: float = 1e-4,
+    batch_rewards: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-episode group-normalised advantages.
 
@@ -50,6 +51,8 @@ def group_advantages(
         scale: what divides reward - group mean: "group" (the group's std, original GRPO),
             "batch" (the std of all rewards of the step) or "none" (Dr. GRPO).
         eps: added to the std so a tiny spread cannot explode the advantage.
+        batch_rewards: every reward of the step, when `rewards` are only a part of it (one rank's
+            share, grpo/distributed.py): the "batch" std is theirs. Default: `rewards`.
 
     Returns:
         advantages: (num_groups * G,) float tensor; exactly 0 in zero-spread groups.
@@ -75,7 +78,7 @@ def group_advantages(
     if scale == "group":
         adv = adv / (std + eps)
     elif scale == "batch":
-        adv = adv / (rewards.float().std() + eps)
+        adv = adv / ((rewards if batch_rewards is None else batch_rewards).float().std() + eps)
 
     # Compare the spread itself rather than std to a tolerance: (max - min) is exact
     # for equal rewards, while std of equal floats can come out as ~1e-8, not 0.

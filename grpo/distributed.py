@@ -1,21 +1,27 @@
 """Several processes, one training run: torchrun, torch.distributed and FSDP2.
 
     torchrun --nproc_per_node=N train.py [--set ...]      # a plain `python train.py` stays one process
+    torchrun --nnodes=2 --node_rank=R --nproc_per_node=N --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT train.py
 
 Each of the N ranks samples its share of the step's questions with full weights (gathered once
 per step, `full_weights`), scores them and computes its groups' advantages (groups never span
-ranks), then trains on its own episodes. The model is sharded with FSDP2 (`fully_shard`, one unit
-per block plus the root): every rank holds 1/N of the weights, gradients and optimizer state
-(OffloadAdamW updates each rank's local shards, offloaded or not). The loss normalisers (token and
-sequence counts) are the whole step's, summed over ranks, and each rank's loss is multiplied by N
-against FSDP's averaging, so N ranks compute the gradient of the same global batch as one process would.
-Metrics are summed over ranks (rank 0 writes them), the model is saved whole by rank 0 and the
-optimizer per rank. NCCL on GPUs, gloo on CPUs; torchrun stops every rank when one fails.
+ranks), then trains on its own episodes. Every episode draws from its own random stream
+(qwen2.sampler.Streams, keyed by seed, step, question and sample), so N ranks sample exactly the
+episodes one process would. The model is sharded with FSDP2 (`fully_shard`, one unit per block
+plus the root): every rank holds 1/N of the weights, gradients and optimizer state (OffloadAdamW
+updates each rank's local shards, offloaded or not); with LoRA the frozen base and the adapters are
+sharded alike. The loss normalisers (token and sequence counts) are the whole step's, summed over
+ranks, and each rank's loss is multiplied by N against FSDP's averaging, so N ranks compute the
+gradient of the same global batch as one process would. Batch-wide statistics are the whole step's
+too (`Dist.sum`, `Dist.gather`): the groups with spread and the extra rounds of dynamic sampling,
+the batch reward std, the entropy quantile of the top-entropy mask. Metrics are summed over ranks
+(rank 0 writes them); rank 0 saves the model (or the LoRA adapter) whole, every rank its optimizer
+shards in PyTorch's distributed checkpoint format, so a run resumes on any number of ranks
+(grpo/sharded_state.py). NCCL on GPUs, gloo on CPUs; torchrun stops every rank when one fails.
 
-Simplifications: data parallel only (no tensor or pipeline parallelism), one node, the same number
-of ranks to resume; not yet with dynamic sampling, batch reward scaling, the top-entropy mask
-(they need batch-wide statistics) or LoRA; every rank loads the full checkpoint on the CPU before
-sharding it.
+Simplifications: data parallel only (no tensor or pipeline parallelism); every rank loads the full
+checkpoint on the CPU before sharding it; the compiled decode (rollout.compile) runs with one
+process only; nodes must share the run directory (a network file system).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as torch_dist
-from torch import nn
+from torch import Tensor, nn
 
 from qwen2 import Qwen2
 from qwen2.errors import InputError
@@ -70,6 +76,21 @@ class Dist:
         t = torch.tensor([value], dtype=torch.int64, device=self.device)
         torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
         return int(t.item())
+
+    def gather(self, values: Tensor) -> Tensor:
+        """Every rank's 1-D `values` (lengths may differ), concatenated in rank order, on every rank:
+        what a batch-wide statistic over the whole step (all ranks' episodes) is computed from."""
+        if not self.launched:
+            return values
+        sizes = torch.tensor([values.numel()], device=self.device)
+        all_sizes = [torch.zeros_like(sizes) for _ in range(self.world)]
+        torch_dist.all_gather(all_sizes, sizes)
+        longest = int(max(all_sizes))
+        padded = torch.zeros(longest, dtype=values.dtype, device=self.device)
+        padded[:values.numel()] = values.to(self.device)
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        torch_dist.all_gather(parts, padded)
+        return torch.cat([part[:int(n)] for part, n in zip(parts, all_sizes)]).to(values.device)
 
     def barrier(self) -> None:
         if self.launched:
@@ -167,18 +188,11 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def check_distributed(cfg, dist: Dist) -> None:
-    """One-line errors for what several ranks cannot do (yet)."""
+    """One-line errors for what several ranks cannot do."""
     N = cfg.rollout.prompts_per_step
     if N % dist.world:
         raise InputError(f"rollout.prompts_per_step={N} must be divisible by the {dist.world} ranks: each samples "
                          f"an equal share of the step's questions")
-    batch_wide = [(cfg.rollout.dynamic_sampling, "rollout.dynamic_sampling"),
-                  (cfg.grpo.scale_rewards == "batch", "grpo.scale_rewards=batch"),
-                  (cfg.grpo.top_entropy_quantile < 1, "grpo.top_entropy_quantile < 1"),
-                  (cfg.model.lora.rank > 0, "model.lora")]
     if cfg.rollout.compile is True:
         raise InputError("rollout.compile=true is not supported with several processes (the sampler runs on the "
                          "FSDP-sharded model): leave rollout.compile=auto, which decodes eagerly under torchrun")
-    for on, name in batch_wide:
-        if on:
-            raise InputError(f"{name} is not supported with several processes yet: run it with one (python train.py)")

@@ -62,6 +62,7 @@ so compare with TRL at `use_bias_correction_kl=False`; with beta = 0 (the defaul
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -219,17 +220,20 @@ def policy_loss(
     return loss, stats
 
 
-def top_entropy_mask(entropies: Tensor, mask: Tensor, quantile: float) -> Tensor:
+def top_entropy_mask(entropies: Tensor, mask: Tensor, quantile: float,
+                     gather: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """1.0 on the `quantile` share of `mask`'s tokens with the highest entropy, else 0.0 (B, T).
 
     "Beyond the 80/20 rule" (Wang et al. 2025): the few high-entropy "forking" tokens carry the
     learning signal. The threshold is taken over the whole batch, so micro-batching keeps the loss
-    exact; ties at the threshold are kept.
+    exact; ties at the threshold are kept. `gather` collects the entropies of the whole step when
+    these are one rank's share (Dist.gather): the threshold is then the step's, as for one process.
     """
     mask = mask.bool()
     if quantile >= 1.0:
         return mask.float()
-    threshold = torch.quantile(entropies[mask].float(), 1.0 - quantile)
+    pool = entropies[mask].float()
+    threshold = torch.quantile(pool if gather is None else gather(pool), 1.0 - quantile)
     return (mask & (entropies >= threshold)).float()
 
 

@@ -188,10 +188,13 @@ class Trainer:
 
         # 2. reward -> advantages; only episodes that carry a learning signal are trained on.
         with timer("reward"):
-            advantages, has_spread = group_advantages(torch.tensor([e.reward for e in episodes]), G,
-                                                      scale=cfg.grpo.scale_rewards)
-            if cfg.rollout.dynamic_sampling:  # train on the first N groups with spread: a full step's worth
-                has_spread &= (has_spread.view(-1, G)[:, 0].cumsum(0) <= N).repeat_interleave(G)
+            rewards = torch.tensor([e.reward for e in episodes])
+            # The batch std is the whole step's (all ranks' rewards); groups never span ranks.
+            batch_rewards = self.dist.gather(rewards) if cfg.grpo.scale_rewards == "batch" else None
+            advantages, has_spread = group_advantages(rewards, G, scale=cfg.grpo.scale_rewards,
+                                                      batch_rewards=batch_rewards)
+            if cfg.rollout.dynamic_sampling:  # train on the step's first N groups with spread: a full step's worth
+                has_spread &= self._first_groups(has_spread.view(-1, G)[:, 0], N, rounds).repeat_interleave(G)
             keep = [i for i, e in enumerate(episodes) if has_spread[i] and (e.finished or not cfg.grpo.skip_truncated)]
 
         # 3-5. log-probs, update, optimizer (with several ranks, all of them when any has episodes).
@@ -223,8 +226,8 @@ class Trainer:
             metrics["update_tokens"], metrics["padded_tokens"] = map(int, self.dist.sum(local))
             metrics.update(update.tis)
         if cfg.rollout.dynamic_sampling:
-            metrics.update(questions_sampled=len(problems), groups_kept=len({episodes[i].group for i in keep}),
-                           sampling_rounds=rounds)
+            sampled, kept = self.dist.sum([len(problems), len({episodes[i].group for i in keep})])
+            metrics.update(questions_sampled=int(sampled), groups_kept=int(kept), sampling_rounds=rounds)
         metrics.update({f"time_{phase}": seconds for phase, seconds in timer.seconds.items()})
         return StepResult(metrics, episodes, problems)
 
@@ -256,9 +259,17 @@ class Trainer:
             print(message, flush=True)
 
     def _spread_groups(self, episodes: list[Episode]) -> int:
-        """How many groups got different rewards (the ones that carry a learning signal)."""
+        """How many groups of the step (over all ranks) got different rewards: those with a learning signal."""
         G = self.cfg.rollout.group_size
-        return int(group_advantages(torch.tensor([e.reward for e in episodes]), G)[1].sum()) // G
+        return int(self.dist.sum([int(group_advantages(torch.tensor([e.reward for e in episodes]), G)[1].sum()) // G])[0])
+
+    def _first_groups(self, spread: Tensor, n: int, rounds: int) -> Tensor:
+        """Which of this rank's groups are among the step's first n with spread (one flag per group).
+        The step's order is one process's: round by round, and within a round rank by rank."""
+        world = self.dist.world
+        everyone = self.dist.gather(spread.long()).view(world, rounds, -1)  # rank, round, group in its share
+        chosen = everyone.transpose(0, 1).flatten().cumsum(0).view(rounds, world, -1) <= n  # one process's order
+        return spread & chosen[:, self.dist.rank].flatten()
 
     def _update(self, batch: Batch, micros: list[MicroBatch], timer: PhaseTimer) -> UpdateResult:
         """mu passes over the batch; each pass accumulates micro-batch gradients, then steps the optimizer.
@@ -273,7 +284,7 @@ class Trainer:
         if grpo.beta > 0:  # the frozen reference: a copy, or with LoRA the base (adapters off)
             with timer("logprobs"), adapters_disabled(self.model), torch.no_grad():
                 ref = [self._logprobs(self.ref_model or self.model, micro) for micro, _ in schedule]
-        weights = top_entropy_mask(batch.entropies, batch.loss_mask, grpo.top_entropy_quantile)
+        weights = top_entropy_mask(batch.entropies, batch.loss_mask, grpo.top_entropy_quantile, gather=self.dist.gather)
         # pi_old of the PPO ratio, one tensor per micro-batch: the first pass runs on the weights that
         # sampled, so its log-probs (detached) are pi_old exactly: ratio 1, plain GRPO's gradient.
         # Later passes (mu > 1) reuse them, so no separate forward pass is needed for them.

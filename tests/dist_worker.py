@@ -2,11 +2,15 @@
 
     python tests/dist_worker.py update CONFIG OUT.pt AGGREGATION[,AGGREGATION]  # one update on fixed episodes
     torchrun --nproc_per_node=2 tests/dist_worker.py train [train.py arguments]
+    EPISODES=FILE python tests/dist_worker.py train ...   # also: every episode's tokens, per rank, to FILE.rank<r>
+    torchrun --nproc_per_node=2 tests/dist_worker.py downgrade CHECKPOINT   # rewrite it in the per-rank format
 
 `update` builds the Trainer as train.py does (joining the process group under torchrun), gives
 each rank its share of 4 fixed groups, runs `Trainer._update`, and rank 0 saves the new full
 weights. `train` is train.py with one more reward, `odd_length`, that a random model's completions
-vary on (the real rewards are all 0 for it, so no update would happen).
+vary on (the real rewards are all 0 for it, so no update would happen). With EPISODES set, every
+step's episodes are written as JSON lines (step, the question's place in the step, sample, tokens),
+so that runs on different numbers of ranks can be compared episode by episode.
 """
 
 from __future__ import annotations
@@ -68,9 +72,59 @@ def update(config: str, out: str, aggregations: str) -> None:
     shutdown()
 
 
+def downgrade(ckpt: str) -> None:
+    """Rewrite a checkpoint in the format of earlier versions: optimizer_rank<r>.pt and rng_rank<r>.pt
+    per rank (optimizer.pt and rng.pt for one process), no optimizer/ directory."""
+    import shutil
+
+    from grpo.checkpoint import read_trainer_state
+    from grpo.config import load_config
+    from grpo.distributed import init_from_env, launched_by_torchrun, shutdown
+    from grpo.trainer import Trainer
+
+    path = Path(ckpt)
+    dist = init_from_env("cpu") if launched_by_torchrun() else None
+    trainer = Trainer(load_config(None, base=read_trainer_state(path)["config"]), resume=path, dist=dist)
+    suffix = "" if trainer.dist.world == 1 else f"_rank{trainer.dist.rank}"
+    torch.save({"optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict()},
+               path / f"optimizer{suffix}.pt")
+    torch.save({"sampler": torch.Generator().get_state(), "torch": torch.get_rng_state()}, path / f"rng{suffix}.pt")
+    trainer.dist.barrier()
+    if trainer.dist.main:
+        shutil.rmtree(path / "optimizer")
+        if suffix:
+            (path / "rng.pt").unlink()
+    shutdown()
+
+
+def dump_episodes(path: str) -> None:
+    """Write each step's episodes (step, question of the step, sample, completion tokens) to path.rank<r>."""
+    import json
+
+    from grpo.trainer import Trainer
+
+    original = Trainer.train_step
+
+    def train_step(self):
+        result = original(self)
+        N, G = self.cfg.rollout.prompts_per_step, self.cfg.rollout.group_size
+        share = N // self.dist.world
+        with open(f"{path}.rank{self.dist.rank}", "a") as f:
+            for i, e in enumerate(result.episodes):
+                round_, q = divmod(e.group, share)
+                f.write(json.dumps([self.step + 1, round_ * N + self.dist.rank * share + q, i % G, e.completion_ids]) + "\n")
+        return result
+
+    Trainer.train_step = train_step
+
+
 if __name__ == "__main__":
+    if os.environ.get("EPISODES"):
+        dump_episodes(os.environ["EPISODES"])
     if sys.argv[1] == "update":
         update(*sys.argv[2:5])
+    elif sys.argv[1] == "downgrade":
+        downgrade(sys.argv[2])
     else:
         pid_dir = Path(sys.argv[2]) if sys.argv[2].endswith(".pids") else None  # where each rank notes its pid
         if pid_dir is not None:
