@@ -165,7 +165,8 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
         items += [Item("weights gathered for sampling", n * b - shard, 0, ROLLOUT),
                   Item("FSDP units gathered in training", (root + unit) * b, 0, TRAINING)]
     if lora.rank:
-        items.append(Item(f"LoRA adapters (rank {lora.rank}, {trained / 1e6:.1f}M params)", trained * b, 0))
+        items.append(Item(f"LoRA adapters (rank {lora.rank}, {trained / 1e6:.1f}M params"
+                          + (f", 1/{ranks} each)" if ranks > 1 else ")"), -(-trained * b // ranks), 0))
     elif cfg.grpo.beta > 0:  # with LoRA the reference is the base model itself (adapters off)
         items.append(Item("reference model (beta > 0)", shard, 0))
     items += [

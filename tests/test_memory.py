@@ -137,3 +137,14 @@ def test_dry_run_exit_code_says_whether_the_plan_fits(capsys):
     assert train.main(["--dry-run", "--card-gb", "24", "--ram-gb", "24"]) == 1  # 3B without offload: no
     assert "does NOT fit" in capsys.readouterr().out
     assert train.main(["--dry-run", "--set", "optim.offload=true", "--card-gb", "80", "--ram-gb", "200"]) == 0
+
+
+def test_lora_under_fsdp_plans_each_rank_its_share():
+    """--dry-run --ranks N with LoRA: the adapters, their gradients and optimizer state are sharded
+    like the base weights; sampling gathers the full base."""
+    cfg = load_config(None, ["model.lora.rank=16", "model.dtype=bfloat16"])
+    one = {i.name.split(" (")[0]: i for i in plan_memory(cfg, Qwen2Config.from_name("Qwen2.5-7B-Instruct"))}
+    two = {i.name.split(" (")[0]: i for i in plan_memory(cfg, Qwen2Config.from_name("Qwen2.5-7B-Instruct"), ranks=2)}
+    for name in ("LoRA adapters", "gradients", "Adam moments", "weights"):
+        assert two[name].gpu == pytest.approx(one[name].gpu / 2, rel=1e-3), name
+    assert "weights gathered for sampling" in two
