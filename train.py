@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     if isinstance(trainer, int):  # --dry-run: the plan is printed; 1 when it does not fit
         return trainer
-    from grpo.trainer import Diverged
+    from grpo.divergence import Diverged
 
     try:
         trainer.run(stop_after=args.stop_after)

@@ -20,6 +20,7 @@ from data.rewards import combined_reward
 from qwen2 import GREEDY, Qwen2, SamplingParams, Tokenizer, generate
 from qwen2.errors import InputError
 
+from .distributed import Dist, full_weights
 from .rollout import encode_prompt
 
 
@@ -68,3 +69,15 @@ def evaluate(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], *, max
         temperature=sampling.temperature,
     )
     return summary, results
+
+
+def evaluate_on_ranks(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], dist: Dist,
+                      **kwargs: Any) -> dict[str, float]:
+    """`evaluate` with several ranks (torchrun): each its slice of the questions, with the full
+    weights gathered once, and the summary over all of them (the means weighted by completions).
+    One process: `evaluate` itself. Returns the summary."""
+    with full_weights(model):
+        summary, _ = evaluate(model, tokenizer, problems[dist.rank::dist.world], **kwargs)
+    means = ("accuracy", "reward", "length", "truncated")
+    *totals, n, q = dist.sum([summary[k] * summary["n"] for k in means] + [summary["n"], summary["questions"]])
+    return summary | {k: v / max(n, 1) for k, v in zip(means, totals)} | {"n": int(n), "questions": int(q)}

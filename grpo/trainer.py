@@ -15,8 +15,10 @@ sampler's own log-probs are not used for it: computed one token at a time agains
 other kernels and (in bf16) other rounding, they would make the ratio differ from 1 before any
 update (`grpo.old_logprobs: sampler` uses them only as a truncated importance weight instead).
 
-Simplifications: the batch is rebuilt from Python lists each step; with several processes
-(torchrun, grpo/distributed.py) data parallel only.
+Every episode samples from its own random stream (seed, step, question, sample), so a run is the
+same on any number of processes; a step whose numbers turn non-finite applies no update and saves
+no checkpoint (grpo/divergence.py). Simplifications: the batch is rebuilt from Python lists each
+step; with several processes (torchrun, grpo/distributed.py) data parallel only.
 """
 
 from __future__ import annotations
@@ -42,11 +44,11 @@ from qwen2.lora import adapters_disabled
 
 from .advantages import group_advantages
 from .batch import Batch, MicroBatch, build_batch, filler_batch, micro_batches, padded_tokens
-from .checkpoint import (TrainingState, latest_checkpoint, list_checkpoints, refuse_to_overwrite, restore_checkpoint,
-                         save_checkpoint)
+from .checkpoint import TrainingState, latest_checkpoint, refuse_to_overwrite, restore_checkpoint, save_checkpoint
 from .config import Config
 from .distributed import Dist, check_distributed, full_weights, in_lockstep
-from .evaluate import evaluate
+from .divergence import NonfiniteGuard, nonfinite_tensors
+from .evaluate import evaluate_on_ranks
 from .interrupt import Interrupt
 from .logprobs import micro_batch_logprobs
 from .loss import PolicyLoss, policy_loss, top_entropy_mask, truncated_importance_weights
@@ -73,10 +75,6 @@ class UpdateResult:
     stats: UpdateStats = field(default_factory=UpdateStats)
     skipped: bool = False  # a non-finite loss or gradient norm: the optimizer step was not applied
     tis: dict[str, float] = field(default_factory=dict)  # sampler/trainer ratio (grpo.old_logprobs: sampler)
-
-
-class Diverged(RuntimeError):
-    """train.max_nonfinite_steps steps in a row could not be applied: the run stops with one line."""
 
 
 @dataclass
@@ -122,7 +120,7 @@ class Trainer:
             self.data = DataOrder(len(self.train_set), cfg.train.seed, **state.data)
             self._say(f"resumed from {ckpt} at step {self.step}")
         self.interrupt: Interrupt | None = None
-        self.nonfinite_streak = 0  # steps in a row with non-finite numbers: no checkpoint is written meanwhile
+        self.guard = NonfiniteGuard(cfg.train.max_nonfinite_steps, self.out_dir, cfg.optim.lr, self._say)
         self.log = RunLog(self.out_dir, cfg)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -151,9 +149,7 @@ class Trainer:
                     self.log.step(self.step, result.metrics, result.episodes, result.problems, time.perf_counter() - t0)
                 snapshot = self._capture()
                 interrupt.release()
-                self.nonfinite_streak = self.nonfinite_streak + 1 if result.metrics["skipped_nonfinite"] else 0
-                if self.nonfinite_streak:
-                    self._check_divergence()
+                self.guard.record(self.step, bool(result.metrics["skipped_nonfinite"]))  # grpo/divergence.py
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
                     self._evaluate()
                 if (self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps) and self._save(snapshot):
@@ -377,8 +373,8 @@ class Trainer:
     def _save(self, state: TrainingState) -> bool:
         """Write the checkpoint of `state`, unless the step had non-finite numbers or the weights are
         not finite (a diverging run): then nothing is written, and the newest checkpoint stays good."""
-        local_bad = sum(int(not torch.isfinite(p.detach()).all()) for p in self.model.parameters() if p.requires_grad)
-        if self.nonfinite_streak or self.dist.sum([local_bad])[0]:
+        bad = self.dist.sum([nonfinite_tensors(p for p in self.model.parameters() if p.requires_grad)])[0]
+        if self.guard.streak or bad:
             self._say(f"not saving step {state.step}: its numbers are not finite (the newest checkpoint stays the last good one)")
             return False
         path = save_checkpoint(self.out_dir, state, self.model, self.tokenizer, self.optimizer, self.scheduler,
@@ -386,31 +382,13 @@ class Trainer:
         self._say(f"saved {path}")
         return True
 
-    def _check_divergence(self) -> None:
-        """A step whose update was refused as non-finite: say so; after train.max_nonfinite_steps such
-        steps in a row, stop the run (nothing more is saved: the last checkpoint is the last good one)."""
-        limit, streak = self.cfg.train.max_nonfinite_steps, self.nonfinite_streak
-        self._say(f"step {self.step}: non-finite numbers (sampler logits, loss or gradient norm), no update applied "
-                  f"({streak} in a row; the run stops at {limit})")
-        if streak >= limit:
-            ckpts = list_checkpoints(self.out_dir)
-            last = f"the last good checkpoint is {ckpts[-1]}" if ckpts else "no checkpoint was saved"
-            raise Diverged(f"{streak} steps in a row (to step {self.step}) had non-finite numbers: "
-                           f"the run diverged and stops ({last}). Lower optim.lr (now {self.cfg.optim.lr:g}) or "
-                           f"check the data, then start again or continue with --resume {self.out_dir}")
-
     def _evaluate(self) -> None:
-        """Greedy accuracy on the eval questions (with several ranks: each its slice, results summed)."""
-        cfg, dist = self.cfg, self.dist
-        questions = self.eval_set[dist.rank::dist.world]
-        with full_weights(self.model):
-            summary, _ = evaluate(self.model, self.tokenizer, questions, max_new_tokens=cfg.rollout.max_new_tokens,
-                                  template=cfg.data.template, reward_weights=cfg.reward.weights,
-                                  batch_size=cfg.rollout.prompts_per_step * cfg.rollout.group_size,
-                                  progress=cfg.train.progress and self.dist.main, compile=self.compile)
-        means = ("accuracy", "reward", "length", "truncated")
-        *totals, n, q = self.dist.sum([summary[k] * summary["n"] for k in means] + [summary["n"], summary["questions"]])
-        summary |= {k: v / max(n, 1) for k, v in zip(means, totals)} | {"n": int(n), "questions": int(q)}
+        """Greedy accuracy on the eval questions, logged as eval_* (over all ranks)."""
+        cfg = self.cfg
+        summary = evaluate_on_ranks(self.model, self.tokenizer, self.eval_set, self.dist, max_new_tokens=cfg.rollout.max_new_tokens,
+                                    template=cfg.data.template, reward_weights=cfg.reward.weights,
+                                    batch_size=cfg.rollout.prompts_per_step * cfg.rollout.group_size,
+                                    progress=cfg.train.progress and self.dist.main, compile=self.compile)
         self._say(f"eval step {self.step}: accuracy {summary['accuracy']:.3f} on {summary['n']} test questions "
                   f"(mean length {summary['length']:.0f}, truncated {summary['truncated']:.2f})")
         if self.dist.main:
