@@ -73,6 +73,31 @@ class KVCache:
         self.length += real.shape[1]
         self.num_real += real.sum(-1)
 
+    def forget(self, row: int, count: int) -> None:
+        """Mask out the last `count` cached positions of batch row `row` (tokens it decoded after its
+        stop token, before the sampler noticed): they stay in place but nothing attends to them."""
+        if count > 0:
+            self.key_mask[row, self.length - count:self.length] = False
+            self.num_real[row] -= count
+
+    def room(self, needed: int) -> None:
+        """Make room for `needed` more positions: when the cache is full, drop the masked positions
+        (rows' junk and padding) by packing each row's real positions to the right, left-padded."""
+        if self.length + needed <= self.max_len:
+            return
+        real = self.key_mask[:, :self.length]
+        keep = int(real.sum(1).max())
+        if keep + needed > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {keep} real ones and {needed} more do not fit")
+        for b in range(self.batch_size):  # host loop over rows: only when the cache is full
+            where = real[b].nonzero()[:, 0]
+            for buffer in (self.k, self.v):
+                buffer[:, b, :, keep - len(where):keep] = buffer[:, b][:, :, where]  # (layers, heads, n, dim)
+            self.key_mask[b, :keep] = False
+            self.key_mask[b, keep - len(where):keep] = True
+        self.key_mask[:, keep:] = False
+        self.length = keep
+
     def select(self, rows: Tensor) -> None:
         """Keep only `rows` (a LongTensor of batch indices, repeats allowed), in that order.
 

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .errors import InputError
 from .kv_cache import KVCache
+from .turns import Turns
 from .model import Qwen2
 
 
@@ -51,6 +52,7 @@ class GenerationOutput:
     finished: list[bool]  # True when the row hit a stop token within the budget
     logprobs: list[list[float]] | None = field(default=None)  # log p(token) under logits / temperature
     entropies: list[list[float]] | None = field(default=None)  # entropy of softmax(logits / temperature), nats
+    action_mask: list[list[int]] | None = field(default=None)  # with turns: 1 on sampled tokens, 0 on pushed-in ones
 
 
 # --- random streams: one per episode, not per batch ------------------------------------------------
@@ -234,13 +236,16 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
              sampling: SamplingParams = SamplingParams(), *, stop_token_ids: Sequence[int] = (),
              generator: torch.Generator | None = None, return_logprobs: bool = False, return_entropies: bool = False,
              pad_token_id: int = 0, compact_every: int = 8, progress: bool = False, compile: bool = False,
-             streams: Streams | None = None,
-             logits_hook: Callable[[Tensor, Tensor, int], Tensor] | None = None) -> GenerationOutput:
+             streams: Streams | None = None, on_stop: Callable[[int, list[int]], list[int] | None] | None = None,
+             room: int = 0, logits_hook: Callable[[Tensor, Tensor, int], Tensor] | None = None) -> GenerationOutput:
     """Sample a completion for every prompt (token-id lists; repeat a prompt G times for G samples).
 
     `streams` (one random stream per row, Streams) replaces `generator` for the draws, so that a
     row's sample does not depend on the batch it is in. `compile=True` decodes with the static-shape step of static_decode.py, compiled once per model
     (CUDA graphs on a GPU); the tokens are those of the eager loop (see that module for the last bits).
+    `on_stop(row, turn)` makes turns (turns.py, for tool calls): when a row stops it may return tokens
+    to push into the row, which then decodes on; `room` is the cache space kept for them. The output
+    then has each row's `action_mask` (1 on sampled tokens). `compile` is not used with `on_stop`.
     `logits_hook(logits, rows, step)`, if given, may rewrite each step's logits (B, V) before
     sampling; `rows` (B,) holds the output row of each batch row (the batch shrinks as rows finish)
     and `step` is the index of the token being chosen. Logprobs are then those of the rewritten
@@ -256,9 +261,10 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
                          f"{limit} positions (max_position_embeddings): generate fewer tokens or shorten the prompt")
 
     # 1. Prefill each distinct prompt once, then fan its cache out to the rows that share it.
-    cache, logits = prefill(model, prompts, max_new_tokens, pad_token_id)
+    cache, logits = prefill(model, prompts, max_new_tokens + room, pad_token_id)
     prompt_len = cache.length
-    if compile:
+    turns = Turns(on_stop, set(stop_token_ids), N) if on_stop is not None else None
+    if compile and turns is None:
         from .static_decode import CompiledDecoder
 
         decoder = CompiledDecoder(model, cache, N, prompt_len + compact_every)
@@ -293,26 +299,36 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
             break
         # 3. Every few steps, drop finished rows (one host sync); between compactions finished rows
         #    keep decoding harmlessly: whatever follows their stop token is cut off below.
+        pushed = {}
         if (t + 1) % compact_every == 0:
+            if turns is not None:  # rows that stopped may go on (a tool's answer to push in)
+                pushed = turns.resume(decoder.cache, live, done, tok, t, out, out_lp, out_ent)
             keep = (~done[live]).nonzero()[:, 0]
             if len(keep) == 0:
                 break
             if len(keep) < len(live):
                 decoder.keep(keep)
                 live, tok = live[keep], tok[keep]
-        # 4. The next token's logits; the cache then holds prompt_len + t + 1 positions.
-        logits = decoder.step(tok, prompt_len + t + 1)
+        # 4. The next token's logits; the cache then holds prompt_len + t + 1 positions (more with turns).
+        logits = turns.push(model, decoder.cache, live, tok, pushed) if pushed else decoder.step(tok, prompt_len + t + 1)
 
-    # Read everything back once, then cut each row after its first stop token.
+    # Read everything back once, then cut each row after its first stop token (of its last turn).
     rows, finished = out.tolist(), done.tolist()
-    lp_rows, ent_rows = (out_lp.tolist(), out_ent.tolist()) if scored else ([], [])
+    lp_rows, ent_rows = (out_lp.tolist(), out_ent.tolist()) if scored else (None, None)
     stop_set = set(stop_token_ids)
-    tokens, logprobs, entropies = [], [], []
+    tokens, logprobs, entropies, actions = [], [], [], []
     for i in range(N):
-        end = next((j + 1 for j, x in enumerate(rows[i]) if x in stop_set), max_new_tokens) if finished[i] else max_new_tokens
-        tokens.append(rows[i][:end])
-        if scored:
-            logprobs.append(lp_rows[i][:end])
-            entropies.append(ent_rows[i][:end])
+        first = turns.start[i] if turns is not None else 0
+        end = next((j + 1 for j in range(first, max_new_tokens) if rows[i][j] in stop_set), max_new_tokens) \
+            if finished[i] else max_new_tokens
+        lp, ent = (lp_rows[i], ent_rows[i]) if scored else (None, None)
+        if turns is not None:
+            toks, action, lps, ents = turns.completion(i, rows[i], end, lp, ent)
+        else:
+            toks, action, lps, ents = rows[i][:end], None, lp[:end] if scored else [], ent[:end] if scored else []
+        tokens.append(toks)
+        actions.append(action)
+        logprobs.append(lps)
+        entropies.append(ents)
     return GenerationOutput(tokens, finished, logprobs if return_logprobs else None,
-                            entropies if return_entropies else None)
+                            entropies if return_entropies else None, actions if turns is not None else None)
