@@ -13,6 +13,8 @@ Padded (`grpo.shared_prefix: false`, for comparison and tests). Each episode is 
 [left-padded prompt | completion | right padding], `micro_batch_size` rows at a time, each
 micro-batch padded only to its own longest prompt and completion.
 
+Completions may hold a tool's tokens (grpo/tools.py): they stay in the rows as context, which later
+tokens attend to, but are no targets: no log-prob, no loss (Episode.actions, the loss mask).
 Either way a micro-batch carries its layout (qwen2/layout.py: positions and who sees whom), built
 here once from the lengths on the host, so the forward passes over it (reference, mu updates) never
 read a number back from the device. It lists, for each completion token, its row, its column, the column of the
@@ -49,8 +51,8 @@ class Batch:
 
     @property
     def completion_tokens(self) -> int:
-        """Completion tokens the loss counts (loss_mask.sum(), from the host-side lengths)."""
-        return 0 if self.filler else sum(len(e.completion_ids) for e in self.episodes)
+        """Completion tokens the loss counts (loss_mask.sum(), from the host-side lengths): the model's own."""
+        return 0 if self.filler else sum(sum(e.actions) for e in self.episodes)
 
     @property
     def sequences(self) -> int:
@@ -79,8 +81,9 @@ class MicroBatch:
 
 def build_batch(episodes: Sequence[Episode], advantages: Tensor, device: torch.device | str) -> Batch:
     C = max(len(e.completion_ids) for e in episodes)
-    lengths = torch.tensor([len(e.completion_ids) for e in episodes])
-    loss_mask = (torch.arange(C)[None, :] < lengths[:, None]).float()
+    loss_mask = torch.zeros(len(episodes), C)
+    for i, e in enumerate(episodes):  # the model's tokens; a tool's tokens (context) and padding carry no loss
+        loss_mask[i, :len(e.completion_ids)] = torch.tensor(e.actions, dtype=torch.float32)
 
     def per_token(values: Sequence[Sequence[float]]) -> Tensor:
         out = torch.zeros(len(episodes), C)
@@ -125,7 +128,7 @@ def _padded_micro_batch(batch: Batch, rows: slice, pad_id: int, device: torch.de
     ids, attn = pad_batch([e.prompt_ids for e in episodes], pad_id, [e.completion_ids for e in episodes],
                           device=device)
     P = max(len(e.prompt_ids) for e in episodes)  # every completion starts in column P
-    tokens = [(i, P + j, P + j - 1, i, j) for i, e in enumerate(episodes) for j in range(len(e.completion_ids))]
+    tokens = [(i, P + j, P + j - 1, i, j) for i, e in enumerate(episodes) for j, a in enumerate(e.actions) if a]
     padded = len({(len(e.prompt_ids), len(e.completion_ids)) for e in episodes}) > 1  # no padding: plain causal
     return _micro_batch(batch, rows, ids, rows_layout(attn, padded), tokens, device)
 
@@ -171,7 +174,8 @@ def _packed_micro_batch(batch: Batch, rows: list[list[int]], pad_id: int, device
             completion = batch.episodes[i].completion_ids
             ids[r, col:col + len(completion)] = torch.tensor(completion)
             # A completion's first token is predicted by the prompt's last one, the others by the token before.
-            tokens += [(r, col + j, col + j - 1 if j else len(prompt) - 1, i - first, j) for j in range(len(completion))]
+            tokens += [(r, col + j, col + j - 1 if j else len(prompt) - 1, i - first, j)
+                       for j, a in enumerate(batch.episodes[i].actions) if a]
             col += len(completion)
     layout = shared_prefix_layout([len(batch.episodes[row[0]].prompt_ids) for row in rows],
                                   [[len(batch.episodes[i].completion_ids) for i in row] for row in rows], T, device)
@@ -180,7 +184,7 @@ def _packed_micro_batch(batch: Batch, rows: list[list[int]], pad_id: int, device
 
 def _micro_batch(batch: Batch, episodes: slice, ids: Tensor, layout: Layout,
                  tokens: list[tuple[int, int, int, int, int]], device: torch.device | str) -> MicroBatch:
-    width = max(t[4] for t in tokens) + 1  # the longest completion (not the loss mask's sum: a filler batch has none)
+    width = max(len(e.completion_ids) for e in batch.episodes[episodes])  # the longest completion
     row, col, predictor, episode, index = torch.tensor(tokens, dtype=torch.long).to(device).unbind(1)
-    real = sum(len(e.completion_ids) for e in batch.episodes[episodes]) if not batch.filler else 0
+    real = sum(sum(e.actions) for e in batch.episodes[episodes]) if not batch.filler else 0
     return MicroBatch(episodes, ids, layout, row, col, predictor, episode, index, batch.loss_mask[episodes, :width], real)

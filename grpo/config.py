@@ -28,6 +28,7 @@ from qwen2.lora import TARGETS
 
 from .advantages import SCALE_REWARDS
 from .loss import AGGREGATIONS, OBJECTIVES, RATIO_LEVELS
+from .tools import TOOLS
 from .typed_yaml import (Check, ConfigError, above, at_least, between, build, key, non_empty, one_of, parse_override,
                          parse_yaml, subset_of)
 
@@ -89,6 +90,10 @@ class RolloutConfig:
     # rollouts and evaluation: qwen2/static_decode.py. auto = on for one process on a GPU, off on the
     # CPU (where the same matmuls bound both paths and the compile costs ~30 s).
     compile: bool | str = key("auto", Check(lambda v: v in ("auto", True, False), "auto, true or false"))
+    # Tools the model may call mid-answer, offered through the chat template in Qwen2.5's tool-call
+    # format (grpo/tools.py): [] = none, [calculator]. With tools, rollouts decode eagerly.
+    tools: list[str] = key(check=subset_of(lambda: TOOLS, allow_empty=True), factory=list)
+    max_tool_calls: int = key(4, at_least(1, 64))  # per episode; a call beyond it ends the episode
 
     def compiled(self, device: torch.device, launched: bool = False) -> bool:
         """Whether rollouts decode with the compiled step on `device` (auto: a GPU, one process)."""

@@ -15,32 +15,31 @@ from typing import Any
 import torch
 
 from data.gsm8k import Problem
-from data.prompts import template_tags
-from data.rewards import combined_reward
-from qwen2 import GREEDY, Qwen2, SamplingParams, Tokenizer, generate
+from qwen2 import GREEDY, Qwen2, SamplingParams, Tokenizer
 from qwen2.errors import InputError
 
 from .distributed import Dist, full_weights
-from .rollout import encode_prompt
+from .rollout import sample_groups, score_groups
 
 
 @torch.no_grad()
 def evaluate(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], *, max_new_tokens: int, template: str,
              reward_weights: dict[str, float], batch_size: int = 64, progress: bool = False,
-             sampling: SamplingParams = GREEDY, samples: int = 1, seed: int = 0,
-             compile: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
+             sampling: SamplingParams = GREEDY, samples: int = 1, seed: int = 0, compile: bool = False,
+             tools: list[str] = (), max_tool_calls: int = 4) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Returns (summary, per-completion results); summary has accuracy, reward, mean length, truncated
-    share, the number of completions `n` and of `questions`, and the sampling temperature.
+    share, the number of completions `n` and of `questions`, and the sampling temperature (and with
+    `tools` the tool calls per completion).
 
     batch_size counts questions; each of them is sampled `samples` times (greedy needs 1); `compile`
-    decodes with the compiled static-shape step (qwen2/static_decode.py).
+    decodes with the compiled static-shape step (qwen2/static_decode.py); `tools` offers them as the
+    rollouts do (grpo/tools.py): each result then holds the whole exchange.
     """
     if samples < 1 or (sampling.temperature == 0 and samples != 1):
         raise InputError(f"samples must be >= 1, and 1 when temperature is 0 (greedy): got samples={samples} at "
                          f"temperature {sampling.temperature}; sample with a temperature > 0 to draw several")
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed) if sampling.temperature > 0 else None
-    tags = template_tags(template)
     results = []
     batches = range(0, len(problems), batch_size)
     if progress:
@@ -48,16 +47,18 @@ def evaluate(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], *, max
         batches = tqdm(batches, desc="eval", leave=False)
     for start in batches:
         questions = problems[start:start + batch_size]
-        encoded = [encode_prompt(tokenizer, p.question, template) for p in questions]
-        chunk = [p for p in questions for _ in range(samples)]
-        prompts = [ids for ids in encoded for _ in range(samples)]  # the sampler prefills each distinct prompt once
-        out = generate(model, prompts, max_new_tokens, sampling, stop_token_ids=tokenizer.stop_token_ids,
-                       pad_token_id=tokenizer.pad_token_id, generator=generator, compile=compile)
-        for p, toks, fin in zip(chunk, out.tokens, out.finished):
-            text = tokenizer.decode(toks, skip_special_tokens=True)
-            score = combined_reward(text, p.answer, reward_weights, tags)
-            results.append(dict(question=p.question, answer=p.answer, completion=text, correct=score.correct,
-                                reward=score.total, length=len(toks), finished=fin, **score.parts))
+        rows, out, runner = sample_groups(model, tokenizer, questions, samples, max_new_tokens=max_new_tokens,
+                                          template=template, sampling=sampling, generator=generator,
+                                          return_entropies=False, compile=compile, tools=tools,
+                                          max_tool_calls=max_tool_calls)
+        for e in score_groups(tokenizer, questions, rows, out, template=template, reward_weights=reward_weights,
+                              runner=runner):
+            result = dict(question=questions[e.group].question, answer=e.answer, completion=e.text,
+                          correct=e.score.correct, reward=e.reward, length=sum(e.actions), finished=e.finished,
+                          **e.score.parts)
+            if tools:
+                result |= dict(tool_calls=e.tool_calls, tool_errors=e.tool_errors)
+            results.append(result)
     n = max(len(results), 1)
     summary = dict(
         accuracy=sum(r["correct"] for r in results) / n,
@@ -68,6 +69,8 @@ def evaluate(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], *, max
         questions=len(problems),
         temperature=sampling.temperature,
     )
+    if tools:
+        summary["tool_calls"] = sum(r["tool_calls"] for r in results) / n
     return summary, results
 
 

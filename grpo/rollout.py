@@ -23,6 +23,8 @@ from data.prompts import build_messages, template_tags
 from data.rewards import Score, combined_reward, overlong_penalty
 from qwen2 import GenerationOutput, Qwen2, SamplingParams, Tokenizer, generate
 from qwen2.sampler import Streams
+
+from .tools import ToolRunner, tool_specs
 from qwen2.errors import InputError
 
 if TYPE_CHECKING:
@@ -40,20 +42,31 @@ class Episode:
     score: Score  # weighted reward parts, their sum (the reward), whether the answer is right
     entropies: list[float] = field(default_factory=list)  # the sampler's entropy at each completion token
     sampler_logprobs: list[float] = field(default_factory=list)  # its log-probs (grpo.old_logprobs: sampler)
+    action_mask: list[int] = field(default_factory=list)  # with tools: 1 on the model's tokens, 0 on the tools'
+    tool_calls: int = 0  # tool calls run in this episode
+    tool_errors: int = 0  # ... of which the tool answered with an error
+
+    @property
+    def actions(self) -> list[int]:
+        """1 on every completion token the model sampled (the loss's tokens), 0 on pushed-in context."""
+        return self.action_mask or [1] * len(self.completion_ids)
 
     @property
     def reward(self) -> float:
         return self.score.total
 
 
-def encode_prompt(tokenizer: Tokenizer, question: str, template: str) -> list[int]:
-    return tokenizer.encode(tokenizer.apply_chat_template(build_messages(question, template), add_generation_prompt=True))
+def encode_prompt(tokenizer: Tokenizer, question: str, template: str, tools: list[str] = ()) -> list[int]:
+    """The chat prompt of a question, offering `tools` (grpo/tools.py) through the template."""
+    return tokenizer.encode(tokenizer.apply_chat_template(build_messages(question, template), add_generation_prompt=True,
+                                                          tools=tool_specs(list(tools))))
 
 
-def problems_that_fit(problems: list[Problem], tokenizer: Tokenizer, data: DataConfig) -> list[Problem]:
+def problems_that_fit(problems: list[Problem], tokenizer: Tokenizer, data: DataConfig,
+                      tools: list[str] = ()) -> list[Problem]:
     """The training problems whose chat prompt has at most data.max_prompt_tokens tokens."""
     limit = data.max_prompt_tokens
-    kept = [p for p in problems if len(encode_prompt(tokenizer, p.question, data.template)) <= limit]
+    kept = [p for p in problems if len(encode_prompt(tokenizer, p.question, data.template, tools)) <= limit]
     if len(kept) < len(problems):
         print(f"skipping {len(problems) - len(kept)} of {len(problems)} training problems longer than "
               f"data.max_prompt_tokens={limit}")
@@ -62,41 +75,62 @@ def problems_that_fit(problems: list[Problem], tokenizer: Tokenizer, data: DataC
     return kept
 
 
+def final_turn(tokens: list[int], action: list[int]) -> list[int]:
+    """The tokens of the last turn: after the last pushed-in (tool) token."""
+    last = max((j for j, a in enumerate(action) if not a), default=-1)
+    return tokens[last + 1:]
+
+
 @torch.no_grad()
 def sample_groups(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], group_size: int, *,
                   max_new_tokens: int, template: str, sampling: SamplingParams,
-                  streams: Streams | None = None, progress: bool = False,
-                  return_logprobs: bool = False, compile: bool = False) -> tuple[list[list[int]], GenerationOutput]:
+                  streams: Streams | None = None, generator: torch.Generator | None = None, progress: bool = False,
+                  return_logprobs: bool = False, return_entropies: bool = True, compile: bool = False,
+                  tools: list[str] = (), max_tool_calls: int = 0,
+                  ) -> tuple[list[list[int]], GenerationOutput, ToolRunner | None]:
     """Phase 1, generate: each problem's chat prompt, repeated `group_size` times, through the sampler.
     Returns the prompt of every row and the sampler's output (the sampler's log-probs with
     `return_logprobs`, for grpo.old_logprobs: sampler; its entropies always); `streams`: each row's
-    random stream (qwen2.sampler.Streams, in the rows' order); `compile`: the
-    compiled static-shape decode step (rollout.compile)."""
-    prompts = [encode_prompt(tokenizer, p.question, template) for p in problems]
+    random stream (qwen2.sampler.Streams, in the rows' order), else `generator`; `compile`: the
+    compiled static-shape decode step (rollout.compile); `tools`: the tools offered (rollout.tools),
+    whose calls the returned ToolRunner ran (None without tools)."""
+    prompts = [encode_prompt(tokenizer, p.question, template, tools) for p in problems]
     rows = [ids for ids in prompts for _ in range(group_size)]
+    runner = None
+    if tools:
+        messages = [build_messages(p.question, template) for p in problems for _ in range(group_size)]
+        runner = ToolRunner(tokenizer, messages, tool_specs(list(tools)), max_tool_calls)
     out = generate(model, rows, max_new_tokens, sampling, stop_token_ids=tokenizer.stop_token_ids,
-                   streams=streams, pad_token_id=tokenizer.pad_token_id, progress=progress, return_entropies=True,
-                   return_logprobs=return_logprobs, compile=compile)
-    return rows, out
+                   streams=streams, generator=generator, pad_token_id=tokenizer.pad_token_id, progress=progress,
+                   return_entropies=return_entropies,
+                   return_logprobs=return_logprobs, compile=compile,
+                   on_stop=runner.on_stop if runner else None, room=runner.token_budget() if runner else 0)
+    return rows, out, runner
 
 
 def score_groups(tokenizer: Tokenizer, problems: list[Problem], rows: list[list[int]], out: GenerationOutput, *,
                  template: str, reward_weights: dict[str, float], overlong: tuple[int, int] | None = None,
-                 first_group: int = 0) -> list[Episode]:
+                 first_group: int = 0, runner: ToolRunner | None = None) -> list[Episode]:
     """Phase 2, reward: decode and score every completion of `sample_groups`.
 
     `overlong` = (max_tokens, buffer) adds DAPO's soft length penalty as the reward part "overlong";
-    groups are numbered from `first_group` (a step that samples in several rounds).
+    groups are numbered from `first_group` (a step that samples in several rounds). With tools the
+    reward reads the final turn (the one after the last tool answer), the episode's text is the
+    whole exchange, and `length` (and the overlong penalty) counts the model's own tokens.
     """
     group_size = len(rows) // len(problems)
     tags = template_tags(template)
     episodes = []
-    for i, (ids, toks, fin, ent) in enumerate(zip(rows, out.tokens, out.finished, out.entropies)):
+    entropies = out.entropies or [[] for _ in rows]
+    for i, (ids, toks, fin, ent) in enumerate(zip(rows, out.tokens, out.finished, entropies)):
         problem = problems[i // group_size]
-        text = tokenizer.decode(toks, skip_special_tokens=True)
-        score = combined_reward(text, problem.answer, reward_weights, tags)
+        action = out.action_mask[i] if out.action_mask is not None else []
+        text = tokenizer.decode(toks, skip_special_tokens=not action)  # a tool exchange keeps its markers
+        final = tokenizer.decode(final_turn(toks, action), skip_special_tokens=True) if action else text
+        score = combined_reward(final, problem.answer, reward_weights, tags)
         if overlong is not None:
-            score = score.plus("overlong", overlong_penalty(len(toks), *overlong))
+            score = score.plus("overlong", overlong_penalty(sum(action) if action else len(toks), *overlong))
         episodes.append(Episode(first_group + i // group_size, ids, toks, fin, text, problem.answer, score, ent,
-                                out.logprobs[i] if out.logprobs is not None else []))
+                                out.logprobs[i] if out.logprobs is not None else [], action,
+                                runner.calls.get(i, 0) if runner else 0, runner.errors.get(i, 0) if runner else 0))
     return episodes

@@ -94,27 +94,33 @@ class RunLog:
                                           "completion": e.text, "reward": e.reward, "finished": e.finished})
         parts = " ".join(f"{k.removeprefix('reward_')} {v:.2f}" for k, v in m.items() if k.startswith("reward_"))
         times = " ".join(f"{k.removeprefix('time_')} {v:.1f}s" for k, v in m.items() if k.startswith("time_"))
+        tools = f" | tools {m['tool_calls']:.2f}/episode ({m['tool_errors']:.0%} errors)" if "tool_calls" in m else ""
         print(f"step {step}/{self.cfg.train.steps} | reward {m['reward']:.3f} ({parts}) | acc {m['accuracy']:.3f} "
               f"| len {m['length']:.0f} | trunc {m['truncated']:.2f} | zero-spread {m['zero_spread_groups']}/{m['groups']} "
               f"| loss {m['loss']:.4f} | kl {m['kl']:.4f} | ent {m['entropy']:.3f} | gnorm {m['grad_norm']:.3f} "
-              f"| lr {m['lr']:.2e} | {seconds:.1f}s ({times})", flush=True)
+              f"| lr {m['lr']:.2e}{tools} | {seconds:.1f}s ({times})", flush=True)
 
 
 def rollout_metrics(episodes: list[Episode], has_spread: Tensor, group_size: int,
-                    total: Callable[[list[float]], list[float]] = list) -> dict[str, float]:
+                    total: Callable[[list[float]], list[float]] = list, tools: bool = False) -> dict[str, float]:
     """Means over the step's episodes: sums and counts first (`total` adds them up over ranks),
-    then one division, so several ranks log the numbers one process would."""
+    then one division, so several ranks log the numbers one process would. `length` counts the
+    model's own tokens; with `tools`, also the tool calls per episode and the share that errored."""
     parts = list(episodes[0].score.parts)  # the weighted reward functions, and overlong when on
     sums = {"reward": sum(e.reward for e in episodes),
             **{f"reward_{p}": sum(e.score.parts[p] for e in episodes) for p in parts},
             "accuracy": sum(e.score.correct for e in episodes),
-            "length": sum(len(e.completion_ids) for e in episodes),
+            "length": sum(sum(e.actions) for e in episodes),
             "truncated": sum(not e.finished for e in episodes),
             "entropy": sum(sum(e.entropies) for e in episodes),
             "zero_spread_groups": int((~has_spread).sum()) // group_size}
+    if tools:
+        sums |= {"tool_calls": sum(e.tool_calls for e in episodes), "tool_errors": sum(e.tool_errors for e in episodes)}
     *totals, n = total([*sums.values(), len(episodes)])
     metrics = {k: v / n for k, v in zip(sums, totals)}
     metrics["entropy"] = metrics["entropy"] / max(metrics["length"], 1e-9)  # per token, not per episode
     metrics["zero_spread_groups"] = int(round(metrics["zero_spread_groups"] * n))
     metrics["groups"] = int(n) // group_size
+    if tools:  # the share of calls that the tool answered with an error
+        metrics["tool_errors"] = metrics["tool_errors"] / max(metrics["tool_calls"], 1e-9)
     return metrics

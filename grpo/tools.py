@@ -47,7 +47,7 @@ CALCULATOR = {
     },
 }
 TOOLS = {"calculator": CALCULATOR}
-MAX_RESPONSE_CHARS = 200
+MAX_RESPONSE_CHARS = 100
 _CALL = re.compile(r"<tool_call>(.*?)</tool_call>\s*$", re.DOTALL)
 MAX_CALL_CHARS = 2000  # a longer "call" is answered with an error without being parsed
 
@@ -60,9 +60,10 @@ def tool_specs(names: list[str]) -> list[dict[str, Any]] | None:
 def run_tool_call(text: str) -> str | None:
     """The tool's answer to the call that ends `text` (a finished assistant turn), or None when the
     turn does not end with a tool call. Never raises: a bad call is answered with an error text."""
-    if "</tool_call>" not in text[-MAX_CALL_CHARS:]:
+    tail = text[-MAX_CALL_CHARS:].rstrip()
+    if not tail.endswith("</tool_call>"):  # the turn ends otherwise: a final answer
         return None
-    match = _CALL.search(text[-MAX_CALL_CHARS:])
+    match = _CALL.search(tail)
     if match is None:
         return "error: a tool call is <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>"
     try:
@@ -87,6 +88,12 @@ class ToolRunner:
     max_calls: int
     calls: dict[int, int] = field(default_factory=dict)  # row -> calls run
     errors: dict[int, int] = field(default_factory=dict)  # row -> calls answered with an error
+
+    def token_budget(self) -> int:
+        """KV-cache positions the tools' tokens of one row can take: max_calls continuations with the
+        longest answer (what generate's `room` keeps)."""
+        longest = continuation(self.tokenizer, self.messages[0], "9" * MAX_RESPONSE_CHARS, self.tools)
+        return self.max_calls * len(self.tokenizer.encode(longest))
 
     def on_stop(self, row: int, turn: list[int]) -> list[int] | None:
         """Tokens to continue row `row` with after its finished turn `turn` (model tokens, the stop

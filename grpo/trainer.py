@@ -101,7 +101,7 @@ class Trainer:
         ckpt = latest_checkpoint(resume) if resume else None
         self.model, self.ref_model, self.tokenizer = load_policy(cfg, ckpt, dist)
 
-        self.train_set = problems_that_fit(load_gsm8k(cfg.data.train_file), self.tokenizer, cfg.data)
+        self.train_set = problems_that_fit(load_gsm8k(cfg.data.train_file), self.tokenizer, cfg.data, cfg.rollout.tools)
         self.eval_set = load_gsm8k(cfg.data.test_file)[:cfg.train.eval_size] if cfg.train.eval_every else []
 
         optim = cfg.optim
@@ -209,7 +209,7 @@ class Trainer:
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
 
-        metrics = rollout_metrics(episodes, has_spread, G, self.dist.sum)
+        metrics = rollout_metrics(episodes, has_spread, G, self.dist.sum, tools=bool(cfg.rollout.tools))
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics.update(asdict(update.stats))
         metrics["trained_episodes"] = trained
@@ -238,15 +238,16 @@ class Trainer:
         first = round * n + self.dist.rank * len(problems)  # this rank's first question, counted over the step
         keys = [stream_key(cfg.train.seed, self.step, first + q, j) for q in range(len(problems)) for j in range(G)]
         with timer("generate"), full_weights(self.model):
-            rows, out = sample_groups(self.model, self.tokenizer, problems, cfg.rollout.group_size,
-                                      max_new_tokens=cfg.rollout.max_new_tokens, template=cfg.data.template,
-                                      sampling=cfg.rollout.sampling, streams=Streams.of(keys, self.device),
-                                      progress=cfg.train.progress and self.dist.main,
-                                      return_logprobs=cfg.grpo.old_logprobs == "sampler", compile=self.compile)
+            rows, out, tools = sample_groups(self.model, self.tokenizer, problems, cfg.rollout.group_size,
+                                             max_new_tokens=cfg.rollout.max_new_tokens, template=cfg.data.template,
+                                             sampling=cfg.rollout.sampling, streams=Streams.of(keys, self.device),
+                                             progress=cfg.train.progress and self.dist.main,
+                                             return_logprobs=cfg.grpo.old_logprobs == "sampler", compile=self.compile,
+                                             tools=cfg.rollout.tools, max_tool_calls=cfg.rollout.max_tool_calls)
         overlong = cfg.reward.overlong
         with timer("reward"):
             episodes = score_groups(self.tokenizer, problems, rows, out, template=cfg.data.template,
-                                    reward_weights=cfg.reward.weights, first_group=first_group,
+                                    reward_weights=cfg.reward.weights, first_group=first_group, runner=tools,
                                     overlong=(overlong.max_tokens, overlong.buffer) if overlong.max_tokens else None)
         return problems, episodes
 

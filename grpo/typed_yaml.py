@@ -85,13 +85,15 @@ def one_of(*choices: str) -> Check:
     return Check(lambda x: x in choices, f"one of {', '.join(choices)}")
 
 
-def subset_of(choices: Callable[[], Iterable[str]]) -> Check:
-    """A non-empty list or mapping whose entries (keys) are all among `choices()` (read when checked)."""
+def subset_of(choices: Callable[[], Iterable[str]], allow_empty: bool = False) -> Check:
+    """A list or mapping (non-empty unless `allow_empty`) whose entries (keys) are all among
+    `choices()` (read when checked)."""
     def text(x: Any) -> str:
         unknown = sorted(set(x or ()) - set(choices()))
-        return f"a non-empty selection of {', '.join(choices())}" + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        return (f"a {'' if allow_empty else 'non-empty '}selection of {', '.join(choices())}"
+                + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
 
-    return Check(lambda x: bool(x) and set(x) <= set(choices()), text)
+    return Check(lambda x: (allow_empty or bool(x)) and set(x) <= set(choices()), text)
 
 
 def non_empty() -> Check:

@@ -68,7 +68,7 @@ class Turns:
             row = segments[k]
             s = next(j for j in range(self.start[r], t + 1) if row[j] in self.stop_ids)  # the stop's column
             turn = row[self.start[r]:s + 1]
-            more = self.on_stop(r, self.tokens[r] + turn)
+            more = self.on_stop(r, turn)
             if not more:  # None (or nothing to push): the row is done
                 continue
             self.tokens[r] += turn + more

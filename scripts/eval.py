@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (with --temperature > 0)")
+    ap.add_argument("--tools", nargs="*", default=[], choices=["calculator"],
+                    help="offer these tools through the chat template (rollout.tools); results keep the whole exchange")
+    ap.add_argument("--max-tool-calls", type=int, default=4, help="tool calls per completion (with --tools)")
     ap.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
                     help="decode with the compiled static-shape step (auto: on a GPU; ~30 s to compile on a CPU)")
     ap.add_argument("--threads", type=int, default=None, metavar="N",
@@ -84,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     summary, results = evaluate(model, tokenizer, problems, max_new_tokens=args.max_new_tokens, template=args.template,
                                 reward_weights=GSM8K_WEIGHTS, batch_size=args.batch_size, progress=True,
                                 sampling=sampling, samples=args.samples, seed=args.seed,
-                                compile=device.type == "cuda" if args.compile == "auto" else args.compile == "true")
+                                compile=device.type == "cuda" if args.compile == "auto" else args.compile == "true",
+                                tools=args.tools, max_tool_calls=args.max_tool_calls)
     out = Path(args.out) if args.out else default_out(Path(args.model), data)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:
@@ -95,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         solved = sum(any(r["correct"] for r in results[i:i + k]) for i in range(0, len(results), k))
         print(f"pass@{k} {solved / summary['questions']:.4f} ({solved}/{summary['questions']} questions) | "
               f"mean@{k} is the accuracy below")
+    if args.tools:
+        print(f"tool calls {summary['tool_calls']:.2f} per completion")
     print(f"accuracy {summary['accuracy']:.4f} ({sum(r['correct'] for r in results)}/{summary['n']}) | "
           f"reward {summary['reward']:.3f} | mean length {summary['length']:.0f} | truncated {summary['truncated']:.3f} | "
           f"{time.perf_counter() - t0:.0f}s -> {out}")

@@ -1,0 +1,194 @@
+"""Tool calls in rollouts: the calculator's parser, the tool-call protocol, a scripted round trip
+through the real chat template and the KV cache, and the trainer's treatment of tool tokens."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from data.calculator import MAX_CHARS, calculate
+from grpo.rollout import encode_prompt, final_turn, sample_groups, score_groups
+from grpo.tools import CALCULATOR, ToolRunner, continuation, run_tool_call
+from data.gsm8k import Problem
+from data.prompts import build_messages
+from qwen2 import GREEDY, Qwen2, generate, load_model
+
+# --- the calculator ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("expression, value", [
+    ("(48 / 2) * 3", "72"), ("12.5% * 80", "10"), ("2 ** 10", "1024"), ("-2 ** 2", "-4"), ("2 ** -2", "0.25"),
+    ("1,200 + 3.5", "1203.5"), ("7 / 3", "2.333333"), ("0.1 + 0.2", "0.3"), ("((1 + 2) * (3 - 4))", "-3"),
+])
+def test_calculator_values(expression, value):
+    assert calculate(expression) == value
+
+
+@pytest.mark.parametrize("expression, error", [
+    ("1 / 0", "division by zero"), ("0 ** -1", "division by zero"), ("x + 1", "unexpected 'x'"),
+    ("abs(-2)", "unexpected 'a'"), ("(2).real", "unexpected 'r'"), ("__import__('os')", "unexpected '_'"),
+    ("9 ** 99", "exponent is larger"), ("10 ** 40", "more than 30 digits"), ("2 ** 0.5", "whole-number exponents"),
+    ("(1 + 2", "ends too early"), ("1 +", "ends too early"), ("3.5.2", "is not a number"), ("", "is empty"),
+    ("(" * 40 + "1" + ")" * 40, "nested deeper"), ("1 2", "unexpected '2'"),
+])
+def test_calculator_refuses_with_an_error_text_never_an_exception(expression, error):
+    answer = calculate(expression)
+    assert answer.startswith("error: ") and error in answer, answer
+
+
+def test_calculator_refuses_a_megabyte_in_linear_time():
+    for text in ("1+" * 500_000 + "1", "(" * 1_000_000, "9" * 1_000_000, "x" * 1_000_000):
+        t0 = time.perf_counter()
+        assert calculate(text) == f"error: the expression is longer than {MAX_CHARS} characters"
+        assert time.perf_counter() - t0 < 0.5
+    # Just under the limit, the worst cases still answer at once (no exponential backtracking or blowup).
+    for text in ("9" * 150 + "*" + "9" * 40, "-" * 31 + "1", "2**60" + "*2**60" * 20):
+        t0 = time.perf_counter()
+        assert calculate(text[:MAX_CHARS]) and time.perf_counter() - t0 < 0.5
+
+
+# --- the tool-call protocol --------------------------------------------------------------------------
+
+
+def call(expression, name="calculator") -> str:
+    return f'<think>x</think>\n<tool_call>\n{json.dumps({"name": name, "arguments": {"expression": expression}})}\n</tool_call>'
+
+
+def test_tool_calls_are_parsed_and_bad_ones_answered():
+    assert run_tool_call(call("6 * 7")) == "42"
+    assert run_tool_call("<think>6 * 7 = 42</think><answer>42</answer>") is None  # no call: a final answer
+    assert run_tool_call(call("6 * 7") + " and then <answer>42</answer>") is None  # the turn does not end with it
+    assert run_tool_call(call("6 * 7", name="python")).startswith("error: unknown tool")
+    assert run_tool_call("<tool_call>{not json}</tool_call>").startswith("error: the tool call is not valid JSON")
+    assert run_tool_call('<tool_call>{"name": "calculator", "arguments": 5}</tool_call>').startswith("error: calculator takes")
+    assert run_tool_call(call("1/0")) == "error: division by zero"
+
+
+# --- a scripted round trip ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_model):
+    model = load_model(tiny_model)
+    from qwen2 import Tokenizer
+
+    return model, Tokenizer.from_pretrained(tiny_model)
+
+
+def scripted(tokenizer, script: list[int]):
+    """A logits hook that makes every row emit `script` token by token (the column is the step)."""
+    def hook(logits, rows, t):
+        logits = torch.full_like(logits, -1e9)
+        if t < len(script):
+            logits[:, script[t]] = 0.0
+        else:
+            logits[:, tokenizer.eos_token_id] = 0.0
+        return logits
+    return hook
+
+
+@pytest.mark.parametrize("compact_every", [1, 3])
+def test_a_tool_round_trip_is_the_templates_own_token_sequence(policy, compact_every):
+    """Turn 1 calls the calculator; its answer and the next assistant header come from the chat
+    template; turn 2 answers. The completion is exactly what the template renders for the whole
+    conversation, and the tool's tokens are marked as context. With compact_every 3 the stop is
+    noticed late, so the row first decoded two junk tokens, which the cache must forget."""
+    model, tok = policy
+    question = "Tom has 6 boxes with 7 pens in each box. How many pens does Tom have?"
+    messages = build_messages(question, "think")
+    turn1 = tok.encode(call("6 * 7")) + [tok.eos_token_id]
+    turn2 = tok.encode("<think>6 * 7 = 42</think> <answer>42</answer>") + [tok.eos_token_id]
+    problems = [Problem(question, "42", "")]
+    runner = ToolRunner(tok, [messages], [CALCULATOR], max_calls=2)
+    prompt = encode_prompt(tok, question, "think", ["calculator"])
+    # The script runs by output column: turn 2 starts at the column after the stop was noticed.
+    noticed = -(-len(turn1) // compact_every) * compact_every
+    script = turn1 + [5] * (noticed - len(turn1)) + turn2  # junk (never seen) between the turns
+    out = generate(model, [prompt], 200, GREEDY, stop_token_ids=tok.stop_token_ids, compact_every=compact_every,
+                   on_stop=runner.on_stop, room=runner.token_budget(), logits_hook=scripted(tok, script),
+                   return_entropies=True)
+    assert runner.calls == {0: 1} and out.finished == [True]
+    rendered = tok.apply_chat_template(messages + [{"role": "assistant", "content": tok.decode(turn1[:-1])},
+                                                   {"role": "tool", "content": "42"},
+                                                   {"role": "assistant", "content": tok.decode(turn2[:-1])}],
+                                       add_generation_prompt=False, tools=[CALCULATOR])
+    expected = tok.encode(rendered)[len(prompt):]
+    assert out.tokens[0] == expected[:len(out.tokens[0])] and expected[len(out.tokens[0]):] == tok.encode("\n")
+    pushed = tok.encode(continuation(tok, messages, "42", [CALCULATOR]))
+    assert out.action_mask[0] == [1] * len(turn1) + [0] * len(pushed) + [1] * len(turn2)
+    assert len(out.entropies[0]) == len(out.tokens[0])
+    # The reward reads the final turn; the episode keeps the whole exchange.
+    (episode,) = score_groups(tok, problems, [prompt], out, template="think",
+                              reward_weights={"correctness": 1.0}, runner=runner)
+    assert episode.score.correct and episode.tool_calls == 1 and "<tool_response>" in episode.text
+    assert final_turn(episode.completion_ids, episode.action_mask) == turn2
+
+
+@pytest.mark.parametrize("compact_every", [1, 4])
+def test_after_a_tool_answer_the_cache_continues_as_a_fresh_prompt_would(policy, compact_every):
+    """The row that called decodes on (greedily, unforced) exactly as the model does from a prompt
+    holding the whole exchange so far: the pushed tokens, the forgotten junk and the positions are right."""
+    model, tok = policy
+    question = "How many pens?"
+    messages = build_messages(question, "think")
+    turn1 = tok.encode(call("3 + 4")) + [tok.eos_token_id]
+    prompt = encode_prompt(tok, question, "think", ["calculator"])
+    runner = ToolRunner(tok, [messages] * 2, [CALCULATOR], max_calls=1)
+
+    def hook(logits, rows, t):  # row 0 calls the tool; row 1 (another prompt length) decodes freely
+        if t < len(turn1):
+            logits = logits.clone()
+            forced = (rows == 0)
+            logits[forced] = -1e9
+            logits[forced, turn1[t]] = 0.0
+        return logits
+
+    other = encode_prompt(tok, "A longer question about pens and boxes?", "think", ["calculator"])
+    out = generate(model, [prompt, other], 120, GREEDY, stop_token_ids=tok.stop_token_ids, compact_every=compact_every,
+                   on_stop=runner.on_stop, room=runner.token_budget(), logits_hook=hook)
+    assert runner.calls == {0: 1}
+    pushed = tok.encode(continuation(tok, messages, "7", [CALCULATOR]))
+    after = out.tokens[0][len(turn1) + len(pushed):]
+    fresh = generate(model, [prompt + turn1 + pushed], len(after), GREEDY, stop_token_ids=tok.stop_token_ids)
+    assert after and after == fresh.tokens[0]
+    alone = generate(model, [other], 120, GREEDY, stop_token_ids=tok.stop_token_ids, compact_every=compact_every)
+    assert out.tokens[1] == alone.tokens[0]  # the other row did not notice
+
+
+def test_a_call_beyond_max_tool_calls_ends_the_episode(policy):
+    model, tok = policy
+    messages = build_messages("q", "think")
+    turn = tok.encode(call("1 + 1")) + [tok.eos_token_id]
+    runner = ToolRunner(tok, [messages], [CALCULATOR], max_calls=1)
+    pushed = tok.encode(continuation(tok, messages, "2", [CALCULATOR]))
+    script = turn + turn  # it calls again after the answer
+    out = generate(model, [encode_prompt(tok, "q", "think", ["calculator"])], 200, GREEDY,
+                   stop_token_ids=tok.stop_token_ids, compact_every=1, on_stop=runner.on_stop,
+                   room=runner.token_budget(), logits_hook=scripted(tok, script))
+    assert runner.calls == {0: 1} and out.finished == [True]
+    assert out.tokens[0] == turn + pushed + turn
+
+
+def test_tools_off_the_sampler_is_unchanged(policy):
+    model, tok = policy
+    prompt = encode_prompt(tok, "How many pens?", "think")
+    rows, out, runner = sample_groups(model, tok, [Problem("How many pens?", "1", "")], 3, max_new_tokens=12,
+                                      template="think", sampling=GREEDY)
+    assert runner is None and out.action_mask is None and rows == [prompt] * 3
+    assert out.tokens == generate(model, [prompt] * 3, 12, GREEDY, stop_token_ids=tok.stop_token_ids,
+                                  pad_token_id=tok.pad_token_id).tokens
+
+
+def test_training_with_the_calculator_runs_end_to_end(tmp_path, tiny_model):
+    import train
+    from tiny_run import metrics, write_config
+
+    cfg = write_config(tmp_path, tiny_model, rollout={"tools": ["calculator"], "max_tool_calls": 2},
+                       train={"steps": 2, "eval_every": 2})
+    assert train.main(["--config", str(cfg)]) == 0
+    rows = [r for r in metrics(tmp_path / "run") if "reward" in r]
+    assert len(rows) == 2 and all("tool_calls" in r and "tool_errors" in r for r in rows)
+    assert isinstance(Qwen2, type)
