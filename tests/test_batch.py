@@ -19,8 +19,9 @@ from qwen2.shared_prefix import block_attention_bound, shared_prefix_layout
 PAD, TEMPERATURE = 0, 0.7
 
 
-def episodes(drop: tuple[int, ...] = (), seed: int = 0) -> list[Episode]:
-    """3 groups of 4 samples with ragged prompts and completions; `drop` removes episodes (partial groups)."""
+def episodes(drop: tuple[int, ...] = (), seed: int = 0, tools: bool = False) -> list[Episode]:
+    """3 groups of 4 samples with ragged prompts and completions; `drop` removes episodes (partial
+    groups); `tools`: completions of 4+ tokens hold a tool's answer (tokens 1 and 2: context, not actions)."""
     g = torch.Generator().manual_seed(seed)
     completion_lens = [[5, 1, 8, 3], [2, 11, 4, 4], [6, 2, 9, 1]]
     out = []
@@ -28,7 +29,8 @@ def episodes(drop: tuple[int, ...] = (), seed: int = 0) -> list[Episode]:
         prompt = torch.randint(1, 300, (prompt_len,), generator=g).tolist()
         for n in lens:
             completion = torch.randint(1, 300, (n,), generator=g).tolist()
-            out.append(Episode(group, prompt, completion, True, "", "0", Score({}, 0.0, False)))
+            action = [0 if tools and n >= 4 and j in (1, 2) else 1 for j in range(n)] if tools else []
+            out.append(Episode(group, prompt, completion, True, "", "0", Score({}, 0.0, False), action_mask=action))
     return [e for i, e in enumerate(out) if i not in drop]
 
 
@@ -124,14 +126,17 @@ def test_ragged_completions_are_batched_by_length_and_the_planner_bound_holds():
     assert scores <= block_attention_bound(budget, 12, 64)
 
 
-@pytest.mark.parametrize("drop, repeat_heads", [((), False), ((2, 5, 6), False), ((2, 5, 6), True)])
-def test_log_probs_are_the_same_token_for_token_in_every_layout(model, drop, repeat_heads, monkeypatch):
+@pytest.mark.parametrize("drop, repeat_heads, tools", [((), False, False), ((2, 5, 6), False, False),
+                                                      ((2, 5, 6), True, False), ((2,), False, True)])
+def test_log_probs_are_the_same_token_for_token_in_every_layout(model, drop, repeat_heads, tools, monkeypatch):
     if repeat_heads:  # the CUDA path of qwen2/attention.py: masked attention over repeated key/value heads
         import qwen2.attention
 
         monkeypatch.setattr(qwen2.attention, "REPEAT_HEADS_ON", ("cpu",))
-    batch = build_batch(episodes(drop), torch.zeros(12 - len(drop)), "cpu")
+    batch = build_batch(episodes(drop, tools=tools), torch.zeros(12 - len(drop)), "cpu")
     mask = batch.loss_mask.bool()
+    if tools:  # a tool's tokens are no targets: masked out of the loss, no log-prob computed
+        assert (batch.loss_mask.sum(1) < torch.tensor([len(e.completion_ids) for e in batch.episodes])).any()
     with torch.no_grad():
         ref = reference_logprobs(model, batch)
         for name, micros in layouts(batch).items():
@@ -152,12 +157,12 @@ VARIANTS = {  # the loss variants of grpo.loss / ratio_level / delta / top_entro
 }
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", [*VARIANTS, "tools"])
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
 def test_loss_and_every_gradient_equal_the_padded_update(model, aggregation, variant):
     """mu = 2's fixed pi_old and beta > 0's reference log-probs as the trainer uses them, on partial
     groups, for every loss variant: micro-batching and packing change nothing."""
-    eps = episodes(drop=(2, 9))
+    eps = episodes(drop=(2, 9), tools=variant == "tools")
     g = torch.Generator().manual_seed(1)
     batch = build_batch(eps, torch.randn(len(eps), generator=g), "cpu")
     with torch.no_grad():
@@ -165,7 +170,8 @@ def test_loss_and_every_gradient_equal_the_padded_update(model, aggregation, var
     old = base + 0.3 * torch.randn(base.shape, generator=g)  # many ratios outside the clip range
     ref = base + 0.3 * torch.randn(base.shape, generator=g)
     num_tokens = int(batch.loss_mask.sum())
-    extra = dict(VARIANTS[variant])
+    assert num_tokens == batch.completion_tokens
+    extra = dict(VARIANTS.get(variant, {}))
     weights = torch.rand(base.shape, generator=g) if extra.pop("token_weights", False) else None
 
     def update(micros):
