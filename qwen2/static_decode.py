@@ -70,6 +70,11 @@ class StaticCache:
         """The prefilled eager cache, its `rows` (repeats allowed) in that order."""
         static = cls(cache.k[:, rows].contiguous(), cache.v[:, rows].contiguous(), cache.key_mask[rows].contiguous(),
                      cache.num_real[rows].contiguous(), torch.tensor(cache.length, device=cache.k.device), window)
+        # The eager cache leaves positions past its length uninitialised (it never reads them); the
+        # static step reads the whole window, masked. A masked position still multiplies its value by
+        # a zero weight, and 0 * NaN is NaN: whatever garbage sits there must be zeros.
+        static.k[:, :, :, cache.length:] = 0
+        static.v[:, :, :, cache.length:] = 0
         _static(static.k, static.v, static.key_mask, static.num_real, static.pos)
         return static
 

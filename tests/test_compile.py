@@ -67,3 +67,19 @@ def test_the_step_is_compiled_once_and_reads_nothing_back_between_compactions(mo
     assert STATS.compiles <= 2, STATS  # the first compile, and at most one that makes the shapes dynamic
     # One read per compaction (every 4 tokens: at most 3 in 16), then the outputs once at the end.
     assert reads.where.get("aten.nonzero.default", 0) <= 3 and reads.count <= 3 + 2, reads.where
+
+
+def test_the_static_cache_zeroes_what_the_eager_cache_left_uninitialised(models):
+    # The eager cache never reads past its length, so select() leaves those positions as garbage; the
+    # static step attends over the whole window (masked), and a masked NaN still poisons the output.
+    from qwen2.kv_cache import KVCache
+    from qwen2.static_decode import StaticCache
+
+    _, ours = models
+    cache = KVCache(ours.config, 2, 16, dtype=torch.float32, device="cpu")
+    cache.length = 5
+    cache.k[:, :, :, 5:] = float("nan")
+    cache.v[:, :, :, 5:] = float("nan")
+    static = StaticCache.from_cache(cache, torch.tensor([1, 0, 0]), window=16)
+    assert torch.isfinite(static.k).all() and torch.isfinite(static.v).all()
+    assert static.k.shape[1] == 3
