@@ -102,6 +102,16 @@ def load_gsm8k(path: str | Path) -> list[Problem]:
     return problems
 
 
+def calculations(solution: str) -> list[str]:
+    """The arithmetic a solution performs, in order: the expressions of GSM8K's `<<48/2=24>>`
+    annotations, else those of plain `expression = result` steps (the synthetic problems write
+    "7 + 5 = 12, 12 - 3 = 9"). What an SFT example with a calculator calls (scripts/sft.py)."""
+    annotated = [a[2:-2].split("=")[0] for a in _CALCULATOR_RE.findall(solution)]
+    if annotated:
+        return annotated
+    return [step.split("=")[0].strip() for step in re.split(r",\s*|\n", solution) if "=" in step]
+
+
 def strip_calculator_annotations(solution: str) -> str:
     """Remove GSM8K's `<<48/2=24>>` calculator calls, leaving readable prose."""
     return _CALCULATOR_RE.sub("", solution)

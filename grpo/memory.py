@@ -31,6 +31,7 @@ from qwen2.shared_prefix import block_attention_bound
 
 from .config import Config
 from .offload import DEFAULT_BUCKET_NUMEL, is_own_master, split_into_buckets, state_device, working_buffers
+from .tools import TOOL_TURN_TOKENS
 
 GB = 1e9
 
@@ -143,7 +144,7 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
     trainable = [p for p in model.parameters() if p.requires_grad]
     trained = sum(p.numel() for p in trainable)
     opt = optimizer_state_bytes(trainable, offload=cfg.optim.offload, device=on_gpu)
-    P, C, G = cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens, cfg.rollout.group_size
+    P, C, G = cfg.data.max_prompt_tokens, completion_tokens(cfg), cfg.rollout.group_size
     seq = P + C
     questions = cfg.rollout.prompts_per_step // ranks  # each rank samples its share of the questions
     rows = questions * G
@@ -206,11 +207,18 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
     return items
 
 
+def completion_tokens(cfg: Config) -> int:
+    """The longest completion: the model's own max_new_tokens, plus, with rollout.tools, what the
+    tools' answers may add (max_tool_calls turns of at most TOOL_TURN_TOKENS each)."""
+    tools = cfg.rollout.max_tool_calls * TOOL_TURN_TOKENS if cfg.rollout.tools else 0
+    return cfg.rollout.max_new_tokens + tools
+
+
 def update_tokens(cfg: Config) -> tuple[int, str]:
     """Tokens one forward/backward of the update pushes through the model, and how they are counted:
     a shared-prefix micro-batch fills rows up to micro_batch_tokens (one episode longer than that
     still gets a row); a padded one is micro_batch_size rows of up to prompt + completion."""
-    seq = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    seq = cfg.data.max_prompt_tokens + completion_tokens(cfg)
     if cfg.grpo.shared_prefix:
         tokens = max(cfg.grpo.micro_batch_tokens, seq)
         return tokens, f"{tokens} tokens"
@@ -243,9 +251,10 @@ def check_fits(cfg: Config, mc: Qwen2Config, device: torch.device, ranks: int = 
     plus completions longer than the model's positions, or a memory plan larger than the GPU (or, on
     a CPU, the RAM). Only a certain failure is refused: the plan is compared with the whole memory,
     without the overheads --dry-run adds for its verdict."""
-    longest = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    longest = cfg.data.max_prompt_tokens + completion_tokens(cfg)
     if longest > mc.max_position_embeddings:
-        raise InputError(f"data.max_prompt_tokens + rollout.max_new_tokens = {longest} exceeds the model's "
+        tools = " + the tools' turns" if cfg.rollout.tools else ""
+        raise InputError(f"data.max_prompt_tokens + rollout.max_new_tokens{tools} = {longest} exceeds the model's "
                          f"{mc.max_position_embeddings} positions (max_position_embeddings): lower rollout.max_new_tokens")
     on_gpu = device.type == "cuda"
     items = plan_memory(cfg, mc, device="cuda" if on_gpu else "cpu", ranks=ranks)

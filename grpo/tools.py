@@ -48,6 +48,7 @@ CALCULATOR = {
 }
 TOOLS = {"calculator": CALCULATOR}
 MAX_RESPONSE_CHARS = 100
+TOOL_TURN_TOKENS = MAX_RESPONSE_CHARS + 40  # the longest answer at a token a character, and the template around it
 _CALL = re.compile(r"<tool_call>(.*?)</tool_call>\s*$", re.DOTALL)
 MAX_CALL_CHARS = 2000  # a longer "call" is answered with an error without being parsed
 
@@ -55,6 +56,11 @@ MAX_CALL_CHARS = 2000  # a longer "call" is answered with an error without being
 def tool_specs(names: list[str]) -> list[dict[str, Any]] | None:
     """The schemas to offer through the chat template (None: no tools)."""
     return [TOOLS[n] for n in names] or None
+
+
+def call_text(name: str, arguments: dict[str, Any]) -> str:
+    """A tool call as the model writes it in Qwen2.5's format (what `run_tool_call` reads back)."""
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
 
 
 def run_tool_call(text: str) -> str | None:

@@ -15,6 +15,17 @@ fixes that. Each GSM8K-format JSONL problem becomes one example:
                 <answer>{gold number}</answer><|im_end|>
 
 and the loss is teacher-forced cross-entropy on the completion tokens only (the prompt is context).
+
+With --tools calculator the prompt offers the calculator (as rollout.tools does) and the completion
+calls it, in the checkpoint's own format, once per calculation of the solution (data.gsm8k.calculations),
+each call a turn of its own, before the final turn above:
+
+    <tool_call>\n{"name": "calculator", "arguments": {"expression": "7 * 8"}}\n</tool_call><|im_end|>
+    [the template's tool turn: <tool_response>\n56\n</tool_response>, the next assistant header]
+    <think>7 * 8 = 56</think>\n<answer>56</answer><|im_end|>
+
+The tool's tokens are context, exactly as in a rollout: they get no loss (an action mask, as the
+trainer's `Episode.action_mask`).
 Batches have the trainer's layout (left-padded prompt | completion | right padding) and the
 log-probs come from the trainer's own `grpo.logprobs.token_logprobs`; the optimizer is the trainer's
 `OffloadAdamW` with linear warmup and cosine decay. The result is saved as a Hugging Face checkpoint
@@ -44,8 +55,8 @@ from pathlib import Path
 
 import torch
 
-from data.gsm8k import Problem, load_gsm8k, strip_calculator_annotations
-from data.prompts import TEMPLATES, template_tags
+from data.gsm8k import Problem, calculations, load_gsm8k, strip_calculator_annotations
+from data.prompts import TEMPLATES, build_messages, template_tags
 from data.rewards import GSM8K_WEIGHTS
 from data.synthetic import format_completion
 from grpo.evaluate import evaluate
@@ -54,6 +65,7 @@ from grpo.optim import OffloadAdamW
 from grpo.rollout import encode_prompt
 from grpo.runtime import DTYPES, enable_activation_checkpointing, resolve_device
 from grpo.schedule import DataOrder, lr_factor
+from grpo.tools import TOOLS, call_text, continuation, run_tool_call, tool_specs
 from qwen2 import Qwen2, Tokenizer, load_model, pad_batch, save_model
 from qwen2.errors import InputError, run_command
 
@@ -82,35 +94,61 @@ def end_token_id(tokenizer: Tokenizer) -> int:
     return end
 
 
-def encode_examples(tokenizer: Tokenizer, problems: list[Problem], template: str,
-                    max_len: int) -> tuple[list[tuple[list[int], list[int]]], int]:
-    """(prompt ids, completion ids + end token) per problem; examples longer than max_len are dropped."""
+Example = tuple[list[int], list[int], list[int]]  # prompt ids, completion ids, action mask (1 = trained on)
+
+
+def tool_turns(tokenizer: Tokenizer, problem: Problem, template: str, tools: list[str],
+               max_calls: int) -> tuple[list[int], list[int]]:
+    """The calculator turns before the final answer: each call (a model turn, trained on) and the
+    template's rendering of its answer (context, not trained on): (tokens, action mask)."""
+    end, specs = end_token_id(tokenizer), tool_specs(tools)
+    messages = build_messages(problem.question, template)
+    tokens, action = [], []
+    for expression in calculations(problem.solution)[:max_calls]:
+        call = call_text("calculator", {"expression": expression})
+        turn = tokenizer.encode(call) + [end]
+        answer = tokenizer.encode(continuation(tokenizer, messages, run_tool_call(call), specs))
+        tokens += turn + answer
+        action += [1] * len(turn) + [0] * len(answer)
+    return tokens, action
+
+
+def encode_examples(tokenizer: Tokenizer, problems: list[Problem], template: str, max_len: int,
+                    tools: list[str] = (), max_calls: int = 4) -> tuple[list[Example], int]:
+    """(prompt ids, completion ids + end token, action mask) per problem; with `tools` the completion
+    first calls them (tool_turns). Examples longer than max_len are dropped."""
     end = end_token_id(tokenizer)
     completions = tokenizer.encode_batch([sft_target(p, template) for p in problems])
     examples, dropped = [], 0
     for p, completion in zip(problems, completions):
-        prompt = encode_prompt(tokenizer, p.question, template)
-        if len(prompt) + len(completion) + 1 > max_len:
+        prompt = encode_prompt(tokenizer, p.question, template, tools)
+        calls, action = tool_turns(tokenizer, p, template, list(tools), max_calls) if tools else ([], [])
+        completion = calls + completion + [end]
+        action = action + [1] * (len(completion) - len(action))
+        if len(prompt) + len(completion) > max_len:
             dropped += 1
             continue
-        examples.append((prompt, completion + [end]))
+        examples.append((prompt, completion, action))
     return examples, dropped
 
 
-def sft_step(model: Qwen2, batch: list[tuple[list[int], list[int]]], pad_id: int, micro_batch_size: int,
+def sft_step(model: Qwen2, batch: list[Example], pad_id: int, micro_batch_size: int,
              device: torch.device) -> tuple[float, int]:
     """Forward + backward of one batch (gradients accumulate over micro-batches); returns (loss, tokens).
 
-    The loss is the mean negative log-likelihood over all completion tokens of the batch, so the
-    micro-batch split does not change it (each part is divided by the batch's token count).
+    The loss is the mean negative log-likelihood over all trained-on completion tokens of the batch,
+    so the micro-batch split does not change it (each part is divided by the batch's token count).
     """
-    num_tokens = sum(len(c) for _, c in batch)
+    num_tokens = sum(sum(a) for _, _, a in batch)
     total = 0.0
     for start in range(0, len(batch), micro_batch_size):
-        prompts, completions = zip(*batch[start:start + micro_batch_size])
+        prompts, completions, actions = zip(*batch[start:start + micro_batch_size])
         ids, attn = pad_batch(prompts, pad_id, completions, device=device)  # the trainer's batch layout
         P = max(len(p) for p in prompts)  # the column of the first completion token
-        mask = attn[:, P:].float()
+        action = torch.zeros_like(attn[:, P:], dtype=torch.float32)
+        for i, a in enumerate(actions):
+            action[i, :len(a)] = torch.tensor(a, dtype=torch.float32)
+        mask = attn[:, P:].float() * action  # padding and tool tokens: no loss
         logp = token_logprobs(model, ids, attn, P)  # (B, C) log-probs of the completion tokens
         loss = -(logp * mask).sum() / num_tokens
         loss.backward()
@@ -144,11 +182,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "(e.g. 0.3): a deliberately partial warm start that leaves GRPO room to improve")
     ap.add_argument("--check-every", type=int, default=25, help="steps between --stop-at-accuracy checks")
     ap.add_argument("--check-size", type=int, default=128, help="training questions per --stop-at-accuracy check")
+    ap.add_argument("--tools", nargs="*", default=[], choices=sorted(TOOLS),
+                    help="offer these tools in the prompt and call them in the examples (rollout.tools)")
+    ap.add_argument("--max-tool-calls", type=int, default=4, help="calls per example at most (rollout.max_tool_calls)")
     ap.add_argument("--eval-file", help="GSM8K-format JSONL: greedy accuracy on it after training")
     ap.add_argument("--eval-size", type=int, default=200, help="questions of --eval-file to evaluate (default 200)")
     ap.add_argument("--max-new-tokens", type=int, default=256, help="generation budget of the --eval-file evaluation")
     args = ap.parse_args(argv)
-    for name in ("steps", "batch_size", "max_len", "log_every", "eval_size", "max_new_tokens", "check_every", "check_size"):
+    for name in ("steps", "batch_size", "max_len", "log_every", "eval_size", "max_new_tokens", "check_every", "check_size",
+                 "max_tool_calls"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.lr <= 0:
@@ -175,7 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
         problems = problems[:args.limit]
     model = load_model(args.model, device=device, dtype=dtype)
     tokenizer = Tokenizer.from_pretrained(args.model)
-    examples, dropped = encode_examples(tokenizer, problems, args.template, args.max_len)
+    examples, dropped = encode_examples(tokenizer, problems, args.template, args.max_len, args.tools,
+                                        args.max_tool_calls)
     if dropped:
         print(f"skipping {dropped} of {len(problems)} examples longer than --max-len {args.max_len}")
     if not examples:
@@ -228,7 +271,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.stop_at_accuracy is not None and step % args.check_every == 0 and step < args.steps:
             model.eval()
             check, _ = evaluate(model, tokenizer, check_set, max_new_tokens=args.max_new_tokens,
-                                template=args.template, reward_weights=GSM8K_WEIGHTS, batch_size=128)
+                                template=args.template, reward_weights=GSM8K_WEIGHTS, batch_size=128,
+                                tools=args.tools, max_tool_calls=args.max_tool_calls)
             model.train()
             with open(log_path, "a") as f:
                 f.write(json.dumps({"step": step, "check_accuracy": check["accuracy"]}) + "\n")
@@ -255,7 +299,8 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = Tokenizer.from_pretrained(out)  # what train.py will load, eos included
         test = load_gsm8k(args.eval_file)[:args.eval_size]
         result, _ = evaluate(model, tokenizer, test, max_new_tokens=args.max_new_tokens, template=args.template,
-                             reward_weights=GSM8K_WEIGHTS, batch_size=128)
+                             reward_weights=GSM8K_WEIGHTS, batch_size=128,
+                             tools=args.tools, max_tool_calls=args.max_tool_calls)
         print(f"held-out greedy accuracy {result['accuracy']:.3f} on {result['n']} questions of {args.eval_file} "
               f"(mean reward {result['reward']:.3f}, truncated {result['truncated']:.2f})")
         summary["eval"] = result

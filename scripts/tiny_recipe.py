@@ -3,6 +3,7 @@
     python scripts/tiny_recipe.py                  # everything under runs/tiny (~6.5-7 minutes on one CPU core)
     python scripts/tiny_recipe.py --quick          # a shortened run (~60-70 s), what tests/test_tiny_recipe.py runs
     python train.py --config configs/tiny.yaml     # afterwards: the GRPO stage on its own
+    python scripts/tiny_recipe.py --quick --tools  # the calculator variant (runs/tiny-quick-tools)
 
 Stages (each is skipped when its output already exists, so an interrupted run just continues):
 
@@ -31,6 +32,13 @@ hundred; multi-digit addition and subtraction (the other kinds) take it tens of 
 never the question text: GRPO must make the model produce right products more often, and the reward
 it optimises is the GSM8K reward of train.py (format 0.1 + correctness 1.0), nothing tiny-specific.
 
+--tools is the same recipe with a calculator (grpo/tools.py) in Qwen2.5's tool-call format: the
+tokenizer also learns the template's tool texts, the SFT examples call the calculator once
+("<tool_call>{... "7 * 8"}</tool_call>", the answer comes back as a tool message) before the
+final answer, and GRPO and the evaluations offer it (rollout.tools: [calculator]). Model, data, SFT
+stopping rule, GRPO settings and the model's token budget (rollout.max_new_tokens counts the model's
+tokens, not the tool's) are those of the plain recipe, so the two compare on the same held-out questions.
+
 Everything is seeded (--seed): data, initial weights, SFT batches and the GRPO sampler, so two runs
 with the same seed, thread count and torch build print the same numbers. The model, tokenizer and
 training loop are the project's own; the recipe only chooses sizes.
@@ -52,13 +60,14 @@ import torch
 import plot  # scripts/plot.py
 import sft  # scripts/sft.py
 import train  # train.py: the real GRPO entry point
-from data.gsm8k import load_gsm8k
-from data.prompts import TEMPLATES, template_tags
+from data.gsm8k import calculations, load_gsm8k
+from data.prompts import TEMPLATES, build_messages, template_tags
 from data.rewards import format_reward
 from data.synthetic import KINDS, format_completion, make_problems, write_jsonl
 from grpo.checkpoint import latest_checkpoint, list_checkpoints
 from grpo.config import load_config
 from grpo.evaluate import evaluate
+from grpo.tools import call_text, tool_specs
 from qwen2 import Qwen2, Qwen2Config, Tokenizer, save_model
 from qwen2.lora import load_adapted_model
 from qwen2.bpe_trainer import train_bpe_tokenizer
@@ -123,8 +132,25 @@ def tokenizer_corpus(seed: int, gsm8k_file: Path) -> list[str]:
     return texts
 
 
-def build_tokenizer(out: Path, seed: int, vocab_size: int, gsm8k_file: Path) -> None:
-    train_bpe_tokenizer(tokenizer_corpus(seed, gsm8k_file), out, vocab_size=vocab_size)
+def tool_texts(tokenizer: Tokenizer, seed: int) -> list[str]:
+    """Whole calculator exchanges as the chat template renders them (tools offered in the system
+    prompt, the call, the tool's answer, the final turn), for the --tools tokenizer."""
+    texts = []
+    for p in make_problems(500, seed=seed, kinds=("mul",)):
+        messages = build_messages(p.question, "think")
+        call = call_text("calculator", {"expression": calculations(p.solution)[0]})
+        exchange = [*messages, {"role": "assistant", "content": call}, {"role": "tool", "content": p.answer},
+                    {"role": "assistant", "content": format_completion(p)}]
+        texts.append(tokenizer.apply_chat_template(exchange, add_generation_prompt=False, tools=tool_specs(["calculator"])))
+    return texts
+
+
+def build_tokenizer(out: Path, seed: int, vocab_size: int, gsm8k_file: Path, tools: bool) -> None:
+    corpus = tokenizer_corpus(seed, gsm8k_file)
+    if tools:  # rendering the tool texts takes a tokenizer (its chat template): a first one without them
+        train_bpe_tokenizer(corpus, out, vocab_size=vocab_size)
+        corpus += tool_texts(Tokenizer.from_pretrained(out), seed)
+    train_bpe_tokenizer(corpus, out, vocab_size=vocab_size)
 
 
 def build_init_model(tok_dir: Path, out: Path, seed: int, sizes: dict) -> int:
@@ -154,6 +180,7 @@ def held_out_eval(model_dir: Path, test_file: Path, cfg, out_file: Path, seed: i
     problems = load_gsm8k(test_file)
     common = dict(max_new_tokens=cfg.rollout.max_new_tokens, template=cfg.data.template,
                   reward_weights=cfg.reward.weights)
+    common |= dict(tools=cfg.rollout.tools, max_tool_calls=cfg.rollout.max_tool_calls)
     summary, results = evaluate(model, tokenizer, problems, batch_size=256, **common)
     tags = template_tags(cfg.data.template)
     summary["format"] = sum(format_reward(r["completion"], r["answer"], tags) for r in results) / len(results)
@@ -167,9 +194,10 @@ def held_out_eval(model_dir: Path, test_file: Path, cfg, out_file: Path, seed: i
 # -- driver -------------------------------------------------------------------------------------
 
 
-def default_out(quick: bool) -> str:
-    """The quick and the full recipe never share a directory (configs/tiny.yaml reads runs/tiny)."""
-    return "runs/tiny-quick" if quick else "runs/tiny"
+def default_out(quick: bool, tools: bool = False) -> str:
+    """The quick and the full recipe, with and without tools, never share a directory
+    (configs/tiny.yaml reads runs/tiny)."""
+    return ("runs/tiny-quick" if quick else "runs/tiny") + ("-tools" if tools else "")
 
 
 def reuse_stages(source: Path, out: Path, settings: dict) -> None:
@@ -191,6 +219,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="output directory (default runs/tiny, what configs/tiny.yaml reads; runs/tiny-quick with --quick)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="shortened recipe (the test): 0.26M model, 80 GRPO steps, 200 held-out questions")
+    ap.add_argument("--tools", action="store_true",
+                    help="the calculator variant: SFT examples call it, GRPO and evaluation offer it "
+                         "(default out: runs/tiny-tools, runs/tiny-quick-tools)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: a model this small gains nothing from more, and the "
                          "documented numbers were made with 1; another count changes float rounding, so the numbers)")
@@ -214,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
-    out = Path(args.out or default_out(args.quick))
+    out = Path(args.out or default_out(args.quick, args.tools))
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,6 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Outputs of another seed, mode or variant must not be silently mixed into this run.
     settings = {"seed": args.seed, "quick": args.quick, "gsm8k_file": str(gsm8k_file)}
+    if args.tools:
+        settings["tools"] = ["calculator"]
     shared = dict(settings)  # what the stages before GRPO depend on
     if args.overrides:
         settings["set"] = args.overrides
@@ -236,7 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
         reuse_stages(Path(args.reuse), out, shared)
     train_file, test_file = paths["data"] / "train.jsonl", paths["data"] / "test.jsonl"
     overrides = [f"model.path={paths['sft']}", f"data.train_file={train_file}", f"data.test_file={test_file}",
-                 f"train.out_dir={paths['grpo']}", f"train.seed={args.seed}", *sizes["grpo"], *args.overrides]
+                 f"train.out_dir={paths['grpo']}", f"train.seed={args.seed}", *sizes["grpo"],
+                 *(["rollout.tools=[calculator]"] if args.tools else []), *args.overrides]
     cfg = load_config(CONFIG, overrides)
     # Seconds per stage; stages reused from an earlier (possibly interrupted) call keep their time.
     previous = out / "results.json"
@@ -257,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"torch {torch.__version__}, {threads} CPU thread{'s' if threads > 1 else ''}, seed {args.seed}, "
         f"{'quick' if args.quick else 'full'} recipe into {out}")
     stage("tokenizer", (paths["tok"] / "tokenizer.json").is_file(),
-          lambda: build_tokenizer(paths["tok"], args.seed, sizes["vocab_size"], gsm8k_file), paths["tok"])
+          lambda: build_tokenizer(paths["tok"], args.seed, sizes["vocab_size"], gsm8k_file, args.tools), paths["tok"])
     n_params = stage("init", (paths["init"] / "model.safetensors").is_file(),
                      lambda: build_init_model(paths["tok"], paths["init"], args.seed, sizes["model"]), paths["init"])
     if n_params:
@@ -275,7 +309,9 @@ def main(argv: list[str] | None = None) -> dict:
                   "--steps", str(s["steps"]), "--batch-size", str(s["batch_size"]), "--lr", str(s["lr"]),
                   "--warmup-steps", str(s["warmup_steps"]), "--min-lr-ratio", str(s["min_lr_ratio"]), *stop,
                   "--max-new-tokens", str(cfg.rollout.max_new_tokens), "--template", cfg.data.template,
-                  "--seed", str(args.seed), "--device", "cpu", "--dtype", "float32", "--log-every", "50"])
+                  "--seed", str(args.seed), "--device", "cpu", "--dtype", "float32", "--log-every", "50",
+                  *(["--tools", *cfg.rollout.tools, "--max-tool-calls", str(cfg.rollout.max_tool_calls)]
+                    if cfg.rollout.tools else [])])
 
     stage("sft", (paths["sft"] / "model.safetensors").is_file(), run_sft, paths["sft"])
     before = stage("eval_sft", (out / "eval_sft.json").is_file(),
@@ -312,7 +348,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_plot:
         plot.main([str(paths["grpo"] / "metrics.jsonl"), "-o", str(out / "curve.png"),
                    "--baseline", str(before["accuracy"]),
-                   "--title", f"tiny recipe (seed {args.seed}): GRPO on a {sizes['model']['hidden_size']}-wide Qwen2"])
+                   "--title", f"tiny recipe (seed {args.seed}{', calculator' if args.tools else ''}): "
+                              f"GRPO on a {sizes['model']['hidden_size']}-wide Qwen2"])
     print(format_table(results))
     print(f"\nnext: evaluate the trained model on the held-out questions\n"
           f"  python scripts/eval.py --model {final} --data {test_file}\n"
