@@ -37,7 +37,8 @@ tokenizer also learns the template's tool texts, the SFT examples call the calcu
 ("<tool_call>{... "7 * 8"}</tool_call>", the answer comes back as a tool message) before the
 final answer, and GRPO and the evaluations offer it (rollout.tools: [calculator]). Model, data, SFT
 stopping rule, GRPO settings and the model's token budget (rollout.max_new_tokens counts the model's
-tokens, not the tool's) are those of the plain recipe, so the two compare on the same held-out questions.
+tokens, not the tool's; 64 instead of 40, for the call) are those of the plain recipe, so the two
+compare on the same held-out questions (run the plain one with --set rollout.max_new_tokens=64).
 
 Everything is seeded (--seed): data, initial weights, SFT batches and the GRPO sampler, so two runs
 with the same seed, thread count and torch build print the same numbers. The model, tokenizer and
@@ -109,6 +110,12 @@ QUICK = dict(
              check_every=50, check_size=128),
     grpo=["train.steps=80", "rollout.prompts_per_step=12", "train.eval_every=0", "train.save_every=80"],
 )
+
+# --tools: the calculator offered, and room for one call. A call costs the model ~23 tokens of its
+# budget (Qwen's pre-tokenizer splits the JSON into ~15 pieces whatever the vocabulary) on top of the
+# ~22 of the answer; the plain recipe's 40 would truncate every answer. Compare with the plain recipe
+# at the same budget: --set rollout.max_new_tokens=64 (docs/tiny_recipe.md).
+TOOLS_GRPO = ["rollout.tools=[calculator]", "rollout.max_new_tokens=64"]
 
 
 def log(msg: str) -> None:
@@ -270,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_file, test_file = paths["data"] / "train.jsonl", paths["data"] / "test.jsonl"
     overrides = [f"model.path={paths['sft']}", f"data.train_file={train_file}", f"data.test_file={test_file}",
                  f"train.out_dir={paths['grpo']}", f"train.seed={args.seed}", *sizes["grpo"],
-                 *(["rollout.tools=[calculator]"] if args.tools else []), *args.overrides]
+                 *(TOOLS_GRPO if args.tools else []), *args.overrides]
     cfg = load_config(CONFIG, overrides)
     # Seconds per stage; stages reused from an earlier (possibly interrupted) call keep their time.
     previous = out / "results.json"
