@@ -148,3 +148,16 @@ def test_lora_under_fsdp_plans_each_rank_its_share():
     for name in ("LoRA adapters", "gradients", "Adam moments", "weights"):
         assert two[name].gpu == pytest.approx(one[name].gpu / 2, rel=1e-3), name
     assert "weights gathered for sampling" in two
+
+
+def test_with_tools_the_plan_leaves_room_for_their_answers():
+    """max_new_tokens counts the model's tokens only; the tools' turns come on top, in the KV cache
+    and in the update's rows."""
+    from grpo.tools import TOOL_TURN_TOKENS
+
+    shape = Qwen2Config.from_name("Qwen2.5-3B-Instruct")
+    plain, tools = load_config(None, []), load_config(None, ["rollout.tools=[calculator]", "rollout.max_tool_calls=2"])
+    kv = {name: {i.name.split(" (")[0]: i for i in plan_memory(c, shape)}["rollout KV cache"].gpu
+          for name, c in (("plain", plain), ("tools", tools))}
+    seq = plain.data.max_prompt_tokens + plain.rollout.max_new_tokens
+    assert kv["tools"] / kv["plain"] == pytest.approx((seq + 2 * TOOL_TURN_TOKENS) / seq, rel=1e-6)

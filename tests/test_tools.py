@@ -192,3 +192,33 @@ def test_training_with_the_calculator_runs_end_to_end(tmp_path, tiny_model):
     rows = [r for r in metrics(tmp_path / "run") if "reward" in r]
     assert len(rows) == 2 and all("tool_calls" in r and "tool_errors" in r for r in rows)
     assert isinstance(Qwen2, type)
+
+
+def test_sft_examples_with_the_calculator_are_the_rollouts_tokens_and_train_the_model_turns_only(policy):
+    """scripts/sft.py --tools: the example is the token sequence a rollout produces when the model
+    writes the call and then the answer (the tool's part rendered by the same template code), and
+    its loss is the mean negative log-likelihood of the model's tokens only."""
+    import sft
+    from grpo.logprobs import token_logprobs
+    from grpo.tools import call_text
+    from qwen2 import pad_batch
+
+    model, tok = policy
+    problem = Problem("Tom has 6 boxes with 7 pens in each box. How many pens does Tom have?", "42", "6 * 7 = 42")
+    ((prompt, completion, action),), dropped = sft.encode_examples(tok, [problem], "think", 4096, ["calculator"])
+    assert dropped == 0 and prompt == encode_prompt(tok, problem.question, "think", ["calculator"])
+    turn1 = tok.encode(call_text("calculator", {"expression": "6 * 7"})) + [tok.eos_token_id]
+    pushed = tok.encode(continuation(tok, build_messages(problem.question, "think"), "42", [CALCULATOR]))
+    turn2 = tok.encode(sft.sft_target(problem)) + [tok.eos_token_id]
+    assert completion == turn1 + pushed + turn2
+    assert action == [1] * len(turn1) + [0] * len(pushed) + [1] * len(turn2)
+    ((_, plain, plain_action),), _ = sft.encode_examples(tok, [problem], "think", 4096)
+    assert plain == turn2 and plain_action == [1] * len(turn2)
+
+    loss, tokens = sft.sft_step(model, [(prompt, completion, action)], tok.pad_token_id, 1, torch.device("cpu"))
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        ids, attn = pad_batch([prompt], tok.pad_token_id, [completion])
+        logp = token_logprobs(model, ids, attn, len(prompt))[0]
+    assert tokens == sum(action)
+    assert loss == pytest.approx(-(logp * torch.tensor(action)).sum().item() / sum(action), rel=1e-5)
