@@ -190,7 +190,11 @@ def held_out_eval(model_dir: Path, test_file: Path, cfg, out_file: Path, seed: i
     common |= dict(tools=cfg.rollout.tools, max_tool_calls=cfg.rollout.max_tool_calls)
     summary, results = evaluate(model, tokenizer, problems, batch_size=256, **common)
     tags = template_tags(cfg.data.template)
-    summary["format"] = sum(format_reward(r["completion"], r["answer"], tags) for r in results) / len(results)
+    # With tools the completion is the whole exchange; the format is that of the final turn, which the
+    # reward scored (its "format" part, when the reward has one).
+    strict = ((lambda r: r["format"] > 0) if cfg.reward.weights.get("format")
+              else (lambda r: format_reward(r["completion"], r["answer"], tags)))
+    summary["format"] = sum(strict(r) for r in results) / len(results)
     summary["sampled"], _ = evaluate(model, tokenizer, problems, batch_size=64, sampling=cfg.rollout.sampling,
                                      samples=cfg.rollout.group_size, seed=seed, **common)
     out_file.write_text(json.dumps({"model": str(model_dir), "summary": summary, "examples": results[:20]},
