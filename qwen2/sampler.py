@@ -270,6 +270,7 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
         decoder = CompiledDecoder(model, cache, N, prompt_len + compact_every)
     else:
         decoder = EagerDecoder(model, cache)
+    del cache  # the decoder owns it now (a compiled decoder may have copied it: free the original)
 
     # Output buffers live on the device and are read back once at the end.
     out = torch.full((N, max_new_tokens), pad_token_id, dtype=torch.long, device=device)

@@ -26,7 +26,11 @@ to ~1e-6, not bit for bit (tests/test_compile.py), and a sampled token at an exa
 
 Simplifications: one shared write position for all rows (as in the eager cache); the compiled
 function is built once per model and process (`compiled_step`) with dynamic shapes, so a new
-bucket or window is not a recompile (on a GPU, a new CUDA graph capture).
+bucket or window is not a recompile (on a GPU, a new CUDA graph capture). The static cache is
+allocated per rollout (it takes over the eager cache's buffers when the rows are already a bucket)
+and freed after it, so the update phase gets that memory back; the price is that each rollout
+records its CUDA graphs anew (new buffer addresses), once per bucket and window it meets, where
+gpt-fast and vLLM keep one cache for the life of the process and capture once.
 """
 
 from __future__ import annotations
@@ -66,10 +70,16 @@ class StaticCache:
     window: int  # attention reads positions [0, window)
 
     @classmethod
-    def from_cache(cls, cache: KVCache, rows: Tensor, window: int) -> StaticCache:
-        """The prefilled eager cache, its `rows` (repeats allowed) in that order."""
-        static = cls(cache.k[:, rows].contiguous(), cache.v[:, rows].contiguous(), cache.key_mask[rows].contiguous(),
-                     cache.num_real[rows].contiguous(), torch.tensor(cache.length, device=cache.k.device), window)
+    def from_cache(cls, cache: KVCache, rows: Tensor | None, window: int) -> StaticCache:
+        """The prefilled eager cache, its `rows` (repeats allowed) in that order; `rows=None` takes
+        over the cache's own buffers (all its rows, already a bucket), which the eager cache must
+        not be used after: no second copy of the whole cache on the device."""
+        pos = torch.tensor(cache.length, device=cache.k.device)
+        if rows is None:
+            static = cls(cache.k, cache.v, cache.key_mask, cache.num_real, pos, window)
+        else:
+            static = cls(cache.k[:, rows].contiguous(), cache.v[:, rows].contiguous(),
+                         cache.key_mask[rows].contiguous(), cache.num_real[rows].contiguous(), pos, window)
         # The eager cache leaves positions past its length uninitialised (it never reads them); the
         # static step reads the whole window, masked. A masked position still multiplies its value by
         # a zero weight, and 0 * NaN is NaN: whatever garbage sits there must be zeros.
@@ -187,7 +197,9 @@ class CompiledDecoder:
 
     def __init__(self, model: torch.nn.Module, cache: KVCache, n: int, length: int):
         self.n = n  # live rows; the cache holds bucket(n) rows, the live ones first
-        self.cache = StaticCache.from_cache(cache, padded(torch.arange(n, device=cache.k.device)), cache.max_len)
+        # The eager cache is not used after this: when its rows are already a bucket, take its buffers.
+        rows = None if bucket(n) == n == cache.k.shape[1] else padded(torch.arange(n, device=cache.k.device))
+        self.cache = StaticCache.from_cache(cache, rows, cache.max_len)
         self.cache.window = window_for(self.cache, length)
         self.step_fn = compiled_step(model)
 

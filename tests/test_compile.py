@@ -83,3 +83,18 @@ def test_the_static_cache_zeroes_what_the_eager_cache_left_uninitialised(models)
     static = StaticCache.from_cache(cache, torch.tensor([1, 0, 0]), window=16)
     assert torch.isfinite(static.k).all() and torch.isfinite(static.v).all()
     assert static.k.shape[1] == 3
+
+
+def test_a_full_bucket_takes_over_the_eager_cache_and_a_partial_one_is_padded(models):
+    # The eager cache is not used after the decoder is built: when its rows already fill a bucket,
+    # the static cache keeps its buffers (no second copy of the whole cache on the device).
+    from qwen2.kv_cache import KVCache
+    from qwen2.static_decode import CompiledDecoder
+
+    _, ours = models
+    for rows, shared in ((4, True), (3, False)):
+        cache = KVCache(ours.config, rows, 16, dtype=torch.float32, device="cpu")
+        cache.length = 5
+        decoder = CompiledDecoder(ours, cache, rows, 8)
+        assert (decoder.cache.k.data_ptr() == cache.k.data_ptr()) is shared
+        assert decoder.cache.k.shape[1] == bucket(rows) == 4
