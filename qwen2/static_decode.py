@@ -30,7 +30,9 @@ bucket or window is not a recompile (on a GPU, a new CUDA graph capture). The st
 allocated per rollout (it takes over the eager cache's buffers when the rows are already a bucket)
 and freed after it, so the update phase gets that memory back; the price is that each rollout
 records its CUDA graphs anew (new buffer addresses), once per bucket and window it meets, where
-gpt-fast and vLLM keep one cache for the life of the process and capture once.
+gpt-fast and vLLM keep one cache for the life of the process and capture once. (torch 2.11 keeps
+the old recordings and tries them before recording anew, a pointer check each: not yet measured on
+a GPU over a long run.)
 """
 
 from __future__ import annotations
