@@ -27,6 +27,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 MAX_CHARS = 200
+DIGITS = frozenset("0123456789")  # ASCII only: str.isdigit() also takes "²" and "①", which are no numbers here
 MAX_DEPTH = 32
 MAX_EXPONENT = 64
 MAX_DIGITS = 30
@@ -63,9 +64,9 @@ def _tokens(text: str) -> list[str]:
         elif c in _SINGLE:
             out.append(c)
             i += 1
-        elif c.isdigit() or c == ".":
+        elif c in DIGITS or c == ".":
             j = i
-            while j < len(text) and (text[j].isdigit() or text[j] in ".,"):
+            while j < len(text) and (text[j] in DIGITS or text[j] in ".,"):
                 j += 1
             out.append(text[i:j].replace(",", ""))
             i = j
@@ -160,7 +161,7 @@ class _Parser:
                 raise CalculatorError("a parenthesis is not closed")
             self.depth -= 1
             return value
-        if token[0].isdigit() or token[0] == ".":
+        if token[0] in DIGITS or token[0] == ".":
             if token.count(".") > 1 or token == ".":
                 raise CalculatorError(f"{token!r} is not a number")
             return Fraction(token)

@@ -17,9 +17,12 @@ sampler pushes into that row's KV cache before the row decodes on; otherwise the
 A row ends at a final answer (a turn without a tool call), at a call beyond `max_calls` (not run),
 or when its own tokens reach max_new_tokens. The budget counts the model's tokens only: it bounds
 what the model generates and what the loss trains on, the same with tools as without; the tools'
-tokens are bounded on their own (a response is at most MAX_RESPONSE_CHARS characters), and the KV
-cache has room for them (`token_budget`). The tools' tokens are context, not actions: the trainer
-gives them no log-probs, no loss and no entropy (`Episode.action_mask`).
+tokens are bounded on their own (each answered turn is at most TOOL_TURN_TOKENS tokens: an answer
+is ASCII, cut to MAX_RESPONSE_CHARS characters, and cut further if its tokens still do not fit), and
+the KV cache keeps room for them (`token_budget`, the same bound the memory planner uses). A call
+in the model's last budgeted token is answered, but the row ends unfinished (truncated): it has no
+budget left to use the answer. The tools' tokens are context, not actions: the trainer gives them
+no log-probs, no loss and no entropy (`Episode.action_mask`).
 
 Errors the model makes (a malformed call, an unknown tool, bad arithmetic) are answered as text it
 sees ("error: ..."), never raised.
@@ -75,10 +78,10 @@ def run_tool_call(text: str) -> str | None:
     try:
         call = json.loads(match.group(1))
         name, arguments = call["name"], call.get("arguments", {})
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # RecursionError: deeply nested JSON
         return "error: the tool call is not valid JSON with a \"name\" and \"arguments\""
     if name != "calculator":
-        return f"error: unknown tool {str(name)[:40]!r}; the tool is calculator"
+        return f"error: unknown tool {ascii(str(name)[:40])}; the tool is calculator"
     if not isinstance(arguments, dict) or not isinstance(arguments.get("expression"), str):
         return "error: calculator takes {\"expression\": \"...\"}"
     return calculate(arguments["expression"])[:MAX_RESPONSE_CHARS]
@@ -96,22 +99,32 @@ class ToolRunner:
     errors: dict[int, int] = field(default_factory=dict)  # row -> calls answered with an error
 
     def token_budget(self) -> int:
-        """KV-cache positions the tools' tokens of one row can take: max_calls continuations with the
-        longest answer (what generate's `room` keeps)."""
-        longest = continuation(self.tokenizer, self.messages[0], "9" * MAX_RESPONSE_CHARS, self.tools)
-        return self.max_calls * len(self.tokenizer.encode(longest))
+        """KV-cache positions the tools' tokens of one row can take: max_calls answered turns of at
+        most TOOL_TURN_TOKENS each (what generate's `room` keeps)."""
+        return self.max_calls * TOOL_TURN_TOKENS
 
     def on_stop(self, row: int, turn: list[int]) -> list[int] | None:
         """Tokens to continue row `row` with after its finished turn `turn` (model tokens, the stop
         token last): the tool's answer and the next assistant header; None: the row is done."""
-        text = self.tokenizer.decode(turn[:-1])  # without the stop token
-        answer = run_tool_call(text)
+        if turn[-1] != self.tokenizer.eos_token_id:  # the turn did not end as a turn ends (<|im_end|>)
+            return None
+        answer = run_tool_call(self.tokenizer.decode(turn[:-1]))  # without the stop token
         if answer is None or self.calls.get(row, 0) >= self.max_calls:
             return None
         self.calls[row] = self.calls.get(row, 0) + 1
         if answer.startswith("error:"):
             self.errors[row] = self.errors.get(row, 0) + 1
-        return self.tokenizer.encode(continuation(self.tokenizer, self.messages[row], answer, self.tools))
+        return self.answered_turn(row, answer)
+
+    def answered_turn(self, row: int, answer: str) -> list[int]:
+        """The tokens of the template's turn that brings `answer` back to row `row`, at most
+        TOOL_TURN_TOKENS of them: the answer is made ASCII and cut until its turn fits."""
+        answer = answer.encode("ascii", "replace").decode()[:MAX_RESPONSE_CHARS]
+        while True:
+            tokens = self.tokenizer.encode(continuation(self.tokenizer, self.messages[row], answer, self.tools))
+            if len(tokens) <= TOOL_TURN_TOKENS or not answer:
+                return tokens
+            answer = answer[:max(0, len(answer) - (len(tokens) - TOOL_TURN_TOKENS))]
 
 
 def continuation(tokenizer: Tokenizer, messages: list[dict[str, Any]], answer: str,

@@ -73,16 +73,9 @@ class KVCache:
         self.length += real.shape[1]
         self.num_real += real.sum(-1)
 
-    def forget(self, row: int, count: int) -> None:
-        """Mask out the last `count` cached positions of batch row `row` (tokens it decoded after its
-        stop token, before the sampler noticed): they stay in place but nothing attends to them."""
-        if count > 0:
-            self.key_mask[row, self.length - count:self.length] = False
-            self.num_real[row] -= count
-
     def room(self, needed: int) -> None:
         """Make room for `needed` more positions: when the cache is full, drop the masked positions
-        (rows' junk and padding) by packing each row's real positions to the right, left-padded."""
+        (the padding of pushed turns, tool calls) by packing each row's real positions to the right, left-padded."""
         if self.length + needed <= self.max_len:
             return
         real = self.key_mask[:, :self.length]

@@ -241,10 +241,12 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
     """Sample a completion for every prompt (token-id lists; repeat a prompt G times for G samples).
 
     `streams` (one random stream per row, Streams) replaces `generator` for the draws, so that a
-    row's sample does not depend on the batch it is in. `compile=True` decodes with the static-shape step of static_decode.py, compiled once per model
-    (CUDA graphs on a GPU); the tokens are those of the eager loop (see that module for the last bits).
+    row's sample does not depend on the batch it is in. `compile=True` decodes with the static-shape
+    step of static_decode.py, compiled once per model (CUDA graphs on a GPU); the tokens are those of
+    the eager loop (see that module for the last bits).
     `on_stop(row, turn)` makes turns (turns.py, for tool calls): when a row stops it may return tokens
-    to push into the row, which then decodes on; `room` is the cache space kept for them. The output
+    to push into the row, which then decodes on; `room` is the cache space (and the positions) kept
+    for them. The output
     then has each row's `action_mask` (1 on sampled tokens). `compile` is not used with `on_stop`.
     `logits_hook(logits, rows, step)`, if given, may rewrite each step's logits (B, V) before
     sampling; `rows` (B,) holds the output row of each batch row (the batch shrinks as rows finish)
@@ -256,8 +258,9 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
     device = model.lm_head.weight.device
     N = len(prompts)
     longest, limit = max(len(p) for p in prompts), model.config.max_position_embeddings
-    if longest + max_new_tokens > limit:
-        raise InputError(f"a prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the model's "
+    if longest + max_new_tokens + room > limit:
+        extra = f" + {room} for pushed turns" if room else ""
+        raise InputError(f"a prompt of {longest} tokens + max_new_tokens {max_new_tokens}{extra} exceeds the model's "
                          f"{limit} positions (max_position_embeddings): generate fewer tokens or shorten the prompt")
 
     # 1. Prefill each distinct prompt once, then fan its cache out to the rows that share it.
@@ -296,22 +299,28 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
         if scored:
             out_lp[live, t], out_ent[live, t] = lp, ent
         done[live] |= torch.isin(tok, stops)
+        # 3. With turns, rows that stopped may go on (a tool's answer to push in): looked at every
+        #    token (one host read), so that no model token is spent after a stop and a call in the
+        #    last column is still seen (that row then ends unfinished: no budget left to use it).
+        pushed = turns.resume(live, done, t, out, out_lp, out_ent) if turns is not None else {}
         if t == max_new_tokens - 1:
             break
-        # 3. Every few steps, drop finished rows (one host sync); between compactions finished rows
+        # 4. Every few steps, drop finished rows (one host sync); between compactions finished rows
         #    keep decoding harmlessly: whatever follows their stop token is cut off below.
-        pushed = {}
         if (t + 1) % compact_every == 0:
-            if turns is not None:  # rows that stopped may go on (a tool's answer to push in)
-                pushed = turns.resume(decoder.cache, live, done, tok, t, out, out_lp, out_ent)
             keep = (~done[live]).nonzero()[:, 0]
             if len(keep) == 0:
                 break
             if len(keep) < len(live):
                 decoder.keep(keep)
                 live, tok = live[keep], tok[keep]
-        # 4. The next token's logits; the cache then holds prompt_len + t + 1 positions (more with turns).
-        logits = turns.push(model, decoder.cache, live, tok, pushed) if pushed else decoder.step(tok, prompt_len + t + 1)
+        # 5. The next token's logits; the cache then holds prompt_len + t + 1 positions (more with turns).
+        if pushed:
+            logits = turns.push(model, decoder.cache, live, tok, pushed)
+        else:
+            if turns is not None:  # pushes moved the shared write position: pack the cache when it is full
+                decoder.cache.room(1)
+            logits = decoder.step(tok, prompt_len + t + 1)
 
     # Read everything back once, then cut each row after its first stop token (of its last turn).
     rows, finished = out.tolist(), done.tolist()

@@ -1,23 +1,22 @@
 """Rows that pause at the end of a turn and go on with more context: the sampler's side of tool calls.
 
-`generate(..., on_stop=f)` calls f(row, turn) when a row stops (emits a stop token), with the model
-tokens of the turn it just finished. f returns the tokens that come next, e.g. a tool's answer and
-the next assistant header as the chat template renders them (grpo/tools.py), or None when the row is
-done. A row that goes on:
-  1. forgets what it decoded after its stop token before the sampler noticed (the stop is seen at a
-     compaction, every few steps): those cache positions are masked, its position ids rewound;
-  2. gets the returned tokens pushed into its KV cache, in one forward pass over every live row at
-     once: the resuming rows' new tokens and the others' next token, right-aligned in a window as
-     wide as the longest, the rest masked as padding (positions count real tokens only, so the
-     padding is invisible);
-  3. decodes on from the logits of its last new token.
+`generate(..., on_stop=f)` calls f(row, turn) when a row stops (emits a stop token; the sampler
+looks after every token), with the model tokens of the turn it just finished. f returns the tokens
+that come next, e.g. a tool's answer and the next assistant header as the chat template renders
+them (grpo/tools.py), or None when the row is done. A row that goes on:
+  1. gets its stop token and the returned tokens pushed into its KV cache, in one forward pass over
+     every live row at once: the resuming rows' new tokens and the others' next token, right-aligned
+     in a window as wide as the longest, the rest masked as padding (positions count real tokens
+     only, so the padding is invisible);
+  2. decodes on from the logits of its last new token.
 The returned tokens are context, not the model's actions: `action_mask` marks each completion
 token 1 (sampled by the model) or 0 (pushed in), and the model's token budget (max_new_tokens)
 counts the former only.
 
 Simplifications: eager decoding only (a resume changes the batch's shapes; the compiled step of
-static_decode.py is not used with on_stop); a resumed row's forgotten positions stay in the cache,
-masked, until the cache is full and is packed (KVCache.room).
+static_decode.py is not used with on_stop); stops are looked at after every token (one host read
+per token, so that no model token is spent after a stop); the padding a push leaves in the other
+rows stays in the cache, masked, until the cache is full and is packed (KVCache.room).
 """
 
 from __future__ import annotations
@@ -44,19 +43,21 @@ class Turns:
     logprobs: list[list[float]] = field(init=False)
     entropies: list[list[float]] = field(init=False)
     start: list[int] = field(init=False)  # output column where each row's current turn begins
+    ended: set[int] = field(init=False)  # rows whose last stop on_stop has answered with None
 
     def __post_init__(self):
         self.tokens, self.action = [[] for _ in range(self.rows)], [[] for _ in range(self.rows)]
         self.logprobs, self.entropies = [[] for _ in range(self.rows)], [[] for _ in range(self.rows)]
         self.start = [0] * self.rows
+        self.ended = set()
 
-    def resume(self, cache: KVCache, live: Tensor, done: Tensor, tok: Tensor, t: int, out: Tensor,
-               out_lp: Tensor | None, out_ent: Tensor | None) -> dict[int, list[int]]:
-        """At a compaction after sampling column t: ask `on_stop` about every row that stopped since
-        the last one; those that go on are un-done, forget their junk, and get their tokens to push
-        (their stop token first when it is still pending). Returns {output row: tokens to push}."""
-        batch_of = {int(r): b for b, r in enumerate(live.tolist())}
-        stopped = [r for r, d in zip(live.tolist(), done[live].tolist()) if d]
+    def resume(self, live: Tensor, done: Tensor, t: int, out: Tensor, out_lp: Tensor | None,
+               out_ent: Tensor | None) -> dict[int, list[int]]:
+        """After sampling column t: ask `on_stop` about every row that has just stopped (its stop
+        token, in column t, is not yet in the cache); those that go on are un-done and get that stop token
+        and the returned tokens to push. Returns {output row: tokens to push}."""
+        stopped = [r for r, d in zip(live.tolist(), done[live].tolist()) if d and r not in self.ended]
+        self.ended.update(stopped)  # asked once: the rows that go on are taken out again below
         if not stopped:
             return {}
         index = torch.tensor(stopped, device=out.device)
@@ -65,23 +66,19 @@ class Turns:
         ents = out_ent[index, :t + 1].tolist() if out_ent is not None else None
         push = {}
         for k, r in enumerate(stopped):
-            row = segments[k]
-            s = next(j for j in range(self.start[r], t + 1) if row[j] in self.stop_ids)  # the stop's column
-            turn = row[self.start[r]:s + 1]
+            turn = segments[k][self.start[r]:t + 1]  # the stop token last
             more = self.on_stop(r, turn)
             if not more:  # None (or nothing to push): the row is done
                 continue
             self.tokens[r] += turn + more
             self.action[r] += [1] * len(turn) + [0] * len(more)
             if lps is not None:
-                self.logprobs[r] += lps[k][self.start[r]:s + 1] + [0.0] * len(more)
-                self.entropies[r] += ents[k][self.start[r]:s + 1] + [0.0] * len(more)
+                self.logprobs[r] += lps[k][self.start[r]:t + 1] + [0.0] * len(more)
+                self.entropies[r] += ents[k][self.start[r]:t + 1] + [0.0] * len(more)
             self.start[r] = t + 1
             done[r] = False
-            # Columns s + 1 .. t - 1 were decoded after the stop and are in the cache; column t's
-            # token is still pending (it is pushed now when it is the stop itself).
-            cache.forget(batch_of[r], max(0, t - 1 - s))
-            push[r] = ([row[t]] if s == t else []) + more
+            self.ended.discard(r)
+            push[r] = [turn[-1]] + more
         return push
 
     def push(self, model, cache: KVCache, live: Tensor, tok: Tensor, pushed: dict[int, list[int]]) -> Tensor:

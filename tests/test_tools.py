@@ -11,7 +11,7 @@ import torch
 
 from data.calculator import MAX_CHARS, calculate
 from grpo.rollout import encode_prompt, final_turn, sample_groups, score_groups
-from grpo.tools import CALCULATOR, ToolRunner, continuation, run_tool_call
+from grpo.tools import CALCULATOR, ToolRunner, call_text, continuation, run_tool_call
 from data.gsm8k import Problem
 from data.prompts import build_messages
 from qwen2 import GREEDY, Qwen2, generate, load_model
@@ -33,6 +33,7 @@ def test_calculator_values(expression, value):
     ("9 ** 99", "exponent is larger"), ("10 ** 40", "more than 30 digits"), ("2 ** 0.5", "whole-number exponents"),
     ("(1 + 2", "ends too early"), ("1 +", "ends too early"), ("3.5.2", "is not a number"), ("", "is empty"),
     ("(" * 40 + "1" + ")" * 40, "nested deeper"), ("1 2", "unexpected '2'"),
+    ("²", "unexpected '²'"), ("①+1", "unexpected '①'"), ("٣ + 1", "unexpected '٣'"),  # digits, but not ASCII ones
 ])
 def test_calculator_refuses_with_an_error_text_never_an_exception(expression, error):
     answer = calculate(expression)
@@ -65,6 +66,8 @@ def test_tool_calls_are_parsed_and_bad_ones_answered():
     assert run_tool_call("<tool_call>{not json}</tool_call>").startswith("error: the tool call is not valid JSON")
     assert run_tool_call('<tool_call>{"name": "calculator", "arguments": 5}</tool_call>').startswith("error: calculator takes")
     assert run_tool_call(call("1/0")) == "error: division by zero"
+    deep = '<tool_call>{"name": ' + "[" * 1950 + "</tool_call>"  # json.loads raises RecursionError
+    assert len(deep) < 2000 and run_tool_call(deep).startswith("error: the tool call is not valid JSON")
 
 
 # --- a scripted round trip ----------------------------------------------------------------------------
@@ -95,7 +98,7 @@ def test_a_tool_round_trip_is_the_templates_own_token_sequence(policy, compact_e
     """Turn 1 calls the calculator; its answer and the next assistant header come from the chat
     template; turn 2 answers. The completion is exactly what the template renders for the whole
     conversation, and the tool's tokens are marked as context. With compact_every 3 the stop is
-    noticed late, so the row first decoded two junk tokens, which the cache must forget."""
+    still seen at once (stops are looked at every token when rows can go on): no token is wasted."""
     model, tok = policy
     question = "Tom has 6 boxes with 7 pens in each box. How many pens does Tom have?"
     messages = build_messages(question, "think")
@@ -104,9 +107,7 @@ def test_a_tool_round_trip_is_the_templates_own_token_sequence(policy, compact_e
     problems = [Problem(question, "42", "")]
     runner = ToolRunner(tok, [messages], [CALCULATOR], max_calls=2)
     prompt = encode_prompt(tok, question, "think", ["calculator"])
-    # The script runs by output column: turn 2 starts at the column after the stop was noticed.
-    noticed = -(-len(turn1) // compact_every) * compact_every
-    script = turn1 + [5] * (noticed - len(turn1)) + turn2  # junk (never seen) between the turns
+    script = turn1 + turn2  # by output column: turn 2 starts right after turn 1's stop
     out = generate(model, [prompt], 200, GREEDY, stop_token_ids=tok.stop_token_ids, compact_every=compact_every,
                    on_stop=runner.on_stop, room=runner.token_budget(), logits_hook=scripted(tok, script),
                    return_entropies=True)
@@ -130,7 +131,7 @@ def test_a_tool_round_trip_is_the_templates_own_token_sequence(policy, compact_e
 @pytest.mark.parametrize("compact_every", [1, 4])
 def test_after_a_tool_answer_the_cache_continues_as_a_fresh_prompt_would(policy, compact_every):
     """The row that called decodes on (greedily, unforced) exactly as the model does from a prompt
-    holding the whole exchange so far: the pushed tokens, the forgotten junk and the positions are right."""
+    holding the whole exchange so far: the pushed tokens and the positions are right."""
     model, tok = policy
     question = "How many pens?"
     messages = build_messages(question, "think")
@@ -222,3 +223,80 @@ def test_sft_examples_with_the_calculator_are_the_rollouts_tokens_and_train_the_
         logp = token_logprobs(model, ids, attn, len(prompt))[0]
     assert tokens == sum(action)
     assert loss == pytest.approx(-(logp * torch.tensor(action)).sum().item() / sum(action), rel=1e-5)
+
+
+def test_an_answered_turn_stays_within_its_token_bound(policy):
+    # A long unknown-tool name of rare characters is several tokens a character: the answer is made
+    # ASCII and cut until its turn fits the bound that the cache room and the planner count.
+    from grpo.tools import TOOL_TURN_TOKENS
+
+    _, tok = policy
+    runner = ToolRunner(tok, [build_messages("q", "think")], [CALCULATOR], max_calls=2)
+    for name in ("ꙮ" * 300, "x" * 300):
+        turn = tok.encode(call("1", name=name)) + [tok.eos_token_id]
+        more = runner.on_stop(0, turn)
+        assert more and len(more) <= TOOL_TURN_TOKENS and tok.decode(more).isascii()
+    assert runner.token_budget() == 2 * TOOL_TURN_TOKENS and runner.errors == {0: 2}
+
+
+def test_a_call_that_ends_without_the_turn_end_token_is_not_run(policy):
+    _, tok = policy
+    runner = ToolRunner(tok, [build_messages("q", "think")], [CALCULATOR], max_calls=2)
+    eot = tok.token_to_id("<|endoftext|>")
+    assert eot in tok.stop_token_ids and eot != tok.eos_token_id
+    assert runner.on_stop(0, tok.encode(call("3 + 4")) + [eot]) is None and runner.calls == {}
+
+
+@pytest.mark.parametrize("compact_every", [1, 8])
+def test_the_model_gets_its_whole_budget_and_a_call_in_its_last_token_ends_unfinished(policy, compact_every):
+    model, tok = policy
+    messages = build_messages("q", "think")
+    prompt = encode_prompt(tok, "q", "think", ["calculator"])
+    turn = tok.encode(call("3 + 4")) + [tok.eos_token_id]
+    filler = tok.encode("a")
+    pushed = tok.encode(continuation(tok, messages, "7", [CALCULATOR]))
+    kw = dict(stop_token_ids=tok.stop_token_ids, compact_every=compact_every)
+    # A call, then text until the budget ends: every one of the M columns is a model token.
+    M = len(turn) + 13
+    runner = ToolRunner(tok, [messages], [CALCULATOR], max_calls=1)
+    out = generate(model, [prompt], M, GREEDY, on_stop=runner.on_stop, room=runner.token_budget(),
+                   logits_hook=scripted(tok, turn + filler * 20), **kw)
+    assert runner.calls == {0: 1} and out.finished == [False]
+    assert sum(out.action_mask[0]) == M and out.tokens[0][:len(turn) + len(pushed)] == turn + pushed
+    # A call in the last column is answered, but no budget is left to use it: unfinished (truncated).
+    runner = ToolRunner(tok, [messages], [CALCULATOR], max_calls=1)
+    out = generate(model, [prompt], len(turn), GREEDY, on_stop=runner.on_stop, room=runner.token_budget(),
+                   logits_hook=scripted(tok, turn), **kw)
+    assert runner.calls == {0: 1} and out.finished == [False] and out.tokens[0] == turn + pushed
+
+
+def test_many_rows_calling_at_different_steps_fit_the_cache(policy):
+    # Every push moves the one shared write position: the cache is packed when full, so rows x calls
+    # pushes fit in the room kept for one row's calls.
+    model, tok = policy
+    messages = build_messages("q", "think")
+    prompt = encode_prompt(tok, "q", "think", ["calculator"])
+    turn = tok.encode(call_text("calculator", {"expression": "3 + 4"})) + [tok.eos_token_id]
+    filler = tok.encode("a")[0]
+    N, M = 4, 120
+
+    def hook(logits, rows, t):
+        logits = torch.full_like(logits, -1e9)
+        for b, r in enumerate(rows.tolist()):
+            s = t - r  # row r calls from column r on
+            logits[b, turn[s] if 0 <= s < len(turn) else filler] = 0.0
+        return logits
+
+    runner = ToolRunner(tok, [messages] * N, [CALCULATOR], max_calls=1)
+    out = generate(model, [prompt] * N, M, GREEDY, stop_token_ids=tok.stop_token_ids, compact_every=1,
+                   on_stop=runner.on_stop, room=runner.token_budget(), logits_hook=hook)
+    assert runner.calls == {r: 1 for r in range(N)} and all(sum(a) == M for a in out.action_mask)
+
+
+def test_the_model_positions_count_the_room_for_pushed_turns(policy):
+    from qwen2.errors import InputError
+
+    model, tok = policy
+    limit = model.config.max_position_embeddings
+    with pytest.raises(InputError, match="for pushed turns exceeds the model's"):
+        generate(model, [[1] * 10], limit - 20, GREEDY, on_stop=lambda r, t: None, room=30)
