@@ -185,12 +185,13 @@ def _bounded(x: Fraction) -> Fraction:
 
 
 def _format(x: Fraction) -> str:
+    x = round(x, 6)  # exact (a Fraction, half to even): no float on the way, however large the number
     if x.denominator == 1:
         text = str(x.numerator)
     else:
-        text = f"{float(x):.6f}".rstrip("0").rstrip(".")
-        if text in ("-0", ""):
-            text = "0"
+        millionths = abs(x.numerator) * 10**6 // x.denominator  # exact: x is a whole number of millionths
+        sign = "-" if x < 0 else ""
+        text = f"{sign}{millionths // 10**6}.{millionths % 10**6:06d}".rstrip("0")
     if len(text.lstrip("-").replace(".", "")) > MAX_DIGITS:
         return f"error: the result has more than {MAX_DIGITS} digits"
     return text

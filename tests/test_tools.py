@@ -22,6 +22,7 @@ from qwen2 import GREEDY, Qwen2, generate, load_model
 @pytest.mark.parametrize("expression, value", [
     ("(48 / 2) * 3", "72"), ("12.5% * 80", "10"), ("2 ** 10", "1024"), ("-2 ** 2", "-4"), ("2 ** -2", "0.25"),
     ("1,200 + 3.5", "1203.5"), ("7 / 3", "2.333333"), ("0.1 + 0.2", "0.3"), ("((1 + 2) * (3 - 4))", "-3"),
+    ("-1 / 3", "-0.333333"), ("2 / 3", "0.666667"), ("-1 / 10000000", "0"), ("12345678901234567.25", "12345678901234567.25"),
 ])
 def test_calculator_values(expression, value):
     assert calculate(expression) == value
