@@ -25,7 +25,8 @@ budget left to use the answer. The tools' tokens are context, not actions: the t
 no log-probs, no loss and no entropy (`Episode.action_mask`).
 
 Errors the model makes (a malformed call, an unknown tool, bad arithmetic) are answered as text it
-sees ("error: ..."), never raised.
+sees ("error: ..."), never raised. Simplification: one call per turn (the template also renders
+parallel calls; a turn with several gets an error answer asking for one at a time).
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def run_tool_call(text: str) -> str | None:
     match = _CALL.search(tail)
     if match is None:
         return "error: a tool call is <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>"
+    if "<tool_call>" in match.group(1):  # Qwen2.5's template allows parallel calls; one at a time here
+        return "error: one tool call per turn; make the next call after this one's answer"
     try:
         call = json.loads(match.group(1))
         name, arguments = call["name"], call.get("arguments", {})

@@ -67,6 +67,7 @@ def test_tool_calls_are_parsed_and_bad_ones_answered():
     assert run_tool_call("<tool_call>{not json}</tool_call>").startswith("error: the tool call is not valid JSON")
     assert run_tool_call('<tool_call>{"name": "calculator", "arguments": 5}</tool_call>').startswith("error: calculator takes")
     assert run_tool_call(call("1/0")) == "error: division by zero"
+    assert run_tool_call(call("1 + 1") + "\n" + call("2 + 2")).startswith("error: one tool call per turn")
     deep = '<tool_call>{"name": ' + "[" * 1950 + "</tool_call>"  # json.loads raises RecursionError
     assert len(deep) < 2000 and run_tool_call(deep).startswith("error: the tool call is not valid JSON")
 
