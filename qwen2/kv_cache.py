@@ -55,8 +55,7 @@ class KVCache:
             attention_mask = torch.ones(self.batch_size, 1, dtype=torch.bool, device=self.key_mask.device)
         real = attention_mask.bool()
         T = real.shape[1]
-        if self.length + T > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; {self.length} used, {T} more requested")
+        self.room(T)  # packs out masked positions when full (pushed turns leave padding), or raises
         self.key_mask[:, self.length:self.length + T] = real
         positions = padding_positions(real, self.num_real[:, None])
         return CachedTokens(self, positions, causal_padding_mask(self.key_mask[:, :self.length + T], self.length, T), real)
@@ -75,7 +74,8 @@ class KVCache:
 
     def room(self, needed: int) -> None:
         """Make room for `needed` more positions: when the cache is full, drop the masked positions
-        (the padding of pushed turns, tool calls) by packing each row's real positions to the right, left-padded."""
+        (the padding that pushed turns leave in other rows) by packing each row's real positions to
+        the right, left-padded."""
         if self.length + needed <= self.max_len:
             return
         real = self.key_mask[:, :self.length]

@@ -246,8 +246,8 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
     the eager loop (see that module for the last bits).
     `on_stop(row, turn)` makes turns (turns.py, for tool calls): when a row stops it may return tokens
     to push into the row, which then decodes on; `room` is the cache space (and the positions) kept
-    for them. The output
-    then has each row's `action_mask` (1 on sampled tokens). `compile` is not used with `on_stop`.
+    for them. The output then has each row's `action_mask` (1 on sampled tokens). `compile` is not
+    used with `on_stop`.
     `logits_hook(logits, rows, step)`, if given, may rewrite each step's logits (B, V) before
     sampling; `rows` (B,) holds the output row of each batch row (the batch shrinks as rows finish)
     and `step` is the index of the token being chosen. Logprobs are then those of the rewritten
@@ -266,7 +266,7 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
     # 1. Prefill each distinct prompt once, then fan its cache out to the rows that share it.
     cache, logits = prefill(model, prompts, max_new_tokens + room, pad_token_id)
     prompt_len = cache.length
-    turns = Turns(on_stop, set(stop_token_ids), N) if on_stop is not None else None
+    turns = Turns(on_stop, N) if on_stop is not None else None
     if compile and turns is None:
         from .static_decode import CompiledDecoder
 
@@ -298,11 +298,13 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
         out[live, t] = tok
         if scored:
             out_lp[live, t], out_ent[live, t] = lp, ent
-        done[live] |= torch.isin(tok, stops)
-        # 3. With turns, rows that stopped may go on (a tool's answer to push in): looked at every
-        #    token (one host read), so that no model token is spent after a stop and a call in the
-        #    last column is still seen (that row then ends unfinished: no budget left to use it).
-        pushed = turns.resume(live, done, t, out, out_lp, out_ent) if turns is not None else {}
+        stopped = torch.isin(tok, stops)
+        # 3. With turns, rows that have just stopped may go on (a tool's answer to push in): looked
+        #    at every token (one host read), so that no model token is spent after a stop and a call
+        #    in the last column is still seen (that row then ends unfinished: no budget left to use it).
+        just = live[stopped & ~done[live]] if turns is not None else None
+        done[live] |= stopped
+        pushed = turns.resume(just, done, t, out, out_lp, out_ent) if turns is not None else {}
         if t == max_new_tokens - 1:
             break
         # 4. Every few steps, drop finished rows (one host sync); between compactions finished rows
@@ -315,12 +317,7 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
                 decoder.keep(keep)
                 live, tok = live[keep], tok[keep]
         # 5. The next token's logits; the cache then holds prompt_len + t + 1 positions (more with turns).
-        if pushed:
-            logits = turns.push(model, decoder.cache, live, tok, pushed)
-        else:
-            if turns is not None:  # pushes moved the shared write position: pack the cache when it is full
-                decoder.cache.room(1)
-            logits = decoder.step(tok, prompt_len + t + 1)
+        logits = turns.push(model, decoder.cache, live, tok, pushed) if pushed else decoder.step(tok, prompt_len + t + 1)
 
     # Read everything back once, then cut each row after its first stop token (of its last turn).
     rows, finished = out.tolist(), done.tolist()

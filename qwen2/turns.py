@@ -36,28 +36,24 @@ class Turns:
     output buffer from column `start[i]` on."""
 
     on_stop: Callable[[int, list[int]], list[int] | None]
-    stop_ids: set[int]
     rows: int
     tokens: list[list[int]] = field(init=False)  # earlier turns' model tokens and the pushed-in ones
     action: list[list[int]] = field(init=False)  # 1 on a model token, 0 on a pushed-in one
     logprobs: list[list[float]] = field(init=False)
     entropies: list[list[float]] = field(init=False)
     start: list[int] = field(init=False)  # output column where each row's current turn begins
-    ended: set[int] = field(init=False)  # rows whose last stop on_stop has answered with None
 
     def __post_init__(self):
         self.tokens, self.action = [[] for _ in range(self.rows)], [[] for _ in range(self.rows)]
         self.logprobs, self.entropies = [[] for _ in range(self.rows)], [[] for _ in range(self.rows)]
         self.start = [0] * self.rows
-        self.ended = set()
 
-    def resume(self, live: Tensor, done: Tensor, t: int, out: Tensor, out_lp: Tensor | None,
+    def resume(self, just: Tensor, done: Tensor, t: int, out: Tensor, out_lp: Tensor | None,
                out_ent: Tensor | None) -> dict[int, list[int]]:
-        """After sampling column t: ask `on_stop` about every row that has just stopped (its stop
-        token, in column t, is not yet in the cache); those that go on are un-done and get that stop token
-        and the returned tokens to push. Returns {output row: tokens to push}."""
-        stopped = [r for r, d in zip(live.tolist(), done[live].tolist()) if d and r not in self.ended]
-        self.ended.update(stopped)  # asked once: the rows that go on are taken out again below
+        """After sampling column t: ask `on_stop` about the rows `just` (output rows) that stopped in
+        column t (their stop token is not yet in the cache); those that go on are un-done and get
+        that stop token and the returned tokens to push. Returns {output row: tokens to push}."""
+        stopped = just.tolist()
         if not stopped:
             return {}
         index = torch.tensor(stopped, device=out.device)
@@ -77,7 +73,6 @@ class Turns:
                 self.entropies[r] += ents[k][self.start[r]:t + 1] + [0.0] * len(more)
             self.start[r] = t + 1
             done[r] = False
-            self.ended.discard(r)
             push[r] = [turn[-1]] + more
         return push
 
@@ -92,7 +87,6 @@ class Turns:
         for b, n in enumerate(new):
             ids[b, width - len(n):] = torch.tensor(n)
             real[b, width - len(n):] = True
-        cache.room(width)
         return model(ids.to(tok.device), cache.append(real.to(tok.device)), logits_to_keep=1)[:, -1]
 
     def completion(self, r: int, row: list[int], end: int, lp: Sequence[float] | None,
