@@ -97,10 +97,12 @@ def run(args: argparse.Namespace) -> int:
         cfg, trainer = setup(args)
     except InputError as e:
         # Bad input: one line with the cause and what to do, no traceback. Any other exception is a
-        # bug and keeps its traceback. Under torchrun every rank finds the same: rank 0 says it and
-        # fails (so torchrun's exit code says so too, and its summary names the cause); the others
-        # end quietly, so torchrun's report lists one failure, not one per rank.
-        if int(os.environ.get("RANK", 0)) != 0:
+        # bug and keeps its traceback. Under torchrun every rank usually finds the same: rank 0 says
+        # it and fails (so torchrun's exit code says so too, and its summary names the cause); the
+        # others end quietly, so torchrun's report lists one failure, not one per rank.
+        from grpo.distributed import report_input_error
+
+        if not report_input_error(str(e)):
             return 0
         print(f"error: {e}", file=sys.stderr)
         if os.environ.get("TORCHELASTIC_ERROR_FILE"):  # torchrun's summary then repeats the cause, not "<N/A>"
@@ -139,4 +141,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from grpo.distributed import exit_process
+
+    exit_process(main())

@@ -237,4 +237,6 @@ def run(args: argparse.Namespace, device: torch.device, work: Path, tmp: Path, d
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from grpo.distributed import exit_process
+
+    exit_process(main())  # under torchrun: without the interpreter's teardown (see exit_process)

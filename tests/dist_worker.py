@@ -119,15 +119,18 @@ def dump_episodes(path: str) -> None:
 
 
 if __name__ == "__main__":
+    from grpo.distributed import exit_process
+
     if os.environ.get("EPISODES"):
         dump_episodes(os.environ["EPISODES"])
     if sys.argv[1] == "update":
         update(*sys.argv[2:5])
+        exit_process(0)
     elif sys.argv[1] == "downgrade":
         downgrade(sys.argv[2])
-    else:
-        pid_dir = Path(sys.argv[2]) if sys.argv[2].endswith(".pids") else None  # where each rank notes its pid
-        if pid_dir is not None:
-            pid_dir.mkdir(exist_ok=True)
-            (pid_dir / f"rank{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
-        sys.exit(train.main(sys.argv[3 if pid_dir else 2:]))
+        exit_process(0)
+    pid_dir = Path(sys.argv[2]) if sys.argv[2].endswith(".pids") else None  # where each rank notes its pid
+    if pid_dir is not None:
+        pid_dir.mkdir(exist_ok=True)
+        (pid_dir / f"rank{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
+    exit_process(train.main(sys.argv[3 if pid_dir else 2:]))
