@@ -230,9 +230,8 @@ class OffloadAdamW(torch.optim.Optimizer):
         self._buckets = None  # rebuilt (new state, resized buffers) at the next step
 
     def _prepare(self) -> list[_Bucket]:
-        """Create missing state (master copy, zeroed moments, step 0) for every
-        trainable parameter, group parameters into buckets and allocate the
-        working buffers that :func:`working_buffers` asks for."""
+        """Create missing state (master copy, zeroed moments, step 0) for every trainable parameter,
+        group parameters into buckets, allocate the working buffers :func:`working_buffers` asks for."""
         if self._buckets is not None:
             return self._buckets
         trainable = [[p for p in g["params"] if p.requires_grad] for g in self.param_groups]
@@ -324,8 +323,7 @@ class OffloadAdamW(torch.optim.Optimizer):
         return loss
 
     def _step_local(self, b: _Bucket, idx: list[int]) -> None:
-        """Synchronous step: CPU-only runs, ``offload=False``, and devices
-        without CUDA streams."""
+        """Synchronous step: CPU-only runs, ``offload=False``, devices without CUDA streams."""
         self._update(b, idx, [local(b.params[i].grad) for i in idx])
         for i in idx:
             if not b.aliased[i]:
@@ -346,10 +344,8 @@ class OffloadAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def refresh_master(self) -> None:
-        """Copy the model's current weights into the fp32 masters. Only needed
-        if you change the weights yourself after the first step (e.g. load a
-        model checkpoint without loading the optimizer's). Precision beyond the
-        model dtype is lost for those weights, as it must be."""
+        """Copy the model's current weights into the fp32 masters: after changing the weights
+        yourself (e.g. loading a model without its optimizer). Precision beyond the model dtype is lost."""
         for b in self._buckets or []:
             for p, master, aliased in zip(b.params, b.state.masters, b.aliased):
                 if not aliased:
@@ -357,13 +353,9 @@ class OffloadAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict` (from an optimizer over parameters of
-        the same shapes, in the same order). Tensors are copied into this
-        optimizer's own buffers, so they keep their device, dtype (fp32) and
-        pinning, unlike ``torch.optim.Optimizer.load_state_dict``, which would
-        cast the master weights to the model dtype. Group settings (``lr``,
-        ``initial_lr``, ...) are restored too. The masters are then written into
-        the model so that model and optimizer agree."""
+        """Restore a :meth:`state_dict` (same parameter shapes and order), copied into this
+        optimizer's own fp32 buffers (``torch.optim.Optimizer.load_state_dict`` would cast the
+        masters to the model dtype); group settings too. The masters then go into the model."""
         state_dict = state_dict.copy()
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             state_dict = hook(self, state_dict) or state_dict
