@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from qwen2 import Qwen2, Tokenizer, save_model
 from qwen2.errors import InputError, MissingInput
@@ -118,10 +119,14 @@ def restore_checkpoint(ckpt: Path, run_dir: str | Path, optimizer: torch.optim.O
     if (ckpt / "optimizer").is_dir():
         try:
             load_optimizer(optimizer, model, ckpt / "optimizer")
-        except (RuntimeError, ValueError, KeyError) as e:  # a key or shape the checkpoint does not have
-            raise InputError(f"{ckpt / 'optimizer'} does not fit this run's model ({str(e).splitlines()[0][:160]}): "
-                             "resume with the settings it was trained with (model.lora ...), or start a new run "
-                             "from its model/ folder") from None
+        except (RuntimeError, ValueError, KeyError, CheckpointException) as e:
+            # A key or shape the checkpoint does not have, or a damaged file (DCP reports both as a
+            # CheckpointException, a BaseException, collected from every rank).
+            earlier = [c for c in list_checkpoints(ckpt.parent.parent) if c.name < ckpt.name]
+            raise InputError(f"{ckpt / 'optimizer'} cannot be loaded into this run ({_first_line(e)}): if it was "
+                             "trained with other settings (model.lora ...), resume with those; if it is damaged, "
+                             f"resume from {f'the one before (--resume {earlier[-1]})' if earlier else 'an earlier one'}"
+                             "; or start a new run from its model/ folder") from None
         extra = _load(ckpt / "rng.pt")
         scheduler_state, rng = extra["scheduler"], extra["torch"]
     else:  # an earlier version's per-rank files: only the same number of ranks can read them
@@ -176,12 +181,27 @@ def read_trainer_state(ckpt: Path) -> dict[str, Any]:
     file = ckpt / "trainer_state.json"
     try:
         state = json.loads(file.read_text(encoding="utf-8"))
-        if not all(k in state for k in ("step", "data", "config")):
-            raise ValueError("step, data or config missing")
+        if not (isinstance(state, dict) and _count(state.get("step")) and isinstance(state.get("config"), dict)
+                and isinstance(state.get("data"), dict) and all(map(_count, state["data"].values()))
+                and _count(state.get("ranks", 1))):
+            raise ValueError("it needs step (a count), data (counts), config (a mapping)")
         return state
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InputError(f"{file} is damaged ({e}): resume from an earlier checkpoint (--resume {ckpt.parent}/step_...)"
                          ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    """`e` in a few words; a CheckpointException holds each rank's own (exception, traceback)."""
+    if isinstance(e, CheckpointException) and e.failures:
+        failure = next(iter(e.failures.values()))
+        e = failure[0] if isinstance(failure, tuple) else failure
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160] if text else ''}"
+
+
+def _count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def _load(file: Path) -> Any:
@@ -219,7 +239,7 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     for name in names:
         file = ckpt / name
         if not file.is_file():
-            return f"{name} is missing"
+            return f"{name} is missing" if name == "rng.pt" or ranks > 1 else "optimizer/ is missing"
         try:  # torch.save writes a zip archive; a truncated one has no central directory
             with zipfile.ZipFile(file) as archive:
                 end = max((i.header_offset + i.compress_size for i in archive.infolist()), default=0)

@@ -43,7 +43,7 @@ class LoraConfig:
     # LoRA (qwen2/lora.py): rank 0 = off (full fine-tuning). Only the adapters train; the frozen base
     # doubles as the KL reference, and checkpoints are PEFT adapter directories.
     rank: int = key(0, at_least(0, 4096))
-    alpha: float = key(32.0, above(0))  # the adapters' term is scaled by alpha / rank
+    alpha: float = key(32.0, above(0, 10**4))  # the adapters' term is scaled by alpha / rank
     dropout: float = key(0.0, between(0, 1, hi_open=True))
     targets: list[str] = key(check=subset_of(lambda: TARGETS), factory=lambda: list(TARGETS))
 
@@ -77,8 +77,9 @@ class RolloutConfig:
     # KV cache of 128 rows small. Rows that hit the budget count as truncated. (The model's
     # max_position_embeddings bounds prompt + completion; checked when training starts.)
     max_new_tokens: int = key(512, at_least(1, 10**6))
-    # The loss scores tokens at this same temperature, so 0 (greedy) cannot train.
-    temperature: float = key(1.0, above(0, 10))
+    # The loss scores tokens at this same temperature, so 0 (greedy) cannot train; below 0.01 the
+    # scaled logits leave the range where sampling and log-probs are meaningful.
+    temperature: float = key(1.0, at_least(0.01, 10))
     top_p: float = key(1.0, above(0, 1))
     top_k: int = key(0, at_least(0, 10**7))  # 0 = off
     # DAPO dynamic sampling: groups whose samples all got the same reward carry no signal; sample more
@@ -148,7 +149,7 @@ class GRPOConfig:
     # behaviour policy: every token's loss is weighted by min(pi_old / pi_sampler, tis_cap), a
     # truncated importance-sampling correction of their numeric mismatch (bf16, other batch shapes).
     old_logprobs: str = key("recompute", one_of("recompute", "sampler"))
-    tis_cap: float = key(2.0, at_least(1))
+    tis_cap: float = key(2.0, at_least(1, 10**6))
     updates_per_batch: int = key(1, at_least(1, 64))  # mu: optimizer updates on each rollout batch (PPO epochs)
     # Each group as one row [prompt | c_1 | ... | c_G]: the prompt is computed once per group, not G
     # times, and there is no padding inside a row (grpo/batch.py). False: one padded row per episode.
@@ -169,10 +170,10 @@ class GRPOConfig:
 @dataclass
 class OptimConfig:
     lr: float = key(1e-6, above(0))
-    weight_decay: float = key(0.0, at_least(0))
+    weight_decay: float = key(0.0, at_least(0, 10))  # decoupled: each step scales weights by 1 - lr * weight_decay
     beta1: float = key(0.9, between(0, 1, hi_open=True))  # Adam's first-moment decay
     beta2: float = key(0.99, between(0, 1, hi_open=True))  # Adam's second-moment decay (torch's default is 0.999)
-    eps: float = key(1e-8, above(0))  # added to sqrt(second moment)
+    eps: float = key(1e-8, above(0, 1))  # added to sqrt(second moment)
     offload: bool = False  # the 24 GB switch: fp32 master weights and Adam moments in CPU memory
     grad_clip: float = key(1.0, above(0))  # max gradient norm
     warmup_steps: int = key(10, at_least(0, BIG))

@@ -195,7 +195,9 @@ class Trainer:
 
         # 3-5. log-probs, update, optimizer (with several ranks, all of them when any has episodes).
         update = UpdateResult()
-        trained = int(self.dist.sum([len(keep)])[0])
+        # A diverged model shows first in the sampler (non-finite logits: NaN entropies): no update from those samples.
+        garbage, trained = self.dist.sum([sum(not math.isfinite(x) for e in episodes for x in e.entropies), len(keep)])
+        trained = 0 if garbage else int(trained)
         if trained:
             batch = (build_batch([episodes[i] for i in keep], advantages[keep], self.device) if keep
                      else filler_batch(self.tokenizer.pad_token_id, self.device))
@@ -213,8 +215,7 @@ class Trainer:
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics.update(asdict(update.stats))
         metrics["trained_episodes"] = trained
-        # A diverged model shows first in the sampler (non-finite logits: NaN entropy), then in the loss.
-        metrics["skipped_nonfinite"] = int(update.skipped or not math.isfinite(metrics["entropy"]))
+        metrics["skipped_nonfinite"] = int(update.skipped or garbage > 0)
         if trained:
             # Tokens one forward pass over the batch pushes through the model, and what the padded
             # layout (one [left-padded prompt | completion] row per episode) would push.

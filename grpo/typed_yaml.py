@@ -176,9 +176,22 @@ def _yaml_error(e: yaml.YAMLError, source: str, text: str) -> ConfigError:
                        f"{f' ({context})' if context else ''}; the line: {line!r}")
 
 
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load, with numbers read as YAML 1.2 and people write them: YAML 1.1 (PyYAML) reads
+    3e-6 (no dot) and inf/nan (no leading dot) as strings, which would then be reported as the wrong
+    type instead of as what they are: a float, and for inf/nan one outside the key's range."""
+
+
+_Loader.add_implicit_resolver(  # tried after YAML 1.1's own int and float patterns
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?|[-+]?(?:inf|infinity)|nan)$",
+               re.IGNORECASE),
+    list("-+0123456789.iInN"))
+
+
 def parse_yaml(text: str, source: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
     except yaml.YAMLError as e:
         raise _yaml_error(e, source, text) from None
 
@@ -193,12 +206,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     # on a command line) reads as keys "format:0.1" with no values. Read it the way it was meant.
     if isinstance(parsed, dict) and any(isinstance(k, str) and ":" in k and v is None for k, v in parsed.items()):
         parsed = parse_yaml(re.sub(r":(?=\S)", ": ", value), "--set value")
-    # YAML 1.1 reads 3e-6 as a string; accept it as the number it obviously is.
-    if isinstance(parsed, str):
-        try:
-            parsed = float(parsed) if any(c in parsed for c in ".eE") else parsed
-        except ValueError:
-            pass
     return key.strip().split("."), parsed
 
 

@@ -134,11 +134,16 @@ def read_adapter_config(path: str | os.PathLike) -> dict:
     if not file.is_file() or not (Path(path) / ADAPTER_WEIGHTS).is_file():
         raise InputError(f"{path} is not a LoRA adapter directory: it needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}")
     try:
-        config = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{file} is not valid JSON ({e})") from None
-    if config.get("peft_type") != "LORA" or "r" not in config:
-        raise InputError(f"{file} is not a LoRA adapter (peft_type {config.get('peft_type')!r})")
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise InputError(f"{file} is damaged, not UTF-8 JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise InputError(f"{file} is not a LoRA adapter config (peft_type {getattr(config, 'get', dict().get)('peft_type')!r})")
+    r, alpha = config.get("r"), config.get("lora_alpha", 8)
+    if not (isinstance(r, int) and 0 < r <= 65536 and isinstance(alpha, (int, float)) and 0 < alpha < 1e6
+            and isinstance(config.get("base_model_name_or_path", ""), str)):
+        raise InputError(f"{file} is damaged: r={r!r}, lora_alpha={alpha!r} (need a rank in [1, 65536] and an alpha "
+                         "in (0, 1e6)), base_model_name_or_path must be a path")
     return config
 
 

@@ -71,9 +71,10 @@ def check_weight_files(path: str | os.PathLike) -> None:
     if not path.is_dir():
         raise CheckpointError(f"{path} is missing")
     if (path / "adapter_config.json").is_file():  # a PEFT adapter directory (qwen2/lora.py)
+        from .lora import read_adapter_config
+
+        read_adapter_config(path)  # a damaged adapter_config.json: one line naming it
         files = [path / "adapter_model.safetensors"]
-        if not files[0].is_file():
-            raise CheckpointError(f"{files[0]} is missing")
     else:
         Qwen2Config.from_json(path / "config.json")
         files = _checkpoint_files(path)

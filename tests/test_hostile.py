@@ -24,7 +24,7 @@ FAST = dict(rollout={"prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4
 
 HOSTILE = {  # by annotated type: YAML text as a user types it after --set key=
     int: ["0", "-1", "1000000000000", "1.5", "x", "true"],
-    float: ["0", "-1", "1e12", ".nan", ".inf", "-.inf", "x"],
+    float: ["0", "-1", "1e12", ".nan", ".inf", "-.inf", "nan", "inf", "-inf", "x"],
     bool: ["2", "x"],
     str: ['""', "x", "5"],
     list: ["[]", "[x]", "5"],
@@ -116,7 +116,8 @@ def two_checkpoints(tmp_path, tiny_model):
 
 
 @pytest.mark.parametrize("damage", ["truncated optimizer/__0_0.distcp", "missing optimizer/.metadata",
-                                    "garbage trainer_state.json", "truncated model/model.safetensors", "truncated rng.pt"])
+                                    "missing optimizer", "garbage trainer_state.json", "mistyped trainer_state.json",
+                                    "truncated model/model.safetensors", "truncated rng.pt"])
 def test_resume_skips_a_damaged_checkpoint_for_the_newest_intact_one(two_checkpoints, capsys, damage):
     newest = two_checkpoints / "checkpoints" / "step_000002"
     what, name = damage.split(" ", 1)
@@ -124,7 +125,9 @@ def test_resume_skips_a_damaged_checkpoint_for_the_newest_intact_one(two_checkpo
     if what == "truncated":
         truncate(file)
     elif what == "missing":
-        file.unlink()
+        shutil.rmtree(file) if file.is_dir() else file.unlink()
+    elif what == "mistyped":  # valid JSON, wrong types
+        file.write_text(json.dumps(json.loads(file.read_text()) | {"data": 1}))
     else:
         file.write_text("{ not json")
     code, err = outcome(capsys, ["--resume", str(two_checkpoints), "--set", "train.steps=3"])
@@ -132,6 +135,27 @@ def test_resume_skips_a_damaged_checkpoint_for_the_newest_intact_one(two_checkpo
     assert any(line.startswith(f"skipping {newest}:") for line in err), err
     # Resumed from step 1, so step 2 is redone and the run reaches step 3.
     assert latest_checkpoint(two_checkpoints).name == "step_000003"
+
+
+def test_an_optimizer_shard_damaged_inside_is_one_line_naming_the_checkpoint_before(two_checkpoints, capsys):
+    """Same size, other bytes: only reading it finds out. One line, and the checkpoint to resume from."""
+    shard = two_checkpoints / "checkpoints" / "step_000002" / "optimizer" / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3:len(data) // 3 + 1000] = bytes(range(256)) * 3 + bytes(232)
+    shard.write_bytes(bytes(data))
+    code, err = outcome(capsys, ["--resume", str(two_checkpoints), "--set", "train.steps=3"])
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "optimizer cannot be loaded" in err[0], err
+    assert f"--resume {two_checkpoints / 'checkpoints' / 'step_000001'}" in err[0], err
+
+
+def test_a_damaged_lora_adapter_config_is_skipped_on_resume(tmp_path, tiny_model, capsys):
+    config = write_config(tmp_path, tiny_model, model={"lora": {"rank": 2}},
+                          train={"steps": 2, "eval_every": 0, "save_every": 1, "keep_checkpoints": 2})
+    assert train.main(["--config", str(config)]) == 0
+    newest = tmp_path / "run" / "checkpoints" / "step_000002"
+    (newest / "adapter" / "adapter_config.json").write_bytes(b"{\"peft_type\": \"LO\xe4RA\"}")
+    code, err = outcome(capsys, ["--resume", str(tmp_path / "run"), "--set", "train.steps=3"])
+    assert code == 0 and any(line.startswith(f"skipping {newest}:") and "adapter_config.json" in line for line in err), err
 
 
 def test_a_damaged_checkpoint_named_directly_is_one_line(two_checkpoints, capsys):
