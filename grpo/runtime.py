@@ -50,8 +50,9 @@ def choose_cpu_threads(device: torch.device, num_params: int | None, requested: 
     `requested` (a --threads switch) wins, then OMP_NUM_THREADS; otherwise a CPU run of a small
     model gets one thread. Such models run a stream of small ops, which gain nothing from a second
     thread, and lose badly when another process is busy on a core: every op then waits at a
-    barrier for a thread the OS has descheduled (measured: the tiny recipe's GRPO stage ran 2x
-    slower with the other core busy, docs/benchmarks.md). GPU runs keep torch's default.
+    barrier for a thread the OS has descheduled (measured on 2 cores with the other one busy: the
+    tiny GRPO stage ~1 s per step with 2 threads, 0.26 s with 1; docs/benchmarks.md, "CPU threads and
+    a busy core"). GPU runs keep torch's default.
     """
     if requested is not None:
         if requested < 1:

@@ -30,7 +30,7 @@ from data.rewards import GSM8K_WEIGHTS
 from grpo.evaluate import evaluate
 from grpo.runtime import DTYPES, choose_cpu_threads, model_size, resolve_device
 from qwen2 import SamplingParams, Tokenizer
-from qwen2.lora import load_adapted_model
+from qwen2.lora import load_adapted_model, read_adapter_config
 from qwen2.errors import MissingInput, run_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "(the tiny recipe's held-out set is runs/tiny/data/test.jsonl)")
     problems = load_gsm8k(data)[: args.limit]
     device = resolve_device(args.device)
-    base = Path(args.model) if not (Path(args.model) / "adapter_config.json").is_file() else None
-    choose_cpu_threads(device, model_size(base) if base else None, args.threads)
+    adapter = (Path(args.model) / "adapter_config.json").is_file()  # then the size is its base model's
+    base = read_adapter_config(args.model)["base_model_name_or_path"] if adapter else args.model
+    choose_cpu_threads(device, model_size(base), args.threads)
     dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.float32 if device.type == "cpu" else torch.bfloat16)
     model = load_adapted_model(args.model, device=device, dtype=dtype)  # a model, or a LoRA adapter on its base
     tokenizer = Tokenizer.from_pretrained(args.model)

@@ -362,12 +362,15 @@ def main(argv: list[str] | None = None) -> dict:
                    "--title", f"tiny recipe (seed {args.seed}{', calculator' if args.tools else ''}): "
                               f"GRPO on a {sizes['model']['hidden_size']}-wide Qwen2"])
     print(format_table(results))
+    # The commands pick one thread for a model this small by themselves (grpo.runtime.choose_cpu_threads);
+    # another --threads given here is passed on, so they run as the recipe did.
+    threads = f" --threads {args.threads}" if args.threads != 1 else ""
     print(f"\nnext: evaluate the trained model on the held-out questions\n"
-          f"  python scripts/eval.py --model {final} --data {test_file}\n"
+          f"  python scripts/eval.py --model {final} --data {test_file}{threads}\n"
           f"or run the GRPO stage again into a new directory\n"
           f"  python train.py --config {CONFIG.relative_to(ROOT)} "
           + " ".join(f"--set {o}" for o in overrides if not o.startswith(("train.out_dir", "train.seed")))
-          + f" --set train.out_dir={out / 'grpo-again'}")
+          + f" --set train.out_dir={out / 'grpo-again'}{threads}")
     return results
 
 
