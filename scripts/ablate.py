@@ -1,6 +1,6 @@
 """Compare GRPO variants on the offline quick tiny recipe: variants x seeds, one table, one plot.
 
-    python scripts/ablate.py --variants baseline,gspo,cispo,dynamic,overlong --seeds 0,1,2
+    python scripts/ablate.py                            # baseline,mu2,gspo,cispo,dynamic,overlong x seeds 0-4
     python scripts/ablate.py --list                     # the variants and their settings
 
 For each seed the recipe's stages before GRPO (tokenizer, tiny model, data, SFT warm start and its
@@ -13,15 +13,17 @@ thread, and a finished run is reused when the script is run again.
 Printed and written to `--out/ablation.md` / `ablation.json`: per variant, held-out sampled
 accuracy (mean@8 at T=1, the expected reward GRPO maximises) after GRPO, and for sampled and greedy
 accuracy the change from the SFT start with its 95% confidence interval over seeds (Student's t),
-then the paired difference to the baseline, seed by seed (each seed's variants share one SFT
-start, so the pairing removes the start's luck), marked '*' when its interval excludes 0; then how
-many seeds a difference of 2, 5 or 10 points needs, from the spread observed (80% power).
+then the paired difference to its reference (the baseline; mu2 for gspo and cispo), seed by seed
+(each seed's variants share one SFT start, so the pairing removes the start's luck), marked '*' when
+its interval excludes 0; then how many seeds a difference of 2, 5 or 10 points needs, from the
+spread observed (80% power), and the odds of a '*' by chance among that many comparisons.
 `--out/ablation.png` draws held-out greedy accuracy against the step for each variant (mean over
 seeds; evaluated every 20 steps on the 200 held-out questions).
 
 Simplifications: a 0.26M-parameter model on synthetic multiplication problems and 80 steps: what
-helps here need not help a 3B model on GSM8K; intervals assume the seeds' results are normal. GSPO and CISPO only differ from GRPO when the ratio leaves 1, so their variants
-use two updates per batch (mu = 2), and so does `mu2`, the baseline they should be read against.
+helps here need not help a 3B model on GSM8K; intervals assume the seeds' results are normal, and
+are not corrected for making several comparisons. GSPO and CISPO only differ from GRPO when the
+ratio leaves 1, so their variants use two updates per batch (mu = 2) and are read against `mu2`.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "lora": ("LoRA rank 8 on every projection (alpha 16), 10x the learning rate: the base stays frozen",
              ["model.lora.rank=8", "model.lora.alpha=16", "optim.lr=3e-3"]),
 }
+# Whom each variant is compared with, seed by seed: the variant that differs from it in one thing
+# only (GSPO and CISPO need mu = 2 to differ from GRPO at all, so they are read against mu2).
+REFERENCE = {"gspo": "mu2", "cispo": "mu2"}
 # The quick recipe has no evaluation during GRPO; the ablation plots one every 20 steps.
 EVAL = ["train.eval_every=20", "train.eval_size=200"]
 
@@ -86,15 +91,21 @@ def run_variant(out: Path, seed: int, variant: str, base: Path | None) -> dict:
     return results
 
 
-# Two-sided 95% quantiles of Student's t by degrees of freedom (n - 1 for n seeds); 1.96 beyond.
+# Two-sided 95% quantiles of Student's t by degrees of freedom (n - 1 for n seeds), from the usual
+# table; between 30 and 120 interpolated linearly in 1 / df (as tables are read), 1.96 in the limit.
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-       20: 2.086, 25: 2.060, 30: 2.042}
+       20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+       29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980, math.inf: 1.960}
 
 
 def t95(df: int) -> float:
-    """The 97.5% quantile of Student's t with `df` degrees of freedom (the next smaller tabulated df)."""
-    return T95[max(d for d in T95 if d <= df)] if df <= 30 else 1.96
+    """The 97.5% quantile of Student's t with `df` >= 1 degrees of freedom."""
+    if df in T95:
+        return T95[df]
+    lo, hi = max(d for d in T95 if d < df), min(d for d in T95 if d > df)
+    w = (1 / lo - 1 / df) / (1 / lo - 1 / hi)  # 1 / inf = 0
+    return T95[lo] + w * (T95[hi] - T95[lo])
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
@@ -122,10 +133,16 @@ def interval(values: list[float]) -> str:
 
 
 def paired(values: list[float], base: list[float]) -> str:
-    """The seed-by-seed difference to the baseline with its interval; '*' when the interval excludes 0."""
+    """The seed-by-seed difference to a reference with its interval; '*' when the interval excludes 0."""
     diffs = [v - b for v, b in zip(values, base)]
     m, h = mean_ci(diffs)
     return interval(diffs) + (" *" if abs(m) > h else "")
+
+
+def reference(name: str, runs: dict[str, list[dict]]) -> str | None:
+    """The variant `name` is compared with (REFERENCE, else baseline), if it ran; None for the baseline."""
+    ref = REFERENCE.get(name, "baseline")
+    return ref if name != "baseline" and ref in runs else ("baseline" if name != "baseline" and "baseline" in runs else None)
 
 
 def changes(results: list[dict], key: str) -> list[float]:
@@ -137,32 +154,36 @@ def changes(results: list[dict], key: str) -> list[float]:
 
 def table(runs: dict[str, list[dict]]) -> str:
     seeds = len(next(iter(runs.values())))
-    base = runs.get("baseline")
     lines = [f"| variant | sampled accuracy after, % | sampled change from SFT, points (95% CI, {seeds} seeds) "
-             "| minus baseline, paired | greedy change, points | minus baseline, paired | GRPO seconds |",
-             "|---|---|---|---|---|---|---|"]
+             "| minus reference, paired | greedy change, points | minus reference, paired | reference | GRPO seconds |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, results in runs.items():
         after = statistics.mean(r["after"]["sampled"]["accuracy"] for r in results)
+        ref = reference(name, runs)
         cells = [name, f"{100 * after:.1f}"]
         for key in ("sampled", "greedy"):
             cells.append(interval(changes(results, key)))
-            cells.append("" if base is None or name == "baseline" else paired(changes(results, key), changes(base, key)))
+            cells.append(paired(changes(results, key), changes(runs[ref], key)) if ref else "")
+        cells.append(ref or "")
         cells.append(f"{statistics.mean(r['seconds'].get('grpo', 0.0) for r in results):.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def seeds_advice(runs: dict[str, list[dict]]) -> str:
-    """How many seeds a difference needs, from the spread of the paired differences observed here."""
-    base = runs.get("baseline")
-    sds = [statistics.stdev([v - b for v, b in zip(changes(rs, "sampled"), changes(base, "sampled"))])
-           for name, rs in runs.items() if base is not None and name != "baseline" and len(rs) > 2]
-    if not sds:
+    """How many seeds a difference needs, from the spread of the paired differences observed here,
+    and how likely a '*' is by chance alone when there are several comparisons."""
+    pairs = [(rs, runs[ref]) for name, rs in runs.items() if (ref := reference(name, runs)) and len(rs) > 2]
+    if not pairs:
         return ""
-    sd = statistics.median(sds)
+    sd = statistics.median(statistics.stdev([v - b for v, b in zip(changes(rs, "sampled"), changes(ref_rs, "sampled"))])
+                           for rs, ref_rs in pairs)
     sizes = ", ".join(f"{d} points: {seeds_needed(sd, d / 100)} seeds" for d in (2, 5, 10))
-    return (f"Paired differences to the baseline vary by {100 * sd:.1f} points (std over seeds, median over "
-            f"variants). To show a difference at 95% with 80% power: {sizes}. '*': the interval excludes 0.")
+    k = 2 * len(pairs)  # sampled and greedy
+    return (f"Paired differences to the reference vary by {100 * sd:.1f} points (std over seeds, median over "
+            f"variants). To show a difference at 95% with 80% power: {sizes}. '*': the interval excludes 0; with "
+            f"{k} paired intervals, about {1 - 0.95 ** k:.0%} odds that at least one '*' is chance alone when no "
+            "variant differs.")
 
 
 def plot(runs: dict[str, list[dict]], path: Path) -> bool:
@@ -192,8 +213,10 @@ def plot(runs: dict[str, list[dict]], path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default="baseline,gspo,cispo,dynamic,overlong", help="comma-separated, see --list")
-    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    ap.add_argument("--variants", default="baseline,mu2,gspo,cispo,dynamic,overlong", help="comma-separated, see --list")
+    ap.add_argument("--seeds", default="0,1,2,3,4",
+                    help="comma-separated seeds (5 show a ~5-point difference here; a 2-point one needs ~11: the "
+                         "script prints how many from the spread it measures)")
     ap.add_argument("--out", default="runs/ablate", help="output directory (runs are reused when present)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
     ap.add_argument("--list", action="store_true", help="print the variants and exit")
