@@ -30,7 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override one config value, e.g. --set rollout.group_size=16 (repeatable)")
     ap.add_argument("--resume", metavar="DIR", help="run directory (or one checkpoint directory) to continue from")
-    ap.add_argument("--dry-run", action="store_true", help="print the memory plan for this config and exit")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the memory plan for this config and exit (exit code 0: it fits, 1: it does not)")
     ap.add_argument("--trace", action="store_true",
                     help="with --dry-run: also run the step's peak phases on the meta device and print their traced "
                          "peaks next to the plan (no weights are read; seconds for any model size)")
