@@ -81,6 +81,6 @@ def evaluate_on_ranks(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem
     One process: `evaluate` itself. Returns the summary."""
     with full_weights(model):
         summary, _ = evaluate(model, tokenizer, problems[dist.rank::dist.world], **kwargs)
-    means = ("accuracy", "reward", "length", "truncated")
+    means = ("accuracy", "reward", "length", "truncated", *(("tool_calls",) if "tool_calls" in summary else ()))
     *totals, n, q = dist.sum([summary[k] * summary["n"] for k in means] + [summary["n"], summary["questions"]])
     return summary | {k: v / max(n, 1) for k, v in zip(means, totals)} | {"n": int(n), "questions": int(q)}

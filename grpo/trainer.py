@@ -18,7 +18,7 @@ update (`grpo.old_logprobs: sampler` uses them only as a truncated importance we
 Every episode samples from its own random stream (seed, step, question, sample), so a run is the
 same on any number of processes; a step whose numbers turn non-finite applies no update and saves
 no checkpoint (grpo/divergence.py). Simplifications: the batch is rebuilt from Python lists each
-step; with several processes (torchrun, grpo/distributed.py) data parallel only.
+step; several processes (torchrun, grpo/distributed.py) are data parallel only.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ from tqdm.auto import tqdm
 
 from data.gsm8k import Problem, load_gsm8k
 from qwen2 import Qwen2
-from qwen2.sampler import Streams, stream_key
 from qwen2.lora import adapters_disabled
+from qwen2.sampler import Streams, stream_key
+from qwen2.static_decode import STATS as COMPILE_STATS
 
 from .advantages import group_advantages
 from .batch import Batch, MicroBatch, build_batch, filler_batch, micro_batches, padded_tokens
@@ -225,6 +226,8 @@ class Trainer:
         if cfg.rollout.dynamic_sampling:
             sampled, kept = self.dist.sum([len(problems), len({episodes[i].group for i in keep})])
             metrics.update(questions_sampled=int(sampled), groups_kept=int(kept), sampling_rounds=rounds)
+        if self.compile:  # so far in this process: a count that keeps rising is a decode step that recompiles
+            metrics.update(decode_compiles=COMPILE_STATS.compiles, decode_compile_seconds=COMPILE_STATS.seconds)
         metrics.update({f"time_{phase}": seconds for phase, seconds in timer.seconds.items()})
         return StepResult(metrics, episodes, problems)
 
@@ -281,7 +284,8 @@ class Trainer:
         ref: list[Tensor] | None = None
         if grpo.beta > 0:  # the frozen reference: a copy, or with LoRA the base (adapters off)
             with timer("logprobs"), adapters_disabled(self.model), torch.no_grad():
-                ref = [self._logprobs(self.ref_model or self.model, micro) for micro, _ in schedule]
+                ref = [micro_batch_logprobs(self.ref_model or self.model, micro, self.cfg.rollout.temperature,
+                                            grpo.logprob_chunk)[0] for micro, _ in schedule]
         weights = top_entropy_mask(batch.entropies, batch.loss_mask, grpo.top_entropy_quantile, gather=self.dist.gather)
         # pi_old of the PPO ratio, one tensor per micro-batch: the first pass runs on the weights that
         # sampled, so its log-probs (detached) are pi_old exactly: ratio 1, plain GRPO's gradient.
@@ -362,11 +366,6 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return norm, finite
 
-    def _logprobs(self, model: Qwen2, micro: MicroBatch) -> Tensor:
-        """Log-probs (e, width) of a micro-batch's completion tokens under `model` (no gradients)."""
-        logp, _ = micro_batch_logprobs(model, micro, self.cfg.rollout.temperature, self.cfg.grpo.logprob_chunk)
-        return logp
-
     # -- checkpoints, evaluation, logs ------------------------------------------------------------
 
     def _capture(self) -> TrainingState:
@@ -390,7 +389,8 @@ class Trainer:
         summary = evaluate_on_ranks(self.model, self.tokenizer, self.eval_set, self.dist, max_new_tokens=cfg.rollout.max_new_tokens,
                                     template=cfg.data.template, reward_weights=cfg.reward.weights,
                                     batch_size=cfg.rollout.prompts_per_step * cfg.rollout.group_size,
-                                    progress=cfg.train.progress and self.dist.main, compile=self.compile)
+                                    progress=cfg.train.progress and self.dist.main, compile=self.compile,
+                                    tools=cfg.rollout.tools, max_tool_calls=cfg.rollout.max_tool_calls)
         self._say(f"eval step {self.step}: accuracy {summary['accuracy']:.3f} on {summary['n']} test questions "
                   f"(mean length {summary['length']:.0f}, truncated {summary['truncated']:.2f})")
         if self.dist.main:

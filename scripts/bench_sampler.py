@@ -350,9 +350,11 @@ def main() -> None:
         print("| rows | ms per decode step | bound (ms) | step / bound |")
         print("|---|---|---|---|")
         bounds = {}
-        P = max(map(len, rows))
         for n in (int(x) for x in args.bound_rows.split(",")):
             batch = (rows * -(-n // len(rows)))[:n]
+            P = max(map(len, batch))  # every row attends over the left-padded prompt width
+            # Untimed first: a new row count is a new shape (a compile, on a GPU a CUDA-graph recording).
+            run_fixed(model, batch, min(args.fixed_tokens, 4), pad_id, args.seed, device, compile=args.compile)
             wall, _, _ = run_fixed(model, batch, args.fixed_tokens, pad_id, args.seed, device, compile=args.compile)
             step = wall / args.fixed_tokens  # each of the fixed_tokens - 1 decode forwards, plus sampling
             bound = sum(decode_bytes(model, n, P + t + 1) for t in range(args.fixed_tokens - 1)) / (args.fixed_tokens - 1) / bandwidth

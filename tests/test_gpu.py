@@ -82,7 +82,11 @@ def hf_greedy(hf, prompts, max_new, stop, device):
     return [row[: row.index(stop) + 1] if stop in row else row for row in out]
 
 
-def test_sampler_greedy_equals_transformers_on_a_ragged_batch(device, tmp_path):
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_sampler_greedy_equals_transformers_on_a_ragged_batch(device, tmp_path, compile):
+    """Eager, and the compiled static-shape decode (CUDA graphs on a GPU: what rollouts use there)."""
+    if compile and device == "cpu":
+        pytest.skip("the compiled decode on a CPU: tests/test_compile.py (a compile here would cost the smoke run ~30 s)")
     hf = hf_model(seed=7, **UNTIED)
     with torch.no_grad():
         hf.lm_head.weight[STOP] *= 3.0  # rows stop at different steps
@@ -90,7 +94,7 @@ def test_sampler_greedy_equals_transformers_on_a_ragged_batch(device, tmp_path):
     hf = hf.to(device)
     prompts = ragged_prompts(ours.config.vocab_size, [3, 11, 7, 1, 15, 9], seed=1)
     ref = hf_greedy(hf, prompts, 24, STOP, device)
-    got = generate(ours, prompts, 24, GREEDY, stop_token_ids=[STOP], compact_every=2)
+    got = generate(ours, prompts, 24, GREEDY, stop_token_ids=[STOP], compact_every=2, compile=compile)
     assert got.tokens == ref
     assert got.finished == [STOP in r for r in ref]
     assert len({len(r) for r in ref}) > 1 and any(got.finished) and not all(got.finished)

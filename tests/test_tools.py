@@ -14,7 +14,7 @@ from grpo.rollout import encode_prompt, final_turn, sample_groups, score_groups
 from grpo.tools import CALCULATOR, ToolRunner, call_text, continuation, run_tool_call
 from data.gsm8k import Problem
 from data.prompts import build_messages
-from qwen2 import GREEDY, Qwen2, generate, load_model
+from qwen2 import GREEDY, generate, load_model
 
 # --- the calculator ----------------------------------------------------------------------------------
 
@@ -194,7 +194,8 @@ def test_training_with_the_calculator_runs_end_to_end(tmp_path, tiny_model):
     assert train.main(["--config", str(cfg)]) == 0
     rows = [r for r in metrics(tmp_path / "run") if "reward" in r]
     assert len(rows) == 2 and all("tool_calls" in r and "tool_errors" in r for r in rows)
-    assert isinstance(Qwen2, type)
+    evals = [r for r in metrics(tmp_path / "run") if "eval_accuracy" in r]
+    assert [r["step"] for r in evals] == [0, 2] and all("eval_tool_calls" in r for r in evals)  # offered there too
 
 
 def test_sft_examples_with_the_calculator_are_the_rollouts_tokens_and_train_the_model_turns_only(policy):
