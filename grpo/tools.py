@@ -109,10 +109,10 @@ class ToolRunner:
     def on_stop(self, row: int, turn: list[int]) -> list[int] | None:
         """Tokens to continue row `row` with after its finished turn `turn` (model tokens, the stop
         token last): the tool's answer and the next assistant header; None: the row is done."""
-        if turn[-1] != self.tokenizer.eos_token_id:  # the turn did not end as a turn ends (<|im_end|>)
-            return None
+        if turn[-1] != self.tokenizer.eos_token_id or self.calls.get(row, 0) >= self.max_calls:
+            return None  # not a turn's end (<|im_end|>), or no calls left: the row is done, a call is not run
         answer = run_tool_call(self.tokenizer.decode(turn[:-1]))  # without the stop token
-        if answer is None or self.calls.get(row, 0) >= self.max_calls:
+        if answer is None:  # a final answer, not a call
             return None
         self.calls[row] = self.calls.get(row, 0) + 1
         if answer.startswith("error:"):

@@ -318,7 +318,13 @@ def main() -> None:
                       speedups_wall=[round(x, 3) for x in by_wall])
     if args.compile:
         over_eager = [r["ours"].wall / r["compiled"].wall for r in results]
-        result.update(compile_s=round(compile_s, 1), compiled_over_eager=round(median(over_eager), 3))
+        from torch._dynamo.utils import counters
+
+        from qwen2.static_decode import STATS
+        # Compiles after the timed runs (a new rollout must not recompile), and CUDA-graph fallbacks
+        # (inductor's skips: the step then runs compiled but without graphs, silently slower).
+        result.update(compile_s=round(compile_s, 1), compiled_over_eager=round(median(over_eager), 3),
+                      compiles=STATS.compiles, cudagraph_skips=int(counters["inductor"]["cudagraph_skips"]))
         line = f"compiled / eager: {median(over_eager):.2f}x by wall time ({', '.join(f'{x:.2f}' for x in over_eager)})"
         if hf is not None:
             over_hf = [r["hf"].wall / r["compiled"].wall for r in results]

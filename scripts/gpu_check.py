@@ -398,7 +398,8 @@ def step_sampler(ctx: Context) -> list[Row]:
         y = r["speedup_compiled_wall"]
         rows.append(Row("sampler: compiled decode vs transformers.generate", "PASS" if y >= 3 else "FAIL",
                         f"{y:.2f}x (compiled / eager {r['compiled_over_eager']:.2f}x; first run with its compile "
-                        f"{r['compile_s']:.0f} s)", ">= 3x (wall time)"))
+                        f"{r['compile_s']:.0f} s; {r.get('compiles')} compile(s), {r.get('cudagraph_skips')} CUDA-graph "
+                        "skips)", ">= 3x (wall time)"))
     for n, ratio in (r.get("step_over_bound") or {}).items():
         rows.append(Row(f"sampler: compiled decode step at {n} rows vs memory-bandwidth bound",
                         "PASS" if ratio <= 2 else "FAIL", f"{ratio:.2f}x the bound ({r['bandwidth_gbs']:.0f} GB/s)",
