@@ -62,8 +62,9 @@ def setup(args: argparse.Namespace):
     if args.dry_run:
         from grpo.memory import format_plan, plan_fits, plan_memory
 
-        if args.ranks < 1 or cfg.rollout.prompts_per_step % args.ranks:
-            raise InputError(f"--ranks {args.ranks} must be >= 1 and divide rollout.prompts_per_step={cfg.rollout.prompts_per_step}")
+        if not 1 <= args.ranks <= cfg.rollout.prompts_per_step:
+            raise InputError(f"--ranks {args.ranks} must be in [1, rollout.prompts_per_step={cfg.rollout.prompts_per_step}]: "
+                             "every rank samples at least one question")
         items = plan_memory(cfg, ranks=args.ranks)
         print(format_plan(items, cfg, card_gb=args.card_gb, ram_gb=args.ram_gb, ranks=args.ranks))
         if args.trace:

@@ -99,10 +99,18 @@ class Dist:
         if self.launched:
             torch_dist.barrier()
 
+    def bounds(self, n: int, rank: int | None = None) -> tuple[int, int]:
+        """[start, end) of `rank`'s (this rank's) share of n items, in rank order: n / world each,
+        the first n % world ranks one more."""
+        rank = self.rank if rank is None else rank
+        q, r = divmod(n, self.world)
+        start = rank * q + min(rank, r)
+        return start, start + q + (rank < r)
+
     def share(self, items: Sequence[T]) -> list[T]:
-        """This rank's equal slice of `items` (all of them for one process)."""
-        n = len(items) // self.world
-        return list(items[self.rank * n:(self.rank + 1) * n])
+        """This rank's slice of `items` (all of them for one process)."""
+        start, end = self.bounds(len(items))
+        return list(items[start:end])
 
 
 def in_lockstep(micros: Sequence[T], dist: Dist) -> list[tuple[T, float]]:
@@ -241,9 +249,9 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def check_distributed(cfg, dist: Dist) -> None:
     """One-line errors for what several ranks cannot do."""
     N = cfg.rollout.prompts_per_step
-    if N % dist.world:
-        raise InputError(f"rollout.prompts_per_step={N} must be divisible by the {dist.world} ranks: each samples "
-                         f"an equal share of the step's questions")
+    if N < dist.world:
+        raise InputError(f"rollout.prompts_per_step={N} is fewer than the {dist.world} ranks: each rank samples its "
+                         f"share of the step's questions, so give every rank at least one")
     if cfg.rollout.compile is True:
         raise InputError("rollout.compile=true is not supported with several processes (the sampler runs on the "
                          "FSDP-sharded model): leave rollout.compile=auto, which decodes eagerly under torchrun")

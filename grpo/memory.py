@@ -146,7 +146,7 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
     opt = optimizer_state_bytes(trainable, offload=cfg.optim.offload, device=on_gpu)
     P, C, G = cfg.data.max_prompt_tokens, completion_tokens(cfg), cfg.rollout.group_size
     seq = P + C
-    questions = cfg.rollout.prompts_per_step // ranks  # each rank samples its share of the questions
+    questions = -(-cfg.rollout.prompts_per_step // ranks)  # each rank samples its share (the busiest: rounded up)
     rows = questions * G
     mb_tokens, mb_what = update_tokens(cfg)
     if cfg.grpo.shared_prefix:  # attention in blocks (qwen2/shared_prefix.py), at its worst: ragged lengths pad them

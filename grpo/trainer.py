@@ -239,7 +239,7 @@ class Trainer:
         step, sample), so one process and N ranks sample the same episodes."""
         cfg, G = self.cfg, self.cfg.rollout.group_size
         problems = self.dist.share([self.train_set[i] for i in self.data.take(n)])
-        first = round * n + self.dist.rank * len(problems)  # this rank's first question, counted over the step
+        first = round * n + self.dist.bounds(n)[0]  # this rank's first question, counted over the step
         keys = [stream_key(cfg.train.seed, self.step, first + q, j) for q in range(len(problems)) for j in range(G)]
         with timer("generate"), full_weights(self.model):
             rows, out, tools = sample_groups(self.model, self.tokenizer, problems, cfg.rollout.group_size,
@@ -267,10 +267,11 @@ class Trainer:
     def _first_groups(self, spread: Tensor, n: int, rounds: int) -> Tensor:
         """Which of this rank's groups are among the step's first n with spread (one flag per group).
         The step's order is one process's: round by round, and within a round rank by rank."""
-        world = self.dist.world
-        everyone = self.dist.gather(spread.long()).view(world, rounds, -1)  # rank, round, group in its share
-        chosen = everyone.transpose(0, 1).flatten().cumsum(0).view(rounds, world, -1) <= n  # one process's order
-        return spread & chosen[:, self.dist.rank].flatten()
+        shares = [end - start for start, end in map(partial(self.dist.bounds, n), range(self.dist.world))]
+        per_rank = self.dist.gather(spread.long()).split([rounds * s for s in shares])  # each: its rounds x share
+        pieces = [part[r * s:(r + 1) * s] for r in range(rounds) for part, s in zip(per_rank, shares)]
+        chosen = (torch.cat(pieces).cumsum(0) <= n).split([len(p) for p in pieces])  # in one process's order
+        return spread & torch.cat(chosen[self.dist.rank::self.dist.world])  # this rank's pieces, round by round
 
     def _update(self, batch: Batch, micros: list[MicroBatch], timer: PhaseTimer) -> UpdateResult:
         """mu passes over the batch; each pass accumulates micro-batch gradients, then steps the optimizer.

@@ -108,11 +108,11 @@ def dump_episodes(path: str) -> None:
     def train_step(self):
         result = original(self)
         N, G = self.cfg.rollout.prompts_per_step, self.cfg.rollout.group_size
-        share = N // self.dist.world
+        start, end = self.dist.bounds(N)  # this rank's share of each round's questions
         with open(f"{path}.rank{self.dist.rank}", "a") as f:
             for i, e in enumerate(result.episodes):
-                round_, q = divmod(e.group, share)
-                f.write(json.dumps([self.step + 1, round_ * N + self.dist.rank * share + q, i % G, e.completion_ids]) + "\n")
+                round_, q = divmod(e.group, end - start)
+                f.write(json.dumps([self.step + 1, round_ * N + start + q, i % G, e.completion_ids]) + "\n")
         return result
 
     Trainer.train_step = train_step

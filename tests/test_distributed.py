@@ -69,8 +69,9 @@ def assert_close(a: dict, b: dict, what: str) -> None:
 
 
 # Every batch-wide feature at once: dynamic sampling (spread counted and groups chosen over both
-# ranks), the batch reward std, the top-entropy quantile over the step's tokens.
-FEATURES = dict(rollout={"dynamic_sampling": True, "max_extra_rounds": 2},
+# ranks), the batch reward std, the top-entropy quantile over the step's tokens; and 3 questions a
+# step, so the ranks' shares differ (2 and 1).
+FEATURES = dict(rollout={"dynamic_sampling": True, "max_extra_rounds": 2, "prompts_per_step": 3},
                 grpo={"micro_batch_tokens": 24, "scale_rewards": "batch", "top_entropy_quantile": 0.5},
                 optim={"eps": 1e-3})
 
@@ -86,7 +87,7 @@ def test_one_process_and_two_ranks_sample_the_same_episodes_train_alike_and_resu
     run(torchrun_cmd("tests/dist_worker.py", "train", "--config", str(two), "--stop-after", "2"),
         EPISODES=str(tmp_path / "two.episodes"))
     a, b = episodes(tmp_path / "one.episodes"), episodes(tmp_path / "two.episodes")
-    assert {k: v for k, v in a.items() if k[0] <= 2} == b and len(b) >= 2 * 2 * 4  # 2 steps x 2+ questions x 4
+    assert {k: v for k, v in a.items() if k[0] <= 2} == b and len(b) >= 2 * 3 * 4  # 2 steps x 3+ questions x 4
     rows = metrics(tmp_path / "one")
     assert any(r.get("sampling_rounds", 1) > 1 for r in rows), "dynamic sampling never took a second round"
     ckpts = tmp_path / "one" / "checkpoints"
@@ -215,13 +216,13 @@ def test_ctrl_c_stops_every_rank_and_names_the_resume_command(tmp_path, tiny_mod
     load_model(latest_checkpoint(tmp_path / "run") / "model")
 
 
-def test_questions_that_do_not_split_evenly_are_one_line(tmp_path, tiny_model):
-    cfg = write_config(tmp_path, tiny_model, rollout={"prompts_per_step": 3},
+def test_a_setup_error_is_one_line_and_torchrun_reports_one_failure(tmp_path, tiny_model):
+    cfg = write_config(tmp_path, tiny_model, rollout={"prompts_per_step": 1},
                        reward={"weights": {"format": 0.1, "correctness": 1.0}})
     res = subprocess.run(torchrun_cmd("train.py", "--config", str(cfg)), cwd=ROOT, capture_output=True, text=True,
                          timeout=120, env=ENV)
     assert res.returncode != 0
-    message = "error: rollout.prompts_per_step=3 must be divisible by the 2 ranks"
+    message = "error: rollout.prompts_per_step=1 is fewer than the 2 ranks"
     lines = res.stderr.splitlines()
     assert sum(line.startswith(message) for line in lines) == 1  # one rank says it, once
     # torchrun's report lists one failure (the others ended quietly) and repeats the cause last.
