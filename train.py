@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         # others end quietly, so torchrun's report lists one failure, not one per rank.
         from grpo.distributed import report_input_error
 
-        if not report_input_error(str(e)):
+        if not report_input_error(str(e)):  # another process reports it
             return 0
         print(f"error: {e}", file=sys.stderr)
         if os.environ.get("TORCHELASTIC_ERROR_FILE"):  # torchrun's summary then repeats the cause, not "<N/A>"

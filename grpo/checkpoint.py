@@ -122,7 +122,8 @@ def restore_checkpoint(ckpt: Path, run_dir: str | Path, optimizer: torch.optim.O
         except (RuntimeError, ValueError, KeyError, CheckpointException) as e:
             # A key or shape the checkpoint does not have, or a damaged file (DCP reports both as a
             # CheckpointException, a BaseException, collected from every rank).
-            earlier = [c for c in list_checkpoints(ckpt.parent.parent) if c.name < ckpt.name]
+            earlier = [c for c in list_checkpoints(ckpt.parent.parent) if STEP_DIR.match(ckpt.name)
+                       and _step(c) < _step(ckpt) and not checkpoint_problem(c)]
             raise InputError(f"{ckpt / 'optimizer'} cannot be loaded into this run ({_first_line(e)}): if it was "
                              "trained with other settings (model.lora ...), resume with those; if it is damaged, "
                              f"resume from {f'the one before (--resume {earlier[-1]})' if earlier else 'an earlier one'}"
@@ -191,6 +192,10 @@ def read_trainer_state(ckpt: Path) -> dict[str, Any]:
                          ) from None
 
 
+def _step(ckpt: Path) -> int:
+    return int(STEP_DIR.match(ckpt.name).group(1))
+
+
 def _first_line(e: BaseException) -> str:
     """`e` in a few words; a CheckpointException holds each rank's own (exception, traceback)."""
     if isinstance(e, CheckpointException) and e.failures:
@@ -239,7 +244,8 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     for name in names:
         file = ckpt / name
         if not file.is_file():
-            return f"{name} is missing" if name == "rng.pt" or ranks > 1 else "optimizer/ is missing"
+            older = any(ckpt.glob("optimizer*.pt"))  # an earlier version's checkpoint, or today's without optimizer/
+            return f"{name} is missing" if name == "rng.pt" or older else "optimizer/ is missing"
         try:  # torch.save writes a zip archive; a truncated one has no central directory
             with zipfile.ZipFile(file) as archive:
                 end = max((i.header_offset + i.compress_size for i in archive.infolist()), default=0)
@@ -256,7 +262,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [d for d in root.iterdir() if STEP_DIR.match(d.name) and (d / "trainer_state.json").is_file()]
-    return sorted(found, key=lambda d: int(STEP_DIR.match(d.name).group(1)))
+    return sorted(found, key=_step)
 
 
 def latest_checkpoint(path: str | Path) -> Path:

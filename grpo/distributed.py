@@ -160,8 +160,8 @@ def exit_process(code: int) -> NoReturn:
 
 
 def report_input_error(message: str, wait_s: float = 30.0) -> bool:
-    """Whether this process should print `message`, a bad input, and fail. False on a torchrun rank
-    whose error rank 0 reports too: that rank leaves quietly (exit code 0, `exit_process`).
+    """Whether this process should print `message`, a bad input, and fail; a torchrun rank whose
+    error rank 0 reports too leaves at once instead (exit code 0, `exit_process`), never returning.
 
     Under torchrun every rank usually meets the same bad input (a missing model, a bad value). If
     every rank failed, torchrun would list one failure per rank; if only rank 0 did while the others
@@ -169,10 +169,14 @@ def report_input_error(message: str, wait_s: float = 30.0) -> bool:
     torchrun's own key-value store: rank 0 posts its error, the others see it and leave, and rank 0
     fails once they have gone, so its error is the one failure torchrun reports (as its last line).
     A rank whose error rank 0 does not share reports it and fails, so that torchrun stops the run
-    instead of leaving rank 0 waiting for that rank at the next collective."""
-    if not launched_by_torchrun() or int(os.environ.get("WORLD_SIZE", 1)) == 1:
+    instead of leaving rank 0 waiting for that rank at the next collective. Without torchrun's
+    shared store (other launchers) rank 0 alone reports."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if not launched_by_torchrun() or world == 1:
         return True
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ["WORLD_SIZE"])
+    rank = int(os.environ.get("RANK", 0))
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":  # no store of the launcher's to meet at
+        return rank == 0
     try:
         store = torch_dist.PrefixStore(
             f"qwen-grpo/input-error/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}/",
@@ -181,15 +185,16 @@ def report_input_error(message: str, wait_s: float = 30.0) -> bool:
         if rank == 0:
             store.set("rank0", message)
             deadline = time.monotonic() + wait_s
-            while store.add("gone", 0) < world - 1 and time.monotonic() < deadline:
+            while store.add("answered", 0) < world - 1 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            time.sleep(1.0)  # the other ranks posted "gone" just before their os._exit
+            time.sleep(1.0)  # the quiet ranks posted just before their os._exit
             return True
         store.wait(["rank0"])  # raises after wait_s: rank 0 did not fail like this rank
-        if store.get("rank0").decode() != message:
-            return True
-        store.add("gone", 1)
-        return False
+        store.add("answered", 1)
+        if store.get("rank0").decode() == message:
+            exit_process(0)
+        time.sleep(2.0)  # another error than rank 0's: let rank 0 say its own first, then fail too
+        return True
     except (RuntimeError, KeyError, ValueError):  # no store reachable, or rank 0 did not fail: report it here
         return True
 

@@ -184,7 +184,7 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(  # tried after YAML 1.1's own int and float patterns
     "tag:yaml.org,2002:float",
-    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?|[-+]?(?:inf|infinity)|nan)$",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?|[-+]?(?:inf|infinity)|nan)$",
                re.IGNORECASE),
     list("-+0123456789.iInN"))
 
@@ -194,6 +194,8 @@ def parse_yaml(text: str, source: str) -> Any:
         return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
     except yaml.YAMLError as e:
         raise _yaml_error(e, source, text) from None
+    except ValueError as e:  # a scalar PyYAML recognised but cannot convert (a date like 2024-13-45)
+        raise ConfigError(f"{source} is not valid YAML: {e}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

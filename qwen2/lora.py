@@ -141,7 +141,7 @@ def read_adapter_config(path: str | os.PathLike) -> dict:
         raise InputError(f"{file} is not a LoRA adapter config (peft_type {getattr(config, 'get', dict().get)('peft_type')!r})")
     r, alpha = config.get("r"), config.get("lora_alpha", 8)
     if not (isinstance(r, int) and 0 < r <= 65536 and isinstance(alpha, (int, float)) and 0 < alpha < 1e6
-            and isinstance(config.get("base_model_name_or_path", ""), str)):
+            and isinstance(config.get("base_model_name_or_path") or "", str)):
         raise InputError(f"{file} is damaged: r={r!r}, lora_alpha={alpha!r} (need a rank in [1, 65536] and an alpha "
                          "in (0, 1e6)), base_model_name_or_path must be a path")
     return config

@@ -359,7 +359,7 @@ def main() -> None:
         for n in (int(x) for x in args.bound_rows.split(",")):
             batch = (rows * -(-n // len(rows)))[:n]
             P = max(map(len, batch))  # every row attends over the left-padded prompt width
-            # Untimed first: a new row count is a new shape (a compile, on a GPU a CUDA-graph recording).
+            # Untimed first: a new row count is a new shape, whose compile (if any) should not be timed.
             run_fixed(model, batch, min(args.fixed_tokens, 4), pad_id, args.seed, device, compile=args.compile)
             wall, _, _ = run_fixed(model, batch, args.fixed_tokens, pad_id, args.seed, device, compile=args.compile)
             step = wall / args.fixed_tokens  # each of the fixed_tokens - 1 decode forwards, plus sampling

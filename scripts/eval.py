@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     problems = load_gsm8k(data)[: args.limit]
     device = resolve_device(args.device)
     adapter = (Path(args.model) / "adapter_config.json").is_file()  # then the size is its base model's
-    base = read_adapter_config(args.model)["base_model_name_or_path"] if adapter else args.model
-    choose_cpu_threads(device, model_size(base), args.threads)
+    base = read_adapter_config(args.model).get("base_model_name_or_path") if adapter else args.model
+    choose_cpu_threads(device, model_size(base) if base else None, args.threads)
     dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.float32 if device.type == "cpu" else torch.bfloat16)
     model = load_adapted_model(args.model, device=device, dtype=dtype)  # a model, or a LoRA adapter on its base
     tokenizer = Tokenizer.from_pretrained(args.model)

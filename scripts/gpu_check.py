@@ -626,7 +626,8 @@ def main(argv: list[str] | None = None) -> int:
           f"results in {out}", flush=True)
 
     def run_step(name: str) -> tuple[str, dict[str, Any], list[str]]:
-        ctx = Context(smoke=args.smoke, work=work_root / name, cache=work_root / "checkpoints", timeout_scale=args.timeout_scale,
+        cache = work_root / ("checkpoints" if args.jobs == 1 else f"checkpoints-{name}")  # steps at once: no sharing
+        ctx = Context(smoke=args.smoke, work=work_root / name, cache=cache, timeout_scale=args.timeout_scale,
                       echo=not args.quiet and args.jobs == 1, deadline=deadline)
         ctx.say(f"== {name} ==")
         t0 = time.perf_counter()
