@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from grpo.checkpoint import latest_checkpoint
@@ -71,7 +72,7 @@ def assert_close(a: dict, b: dict, what: str) -> None:
 # Every batch-wide feature at once: dynamic sampling (spread counted and groups chosen over both
 # ranks), the batch reward std, the top-entropy quantile over the step's tokens; and 3 questions a
 # step, so the ranks' shares differ (2 and 1).
-FEATURES = dict(rollout={"dynamic_sampling": True, "max_extra_rounds": 2, "prompts_per_step": 3},
+FEATURES = dict(rollout={"dynamic_sampling": True, "max_extra_rounds": 2, "prompts_per_step": 3, "group_size": 3},
                 grpo={"micro_batch_tokens": 24, "scale_rewards": "batch", "top_entropy_quantile": 0.5},
                 optim={"eps": 1e-3})
 
@@ -80,16 +81,16 @@ def test_one_process_and_two_ranks_sample_the_same_episodes_train_alike_and_resu
     """The same seed on 1 and on 2 ranks: the same episodes at every step, the same weights after 2
     steps (1e-5); and a run stopped at step 2 on 2 ranks resumed on 1, or stopped on 1 and resumed
     on 2, reaches the weights of 3 uninterrupted steps of one process."""
-    train_section = {"steps": 3, "eval_every": 0, "save_every": 1, "keep_checkpoints": 3}
+    train_section = {"steps": 3, "eval_every": 0, "save_every": 1, "keep_checkpoints": 3, "seed": 2}  # extra rounds at every step
     one = write_config(tmp_path, tiny_model, out="one", **FEATURES, train=train_section)
     two = write_config(tmp_path, tiny_model, out="two", **FEATURES, train=train_section)
     run(one_process("train", "--config", str(one)), EPISODES=str(tmp_path / "one.episodes"))
     run(torchrun_cmd("tests/dist_worker.py", "train", "--config", str(two), "--stop-after", "2"),
         EPISODES=str(tmp_path / "two.episodes"))
     a, b = episodes(tmp_path / "one.episodes"), episodes(tmp_path / "two.episodes")
-    assert {k: v for k, v in a.items() if k[0] <= 2} == b and len(b) >= 2 * 3 * 4  # 2 steps x 3+ questions x 4
+    assert {k: v for k, v in a.items() if k[0] <= 2} == b and len(b) >= 2 * 3 * 3  # 2 steps x 3+ questions x 3
     rows = metrics(tmp_path / "one")
-    assert any(r.get("sampling_rounds", 1) > 1 for r in rows), "dynamic sampling never took a second round"
+    assert sum(r.get("sampling_rounds", 1) > 1 for r in rows if r["step"] <= 2) == 2, "dynamic sampling took no second round"
     ckpts = tmp_path / "one" / "checkpoints"
     assert_close(weights(latest_checkpoint(tmp_path / "two")), weights(ckpts / "step_000002"), "2 ranks, step 2")
     # 2 -> 1: the 2-rank run continues as one process.
@@ -101,6 +102,30 @@ def test_one_process_and_two_ranks_sample_the_same_episodes_train_alike_and_resu
     run(torchrun_cmd("tests/dist_worker.py", "train", "--resume", str(tmp_path / "one-then-two"),
                      "--set", f"train.out_dir={tmp_path / 'one-then-two'}"))
     assert_close(weights(latest_checkpoint(tmp_path / "one-then-two")), weights(ckpts / "step_000003"), "1 -> 2, step 3")
+
+
+ALONE = {"dynamic_sampling": {"rollout": FEATURES["rollout"]},
+         "batch_reward_std": {"grpo": {"scale_rewards": "batch"}},
+         "top_entropy_tokens": {"grpo": {"top_entropy_quantile": 0.5}}}
+
+
+@pytest.mark.parametrize("feature", list(ALONE))
+def test_each_batch_wide_feature_alone_trains_on_two_ranks_what_one_process_trains(tmp_path, tiny_model, feature):
+    """Each statistic over the whole step on its own: the same episodes and, after 2 steps, the same
+    weights (1e-5) on 1 process and on 2 ranks (3 questions a step: shares of 2 and 1)."""
+    sections = {"rollout": {"prompts_per_step": 3, "group_size": 3}, "optim": {"eps": 1e-3},
+                "grpo": {"micro_batch_tokens": 24}, "train": {"steps": 2, "eval_every": 0, "save_every": 2, "seed": 2}}
+    for section, values in ALONE[feature].items():
+        sections[section] = sections[section] | values
+    one = write_config(tmp_path, tiny_model, out="one", **sections)
+    two = write_config(tmp_path, tiny_model, out="two", **sections)
+    run(one_process("train", "--config", str(one)), EPISODES=str(tmp_path / "one.episodes"))
+    run(torchrun_cmd("tests/dist_worker.py", "train", "--config", str(two)), EPISODES=str(tmp_path / "two.episodes"))
+    assert episodes(tmp_path / "one.episodes") == episodes(tmp_path / "two.episodes")
+    if feature == "dynamic_sampling":
+        assert any(r.get("sampling_rounds", 1) > 1 for r in metrics(tmp_path / "two")), "no second round"
+    assert all(r["trained_episodes"] > 0 for r in metrics(tmp_path / "two") if "reward" in r)
+    assert_close(weights(latest_checkpoint(tmp_path / "two")), weights(latest_checkpoint(tmp_path / "one")), feature)
 
 
 def test_lora_on_two_ranks_trains_the_adapters_one_process_does(tmp_path, tiny_model):
