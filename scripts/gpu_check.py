@@ -92,7 +92,7 @@ SMOKE_TIMEOUT = 240
 # (`--only torchrun --only fit-7b`); `--estimate STEP=S` overrides one with what a run measured.
 ESTIMATES = {"cuda-tests": 70, "fit-24gb": 140, "sampler": 120, "optimizer": 30, "lora-7b": 100, "torchrun": 45,
              "fit-7b": 100}
-SMOKE_ESTIMATES = {"cuda-tests": 25, "fit-24gb": 25, "sampler": 40, "optimizer": 10, "lora-7b": 15, "torchrun": 20,
+SMOKE_ESTIMATES = {"cuda-tests": 25, "fit-24gb": 25, "sampler": 60, "optimizer": 10, "lora-7b": 15, "torchrun": 20,
                    "fit-7b": 15}
 # The smoke runs' tiny GRPO batch: 2 questions x 4 samples, 8 new tokens.
 SMOKE_SETS = ["--set", "rollout.prompts_per_step=2", "--set", "rollout.group_size=4",
@@ -377,7 +377,8 @@ def step_sampler(ctx: Context) -> list[Row]:
     args = ["scripts/bench_sampler.py", "--cache-dir", str(ctx.cache)]
     if ctx.smoke:
         args += ["--model", "tiny", "--prompts", "2", "--samples", "4", "--prompt-len", "8", "16", "--gen-len", "4", "8",
-                 "--fixed-tokens", "3", "--fixed-repeats", "1", "--square-size", "256", "--threads", "1"]
+                 "--fixed-tokens", "3", "--fixed-repeats", "1", "--square-size", "256", "--threads", "1",
+                 "--compile", "--bound-rows", "4,8"]  # the GPU run's paths too (a CPU compile, ~20 s)
     else:
         args += ["--device", "cuda", "--dtype", "bfloat16", "--model", "Qwen2.5-1.5B", "--samples", "32", "--repeats", "2",
                  "--compile", "--bound-rows", "64,256", "--fixed-tokens", "64", "--fixed-repeats", "1"]
@@ -396,14 +397,15 @@ def step_sampler(ctx: Context) -> list[Row]:
         rows = [Row(check, "INFO" if ctx.smoke else ("PASS" if x >= 3 else "FAIL"), figure, target)]
     if "speedup_compiled_wall" in r:
         y = r["speedup_compiled_wall"]
-        rows.append(Row("sampler: compiled decode vs transformers.generate", "PASS" if y >= 3 else "FAIL",
+        rows.append(Row("sampler: compiled decode vs transformers.generate",
+                        "INFO" if ctx.smoke else ("PASS" if y >= 3 else "FAIL"),
                         f"{y:.2f}x (compiled / eager {r['compiled_over_eager']:.2f}x; first run with its compile "
                         f"{r['compile_s']:.0f} s; {r.get('compiles')} compile(s), {r.get('cudagraph_skips')} CUDA-graph "
-                        "skips)", ">= 3x (wall time)"))
+                        "skips)", "none (smoke)" if ctx.smoke else ">= 3x (wall time)"))
     for n, ratio in (r.get("step_over_bound") or {}).items():
         rows.append(Row(f"sampler: compiled decode step at {n} rows vs memory-bandwidth bound",
-                        "PASS" if ratio <= 2 else "FAIL", f"{ratio:.2f}x the bound ({r['bandwidth_gbs']:.0f} GB/s)",
-                        "<= 2x"))
+                        "INFO" if ctx.smoke else ("PASS" if ratio <= 2 else "FAIL"),
+                        f"{ratio:.2f}x the bound ({r['bandwidth_gbs']:.0f} GB/s)", "none (smoke)" if ctx.smoke else "<= 2x"))
     if "roofline_wall" in r:
         rows.append(Row("sampler: fixed-length decode vs same-shape GEMM roofline", "INFO",
                         f"{r['roofline_wall']:.0%} of the roofline (wall time)", "information"))

@@ -28,6 +28,8 @@ def test_smoke_runs_every_step_and_writes_the_summary(tmp_path):
     results = {k: v for step in summary["steps"].values() for k, v in step["results"].items()}
     assert results["fit-24gb-offload-on"]["status"] == "ok" and results["fit-24gb-offload-off"]["status"] == "oom"
     assert results["sampler"]["speedup_wall"] > 0 and "hidden_share" in results["optimizer"]
+    # The GPU run's sampler paths: the compiled decode against transformers, and the step against its bound.
+    assert results["sampler"]["speedup_compiled_wall"] > 0 and set(results["sampler"]["step_over_bound"]) == {"4", "8"}
     table = (out / "summary.md").read_text()
     for name in STEPS:
         assert f"| {name} | " in table
