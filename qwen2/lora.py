@@ -137,8 +137,9 @@ def read_adapter_config(path: str | os.PathLike) -> dict:
         config = json.loads(file.read_text(encoding="utf-8"))
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise InputError(f"{file} is damaged, not UTF-8 JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
-        raise InputError(f"{file} is not a LoRA adapter config (peft_type {getattr(config, 'get', dict().get)('peft_type')!r})")
+    kind = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
+    if kind != "LORA":
+        raise InputError(f"{file} is not a LoRA adapter config (peft_type {kind!r})")
     r, alpha = config.get("r"), config.get("lora_alpha", 8)
     if not (isinstance(r, int) and 0 < r <= 65536 and isinstance(alpha, (int, float)) and 0 < alpha < 1e6
             and isinstance(config.get("base_model_name_or_path") or "", str)):

@@ -141,8 +141,9 @@ def paired(values: list[float], base: list[float]) -> str:
 
 def reference(name: str, runs: dict[str, list[dict]]) -> str | None:
     """The variant `name` is compared with (REFERENCE, else baseline), if it ran; None for the baseline."""
-    ref = REFERENCE.get(name, "baseline")
-    return ref if name != "baseline" and ref in runs else ("baseline" if name != "baseline" and "baseline" in runs else None)
+    if name == "baseline":
+        return None
+    return next((ref for ref in (REFERENCE.get(name), "baseline") if ref in runs), None)
 
 
 def changes(results: list[dict], key: str) -> list[float]:
