@@ -122,7 +122,8 @@ def restore_checkpoint(ckpt: Path, run_dir: str | Path, optimizer: torch.optim.O
         except (RuntimeError, ValueError, KeyError, CheckpointException) as e:
             # A key or shape the checkpoint does not have, or a damaged file (DCP reports both as a
             # CheckpointException, a BaseException, collected from every rank).
-            earlier = ([c for c in list_checkpoints(ckpt.parent.parent) if _step(c) < _step(ckpt) and not checkpoint_problem(c)]
+            earlier = ([c for c in list_checkpoints(ckpt.parent.parent)
+                        if _step(c) < _step(ckpt) and not checkpoint_problem(c)]
                        if STEP_DIR.match(ckpt.name) else [])  # a checkpoint named directly may sit anywhere
             raise InputError(f"{ckpt / 'optimizer'} cannot be loaded into this run ({_first_line(e)}): if it was "
                              "trained with other settings (model.lora ...), resume with those; if it is damaged, "
