@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -49,16 +50,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def setup(args: argparse.Namespace):
     """Config and trainer from the command line (with --dry-run: the plan's exit code instead of a
     trainer, 0 = fits); every bad input raises a one-line error here."""
-    config_path, base, resume = args.config, None, None
+    config_path, base, point = args.config, None, None
     if args.resume:
-        from grpo.checkpoint import latest_checkpoint, read_trainer_state
+        from grpo.checkpoint import resume_point
 
-        resume = latest_checkpoint(args.resume)  # the newest intact checkpoint (damaged ones are skipped, saying why)
+        point = resume_point(args.resume)  # the newest intact checkpoint (damaged ones are skipped, saying why)
         if config_path is None:  # resume with the configuration the run was started with (plus any --set)
-            base = read_trainer_state(resume)["config"]
+            base = point.config
     elif config_path is None and Path("config.yaml").is_file():
         config_path = "config.yaml"
     cfg = load_config(config_path, args.overrides, base=base)
+    if point is not None and point.run_dir is not None:
+        resume_into(cfg, point.run_dir, args.overrides, config_path)
     if args.dry_run:
         from grpo.memory import format_plan, plan_fits, plan_memory
 
@@ -82,7 +85,24 @@ def setup(args: argparse.Namespace):
     choose_cpu_threads(resolve_device(cfg.model.device), model_size(cfg.model.path), args.threads)
 
     dist = init_from_env(cfg.model.device) if launched_by_torchrun() else None  # torchrun: one rank of several
-    return cfg, Trainer(cfg, resume=resume, dist=dist)
+    return cfg, Trainer(cfg, resume=point and point.checkpoint, dist=dist,
+                        restart=point is not None and point.checkpoint is None)
+
+
+def resume_into(cfg, run_dir: Path, overrides: list[str], config_path: str | None) -> None:
+    """A resumed run writes into its own directory and nowhere else: train.out_dir becomes `run_dir`.
+    A --config file naming another out_dir (the one the run was started with, or a recipe's) is
+    overruled with a note; an explicit --set train.out_dir=OTHER contradicts --resume: refused."""
+    named = Path(cfg.train.out_dir)
+    if named.resolve() == run_dir.resolve():
+        return
+    if any(o.split("=", 1)[0].strip() == "train.out_dir" for o in overrides):
+        raise InputError(f"--resume {run_dir} continues that run in its own directory, but --set train.out_dir={named} "
+                         f"names another: drop the --set (to start a new run elsewhere, leave out --resume)")
+    source = f"from {config_path}" if config_path else "of its saved config (the run was moved)"
+    print(f"note: resuming writes into {run_dir}, the run being resumed; train.out_dir={named} {source} is not used",
+          file=sys.stderr)
+    cfg.train.out_dir = str(run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         trainer.run(stop_after=args.stop_after)
+        if trainer.step < cfg.train.steps and trainer.dist.main:  # --stop-after: the rest is one command away
+            print(f"stopped after step {trainer.step} (--stop-after {args.stop_after}); "
+                  f"continue with: {continue_command(trainer)}", file=sys.stderr)
     except (Diverged, InputError) as e:  # the run diverged, or a file it reads mid-run is bad: one line
         if trainer.dist.main:
             print(f"error: {e}", file=sys.stderr)
@@ -135,11 +158,21 @@ def run(args: argparse.Namespace) -> int:
         return 3
     except KeyboardInterrupt:
         if trainer.dist.main:
-            launcher = f"torchrun --nproc_per_node={trainer.dist.world}" if trainer.dist.launched else "python"
-            print(f"stopped after step {trainer.step}; continue with: {launcher} train.py --resume {trainer.out_dir}",
-                  file=sys.stderr)
+            from grpo.checkpoint import list_checkpoints
+
+            if list_checkpoints(trainer.out_dir):
+                print(f"stopped after step {trainer.step}; continue with: {continue_command(trainer)}", file=sys.stderr)
+            else:  # nothing saved yet: --resume starts the run again from step 0, with its config
+                print(f"stopped before the first checkpoint; start it again with: {continue_command(trainer)}",
+                      file=sys.stderr)
         return 130
     return 0
+
+
+def continue_command(trainer) -> str:
+    """The command that continues this run, to paste."""
+    launcher = f"torchrun --nproc_per_node={trainer.dist.world}" if trainer.dist.launched else "python"
+    return f"{launcher} train.py --resume {shlex.quote(str(trainer.out_dir))}"
 
 
 if __name__ == "__main__":

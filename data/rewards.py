@@ -1,7 +1,10 @@
 """Rule-based rewards that score a GSM8K completion against the gold number.
 
 GRPO needs no learned reward model here: a completion is scored by rules.
-Each reward is a pure function `(completion, answer) -> float`:
+Each reward is a pure function `(completion, answer) -> float`, called as
+`fn(completion, answer, tags=("think", "answer"))` when it takes a `tags`
+keyword (the prompt template's two tag names; the built-ins do) and as
+`fn(completion, answer)` when it does not (`call_reward`):
 
     format       1.0 if the text is exactly <think>...</think> <answer>...</answer>
     tag_count    0.25 for each of the four tags that appears exactly once
@@ -27,6 +30,7 @@ Simplifications: no partial credit for "almost right" numbers, no units
 
 from __future__ import annotations
 
+import inspect
 import re
 from fractions import Fraction
 from dataclasses import dataclass
@@ -145,6 +149,22 @@ def correctness_reward(completion: str, answer: str, tags: Sequence[str] = DEFAU
 
 
 RewardFn = Callable[..., float]
+
+
+def call_reward(fn: RewardFn, completion: str, answer: str, tags: Sequence[str]) -> float:
+    """`fn(completion, answer)`, plus `tags=` when `fn` takes it (as the built-ins do)."""
+    return fn(completion, answer, tags=tags) if _takes_tags(fn) else fn(completion, answer)
+
+
+@lru_cache(maxsize=None)
+def _takes_tags(fn: RewardFn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: call it plainly
+        return False
+    return any(p.name == "tags" and p.kind != p.POSITIONAL_ONLY or p.kind == p.VAR_KEYWORD for p in params)
+
+
 REWARD_FUNCTIONS: dict[str, RewardFn] = {
     "format": format_reward,
     "tag_count": tag_count_reward,
@@ -189,6 +209,6 @@ def combined_reward(
     if unknown:
         names = ", ".join(map(repr, unknown))
         raise ValueError(f"unknown reward {names}: valid names are {', '.join(REWARD_FUNCTIONS)}")
-    parts = {name: weight * REWARD_FUNCTIONS[name](completion, answer, tags=tags) for name, weight in weights.items()}
+    parts = {name: weight * call_reward(REWARD_FUNCTIONS[name], completion, answer, tags) for name, weight in weights.items()}
     correct = correctness_reward(completion, answer, tags=tags) == 1.0
     return Score(parts, sum(parts.values()), correct)

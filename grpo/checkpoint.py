@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 import zipfile
@@ -266,6 +267,46 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=_step)
 
 
+def run_of(ckpt: Path) -> Path | None:
+    """The run directory a checkpoint belongs to (RUN/checkpoints/step_N/), or None for a checkpoint
+    directory standing on its own (copied elsewhere): resuming that one starts a new run from it."""
+    return ckpt.parent.parent if STEP_DIR.match(ckpt.name) and ckpt.parent.name == "checkpoints" else None
+
+
+def started_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config a run in `run_dir` was started with (its config.json, written when training
+    begins), or None when `run_dir` holds no run of ours (a model directory's config.json is not one)."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(config, dict) and all(isinstance(config.get(k), dict) for k in ("model", "train")):
+        return config
+    return None
+
+
+@dataclass
+class ResumePoint:
+    """Where `--resume PATH` continues from."""
+
+    checkpoint: Path | None  # None: the run saved no checkpoint yet, so it starts again from step 0
+    run_dir: Path | None  # the run being continued (its out_dir); None: a checkpoint standing on its own
+    config: dict[str, Any]  # the config the run was started (or last saved) with
+
+
+def resume_point(path: str | Path) -> ResumePoint:
+    """The newest intact checkpoint under `path` (run or checkpoint directory), or, for a run that
+    stopped before its first checkpoint, a fresh start of that run with the config it was started
+    with: nothing of it was saved, so starting again from step 0 is exactly continuing it."""
+    path = Path(path)
+    if path.is_dir() and not (path / "trainer_state.json").is_file() and not list_checkpoints(path):
+        config = started_config(path)
+        if config is not None:
+            return ResumePoint(None, path, config)
+    ckpt = latest_checkpoint(path)
+    return ResumePoint(ckpt, run_of(ckpt), read_trainer_state(ckpt)["config"])
+
+
 def latest_checkpoint(path: str | Path) -> Path:
     """`path` may be a run directory or one checkpoint directory; returns the checkpoint to resume:
     the newest whose files are all there and whole. Damaged newer ones are skipped, saying why."""
@@ -280,6 +321,11 @@ def latest_checkpoint(path: str | Path) -> Path:
         return path
     found = list_checkpoints(path)
     if not found:
+        # A directory one level up from the run (runs/tiny-quick holds runs/tiny-quick/grpo): name the runs in it.
+        runs = sorted(d for d in path.iterdir() if d.is_dir() and (list_checkpoints(d) or started_config(d)))
+        if runs:
+            raise MissingInput(f"{path} holds no checkpoint itself; the run{'s' if len(runs) > 1 else ''} in it: "
+                               + ", ".join(f"--resume {shlex.quote(str(d))}" for d in runs))
         raise MissingInput(f"no complete checkpoint under {path}: pass a run directory (train.out_dir) that has checkpoints/step_*/")
     for ckpt in reversed(found):
         problem = checkpoint_problem(ckpt)
@@ -296,7 +342,9 @@ def refuse_to_overwrite(run_dir: Path) -> None:
     ckpts = list_checkpoints(run_dir)
     if ckpts:
         raise InputError(f"{run_dir} already holds a run (latest checkpoint {ckpts[-1].name}): "
-                         f"continue it with --resume {run_dir}, or start a new one with --set train.out_dir=<new dir>")
+                         f"continue it with --resume {shlex.quote(str(run_dir))}, or start a new one with --set train.out_dir=<new dir>")
     if (run_dir / "metrics.jsonl").is_file():
-        raise InputError(f"{run_dir} holds the logs of an earlier run that saved no checkpoint: "
-                         f"delete the directory, or pick another one with --set train.out_dir=<new dir>")
+        again = (f"start it again from step 0 with --resume {shlex.quote(str(run_dir))}" if started_config(run_dir)
+                 else "delete the directory")
+        raise InputError(f"{run_dir} holds the logs of an earlier run that saved no checkpoint: {again}, "
+                         f"or pick another one with --set train.out_dir=<new dir>")

@@ -45,7 +45,8 @@ from qwen2.static_decode import STATS as COMPILE_STATS
 
 from .advantages import group_advantages
 from .batch import Batch, MicroBatch, build_batch, filler_batch, micro_batches, padded_tokens
-from .checkpoint import TrainingState, latest_checkpoint, refuse_to_overwrite, restore_checkpoint, save_checkpoint
+from .checkpoint import (TrainingState, latest_checkpoint, refuse_to_overwrite, restore_checkpoint, run_of,
+                         save_checkpoint, trim_logs)
 from .config import Config
 from .distributed import Dist, check_distributed, full_weights, in_lockstep
 from .divergence import NonfiniteGuard, nonfinite_tensors
@@ -86,8 +87,10 @@ class StepResult:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, resume: str | Path | None = None, dist: Dist | None = None):
-        """`dist`: this process's rank under torchrun (grpo/distributed.py); None for a plain run."""
+    def __init__(self, cfg: Config, resume: str | Path | None = None, dist: Dist | None = None, restart: bool = False):
+        """`resume`: a run or checkpoint directory to continue from; `restart`: train.out_dir holds a
+        run that saved no checkpoint, to start again from step 0 (train.py --resume of such a run).
+        `dist`: this process's rank under torchrun (grpo/distributed.py); None for a plain run."""
         self.cfg, self.dist = cfg, dist or Dist.single(resolve_device(cfg.model.device))
         dist = self.dist
         self.out_dir = Path(cfg.train.out_dir)
@@ -96,14 +99,18 @@ class Trainer:
         if dist.launched:
             check_distributed(cfg, dist)
         torch.manual_seed(cfg.train.seed)
-        if resume is None:
+        # Inputs are read before the output directory is judged, so a wrong file is the first error.
+        train_rows = load_gsm8k(cfg.data.train_file)
+        self.eval_set = load_gsm8k(cfg.data.test_file)[:cfg.train.eval_size] if cfg.train.eval_every else []
+        ckpt = latest_checkpoint(resume) if resume else None
+        # Only the run being resumed is written into: trimming its logs and pruning its checkpoints
+        # would destroy another run's (a checkpoint standing alone starts a new run from it).
+        continuing = restart or (ckpt is not None and _same_dir(run_of(ckpt), self.out_dir))
+        if not continuing:
             refuse_to_overwrite(self.out_dir)
 
-        ckpt = latest_checkpoint(resume) if resume else None
         self.model, self.ref_model, self.tokenizer = load_policy(cfg, ckpt, dist)
-
-        self.train_set = problems_that_fit(load_gsm8k(cfg.data.train_file), self.tokenizer, cfg.data, cfg.rollout.tools)
-        self.eval_set = load_gsm8k(cfg.data.test_file)[:cfg.train.eval_size] if cfg.train.eval_every else []
+        self.train_set = problems_that_fit(train_rows, self.tokenizer, cfg.data, cfg.rollout.tools)
 
         optim = cfg.optim
         trainable = [p for p in self.model.parameters() if p.requires_grad]  # with LoRA: the adapters only
@@ -120,6 +127,10 @@ class Trainer:
             self.step = state.step
             self.data = DataOrder(len(self.train_set), cfg.train.seed, **state.data)
             self._say(f"resumed from {ckpt} at step {self.step}")
+        elif restart:
+            if dist.main:
+                trim_logs(self.out_dir, -1)  # its steps will be redone
+            self._say(f"{self.out_dir} saved no checkpoint before it stopped: starting it again from step 0")
         self.interrupt: Interrupt | None = None
         self.guard = NonfiniteGuard(cfg.train.max_nonfinite_steps, self.out_dir, cfg.optim.lr, self._say)
         self.log = RunLog(self.out_dir, cfg)
@@ -396,3 +407,7 @@ class Trainer:
                   f"(mean length {summary['length']:.0f}, truncated {summary['truncated']:.2f})")
         if self.dist.main:
             self.log.append("metrics.jsonl", {"step": self.step, **{f"eval_{k}": v for k, v in summary.items()}})
+
+
+def _same_dir(a: Path | None, b: Path) -> bool:
+    return a is not None and a.resolve() == b.resolve()
