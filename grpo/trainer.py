@@ -184,55 +184,88 @@ class Trainer:
             self.log.close()
 
     def train_step(self) -> StepResult:
+        """One GRPO step, its phases in order; the helpers below each do one of them."""
         cfg, N, G = self.cfg, self.cfg.rollout.prompts_per_step, self.cfg.rollout.group_size
         timer = PhaseTimer(self.device)
-        # 1. generate: N questions x G samples, scored. With dynamic sampling (DAPO), more rounds of N
-        #    questions until N groups have reward spread (or the rounds run out).
-        problems, episodes = self._rollout(N, timer, round=0)
-        rounds = 1
-        while cfg.rollout.dynamic_sampling and rounds <= cfg.rollout.max_extra_rounds and self._spread_groups(episodes) < N:
-            more_problems, more = self._rollout(N, timer, round=rounds, first_group=len(problems))
-            problems, episodes, rounds = problems + more_problems, episodes + more, rounds + 1
+        # 1. generate: N questions x G completions each, scored. With dynamic sampling (DAPO), more
+        #    rounds of N questions until N groups have reward spread (or the rounds run out).
+        problems, episodes, rounds = self._sample(N, timer)
 
-        # 2. reward -> advantages; only episodes that carry a learning signal are trained on.
+        # 2. reward -> advantages: A_i = (r_i - mean(r_group)) / std(r_group). A group whose rewards
+        #    are all equal has A = 0 everywhere (no signal): only groups with spread are trained on.
         with timer("reward"):
-            rewards = torch.tensor([e.reward for e in episodes])
-            # The batch std is the whole step's (all ranks' rewards); groups never span ranks.
-            batch_rewards = self.dist.gather(rewards) if cfg.grpo.scale_rewards == "batch" else None
-            advantages, has_spread = group_advantages(rewards, G, scale=cfg.grpo.scale_rewards,
-                                                      batch_rewards=batch_rewards)
-            if cfg.rollout.dynamic_sampling:  # train on the step's first N groups with spread: a full step's worth
-                has_spread &= self._first_groups(has_spread.view(-1, G)[:, 0], N, rounds).repeat_interleave(G)
+            advantages, has_spread = self._advantages(episodes, rounds)
             keep = [i for i, e in enumerate(episodes) if has_spread[i] and (e.finished or not cfg.grpo.skip_truncated)]
 
-        # 3-5. log-probs, update, optimizer (with several ranks, all of them when any has episodes).
-        update = UpdateResult()
-        # A diverged model shows first in the sampler (non-finite logits: NaN entropies): no update from those samples.
-        garbage, trained = self.dist.sum([sum(not math.isfinite(x) for e in episodes for x in e.entropies), len(keep)])
-        trained = 0 if garbage else int(trained)
+        # 3-5. log-probs, update, optimizer, on the kept episodes (with several ranks: all of them
+        #      take part when any has episodes; none when any sampler produced non-finite numbers).
+        trained, nonfinite = self._trainable(episodes, keep)
+        update, micros = UpdateResult(), []
         if trained:
             batch = (build_batch([episodes[i] for i in keep], advantages[keep], self.device) if keep
-                     else filler_batch(self.tokenizer.pad_token_id, self.device))
+                     else filler_batch(self.tokenizer.pad_token_id, self.device))  # a rank with nothing to train
             micros = micro_batches(batch, shared_prefix=cfg.grpo.shared_prefix, micro_batch_size=cfg.grpo.micro_batch_size,
                                    micro_batch_tokens=cfg.grpo.micro_batch_tokens, pad_id=self.tokenizer.pad_token_id,
                                    device=self.device)
             update = self._update(batch, micros, timer)
+        self._schedule_step()
+
+        tokens = ([sum(m.num_tokens for m in micros), padded_tokens(batch.episodes, cfg.grpo.micro_batch_size)]
+                  if keep and trained else [0, 0])
+        return StepResult(self._metrics(episodes, problems, has_spread, keep, rounds, trained, nonfinite, update,
+                                        tokens, timer), episodes, problems)
+
+    # -- the phases' helpers ----------------------------------------------------------------------
+
+    def _sample(self, n: int, timer: PhaseTimer) -> tuple[list[Problem], list[Episode], int]:
+        """Phase 1: (questions, scored episodes, sampling rounds) of the step."""
+        problems, episodes = self._rollout(n, timer, round=0)
+        rounds = 1
+        while (self.cfg.rollout.dynamic_sampling and rounds <= self.cfg.rollout.max_extra_rounds
+               and self._spread_groups(episodes) < n):
+            more_problems, more = self._rollout(n, timer, round=rounds, first_group=len(problems))
+            problems, episodes, rounds = problems + more_problems, episodes + more, rounds + 1
+        return problems, episodes, rounds
+
+    def _advantages(self, episodes: list[Episode], rounds: int) -> tuple[Tensor, Tensor]:
+        """Phase 2: (advantage, has spread) per episode (grpo/advantages.py)."""
+        cfg, G = self.cfg, self.cfg.rollout.group_size
+        rewards = torch.tensor([e.reward for e in episodes])
+        # The batch std is the whole step's (all ranks' rewards); groups never span ranks.
+        batch_rewards = self.dist.gather(rewards) if cfg.grpo.scale_rewards == "batch" else None
+        advantages, has_spread = group_advantages(rewards, G, scale=cfg.grpo.scale_rewards, batch_rewards=batch_rewards)
+        if cfg.rollout.dynamic_sampling:  # train on the step's first N groups with spread: a full step's worth
+            has_spread &= self._first_groups(has_spread.view(-1, G)[:, 0], cfg.rollout.prompts_per_step,
+                                             rounds).repeat_interleave(G)
+        return advantages, has_spread
+
+    def _trainable(self, episodes: list[Episode], keep: list[int]) -> tuple[int, int]:
+        """(episodes the step trains on over all ranks, sampled tokens with non-finite entropy). A
+        diverged model shows first in the sampler (NaN entropies): no update from those samples."""
+        nonfinite, trained = self.dist.sum([sum(not math.isfinite(x) for e in episodes for x in e.entropies), len(keep)])
+        return (0 if nonfinite else int(trained)), int(nonfinite)
+
+    def _schedule_step(self) -> None:
         with warnings.catch_warnings():
             # The schedule follows training steps, also those with no update (all groups had zero
             # spread), which torch would flag as "scheduler.step() before optimizer.step()".
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
 
-        metrics = rollout_metrics(episodes, has_spread, G, self.dist.sum, tools=bool(cfg.rollout.tools))
+    def _metrics(self, episodes: list[Episode], problems: list[Problem], has_spread: Tensor, keep: list[int],
+                 rounds: int, trained: int, nonfinite: int, update: UpdateResult, tokens: list[int],
+                 timer: PhaseTimer) -> dict[str, float]:
+        """The step's line of metrics.jsonl: rollout means, the update's statistics, timings (over all ranks)."""
+        cfg = self.cfg
+        metrics = rollout_metrics(episodes, has_spread, cfg.rollout.group_size, self.dist.sum, tools=bool(cfg.rollout.tools))
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics.update(asdict(update.stats))
         metrics["trained_episodes"] = trained
-        metrics["skipped_nonfinite"] = int(update.skipped or garbage > 0)
+        metrics["skipped_nonfinite"] = int(update.skipped or nonfinite > 0)
         if trained:
             # Tokens one forward pass over the batch pushes through the model, and what the padded
             # layout (one [left-padded prompt | completion] row per episode) would push.
-            local = [sum(m.num_tokens for m in micros), padded_tokens(batch.episodes, cfg.grpo.micro_batch_size)] if keep else [0, 0]
-            metrics["update_tokens"], metrics["padded_tokens"] = map(int, self.dist.sum(local))
+            metrics["update_tokens"], metrics["padded_tokens"] = map(int, self.dist.sum(tokens))
             metrics.update(update.tis)
         if cfg.rollout.dynamic_sampling:
             sampled, kept = self.dist.sum([len(problems), len({episodes[i].group for i in keep})])
@@ -240,7 +273,7 @@ class Trainer:
         if self.compile:  # so far in this process: a count that keeps rising is a decode step that recompiles
             metrics.update(decode_compiles=COMPILE_STATS.compiles, decode_compile_seconds=COMPILE_STATS.seconds)
         metrics.update({f"time_{phase}": seconds for phase, seconds in timer.seconds.items()})
-        return StepResult(metrics, episodes, problems)
+        return metrics
 
     def _rollout(self, n: int, timer: PhaseTimer, round: int, first_group: int = 0) -> tuple[list[Problem], list[Episode]]:
         """The next n training questions, G samples each (phase "generate"), scored (phase "reward").
