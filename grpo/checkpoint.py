@@ -40,7 +40,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from qwen2 import Qwen2, Tokenizer, save_model
 from qwen2.errors import InputError, MissingInput
 from qwen2.weights import check_weight_files
-from qwen2.lora import has_lora, save_adapter
+from qwen2.lora import check_adapter_files, has_lora, save_adapter
 
 from .distributed import Dist, full_state_dict
 from .sharded_state import load_optimizer, optimizer_problem, save_optimizer
@@ -230,9 +230,8 @@ def checkpoint_problem(ckpt: Path) -> str | None:
         state = read_trainer_state(ckpt)
     except InputError:
         return "trainer_state.json is damaged"
-    weights = ckpt / "adapter" if (ckpt / "adapter").is_dir() else ckpt / "model"
     try:
-        check_weight_files(weights)
+        check_adapter_files(ckpt / "adapter") if (ckpt / "adapter").is_dir() else check_weight_files(ckpt / "model")
     except InputError as e:
         return str(e)
     ranks = state.get("ranks", 1)

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from .errors import InputError
 
 from .model import Qwen2
+from .weights import check_weight_files, load_model
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -148,6 +149,13 @@ def read_adapter_config(path: str | os.PathLike) -> dict:
     return config
 
 
+def check_adapter_files(path: str | os.PathLike) -> None:
+    """weights.check_weight_files for an adapter directory: a one-line error for a damaged
+    adapter_config.json, a missing or truncated adapter_model.safetensors or tokenizer.json."""
+    read_adapter_config(path)
+    check_weight_files(path, files=[Path(path) / ADAPTER_WEIGHTS])
+
+
 def load_adapter(model: Qwen2, path: str | os.PathLike) -> None:
     """Add the adapters saved in `path` to `model` (which must be their base model's shape)."""
     config = read_adapter_config(path)
@@ -173,8 +181,6 @@ def load_adapted_model(path: str | os.PathLike, base: str | os.PathLike | None =
                        device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Qwen2:
     """A model directory as it is, or an adapter directory on its base (`base`, else the directory its
     adapter_config.json names)."""
-    from .weights import load_model
-
     if not (Path(path) / ADAPTER_CONFIG).is_file():
         return load_model(path, device=device, dtype=dtype)
     base = base or read_adapter_config(path)["base_model_name_or_path"]

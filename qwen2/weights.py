@@ -64,18 +64,14 @@ def _read_header(file: Path) -> dict[str, torch.Size]:
     return {name: torch.Size(t["shape"]) for name, t in header.items()}
 
 
-def check_weight_files(path: str | os.PathLike) -> None:
-    """A one-line CheckpointError when a model directory (or a LoRA adapter directory) lacks a file or
-    holds a damaged or truncated one. Reads headers only, so it is cheap for any model size."""
+def check_weight_files(path: str | os.PathLike, files: list[Path] | None = None) -> None:
+    """A one-line CheckpointError when a model directory lacks a file or holds a damaged or truncated
+    one. Reads headers only, so it is cheap for any model size. `files`: the safetensors files to
+    check instead of a model's (a LoRA adapter directory: qwen2/lora.py `check_adapter_files`)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is missing")
-    if (path / "adapter_config.json").is_file():  # a PEFT adapter directory (qwen2/lora.py)
-        from .lora import read_adapter_config
-
-        read_adapter_config(path)  # a damaged adapter_config.json: one line naming it
-        files = [path / "adapter_model.safetensors"]
-    else:
+    if files is None:
         Qwen2Config.from_json(path / "config.json")
         files = _checkpoint_files(path)
     for f in files:
