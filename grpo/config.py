@@ -27,7 +27,7 @@ from qwen2 import SamplingParams
 from qwen2.lora import TARGETS
 
 from .advantages import SCALE_REWARDS
-from .loss import AGGREGATIONS, OBJECTIVES, RATIO_LEVELS
+from .loss import AGGREGATIONS, OBJECTIVES, RATIO_LEVELS, PolicyLoss
 from .tools import TOOLS
 from .typed_yaml import (Check, ConfigError, above, at_least, between, build, key, non_empty, one_of, parse_override,
                          parse_yaml, subset_of)
@@ -211,6 +211,15 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def policy_loss(self) -> PolicyLoss:
+        """The loss these settings choose (grpo/loss.py), decided once for the run."""
+        g = self.grpo
+        sequence = g.ratio_level == "sequence"  # GSPO clips its sequence ratio with its own, much smaller range
+        return PolicyLoss(eps_low=g.sequence_epsilon_low if sequence else g.epsilon_low,
+                          eps_high=g.sequence_epsilon_high if sequence else g.epsilon_high,
+                          aggregation=g.aggregation, beta=g.beta, objective=g.loss, ratio_level=g.ratio_level,
+                          delta=g.delta, max_tokens=self.rollout.max_new_tokens)
 
     def check(self) -> None:
         """The rules that tie several keys together (each key's own range is checked as it is read)."""

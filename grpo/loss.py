@@ -64,13 +64,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from .config import Config
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 OBJECTIVES = ("ppo_clip", "cispo")
@@ -90,7 +86,7 @@ def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class PolicyLoss:
-    """The loss of a run, chosen once: built from the config (`from_config`), passed to every call."""
+    """The loss of a run, chosen once: built from the config (`Config.policy_loss`), passed to every call."""
 
     eps_low: float = 0.2  # clip range [1 - eps_low, 1 + eps_high] for the ratio
     eps_high: float = 0.28
@@ -107,15 +103,6 @@ class PolicyLoss:
         if self.objective not in OBJECTIVES or self.ratio_level not in RATIO_LEVELS:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)} and ratio_level one of "
                              f"{', '.join(RATIO_LEVELS)}; got {self.objective!r}, {self.ratio_level!r}")
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> PolicyLoss:
-        g = cfg.grpo
-        sequence = g.ratio_level == "sequence"  # GSPO clips its sequence ratio with its own, much smaller range
-        return cls(eps_low=g.sequence_epsilon_low if sequence else g.epsilon_low,
-                   eps_high=g.sequence_epsilon_high if sequence else g.epsilon_high,
-                   aggregation=g.aggregation, beta=g.beta, objective=g.loss, ratio_level=g.ratio_level,
-                   delta=g.delta, max_tokens=cfg.rollout.max_new_tokens)
 
 
 @dataclass

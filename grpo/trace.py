@@ -48,7 +48,7 @@ from qwen2.sampler import choose_next, decode_one_token, prefill
 from .batch import build_batch, micro_batches
 from .config import Config
 from .logprobs import micro_batch_logprobs
-from .loss import PolicyLoss, policy_loss
+from .loss import policy_loss
 from .memory import model_config_for, phase_totals
 from .optim import OffloadAdamW
 from .rollout import Episode
@@ -161,7 +161,7 @@ def trace_memory(cfg: Config, model_config: Qwen2Config | None = None) -> list[P
     batch = update_batch(cfg, mc.vocab_size)
     micro = micro_batches(batch, shared_prefix=cfg.grpo.shared_prefix, micro_batch_size=cfg.grpo.micro_batch_size,
                           micro_batch_tokens=cfg.grpo.micro_batch_tokens, pad_id=0, device=META)[0]
-    settings = PolicyLoss.from_config(cfg)
+    settings = cfg.policy_loss()
     counts = (batch.completion_tokens, batch.sequences)
 
     def micro_step() -> None:

@@ -53,7 +53,7 @@ from .divergence import NonfiniteGuard, nonfinite_tensors
 from .evaluate import evaluate_on_ranks
 from .interrupt import Interrupt
 from .logprobs import micro_batch_logprobs
-from .loss import PolicyLoss, policy_loss, top_entropy_mask, truncated_importance_weights
+from .loss import policy_loss, top_entropy_mask, truncated_importance_weights
 from .optim import OffloadAdamW
 from .policy import load_policy
 from .rollout import Episode, problems_that_fit, sample_groups, score_groups
@@ -116,7 +116,7 @@ class Trainer:
         trainable = [p for p in self.model.parameters() if p.requires_grad]  # with LoRA: the adapters only
         self.optimizer = OffloadAdamW(trainable, lr=optim.lr, betas=(optim.beta1, optim.beta2),
                                       eps=optim.eps, weight_decay=optim.weight_decay, offload=optim.offload)
-        self.loss = PolicyLoss.from_config(cfg)  # which loss, decided once
+        self.loss = cfg.policy_loss()  # which loss, decided once
         self.compile = cfg.rollout.compiled(self.device, dist.launched)  # rollouts and evaluation
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, partial(lr_factor, warmup=optim.warmup_steps, total=cfg.train.steps, min_ratio=optim.min_lr_ratio))
