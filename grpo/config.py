@@ -51,8 +51,11 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     path: str = key("checkpoints/Qwen2.5-3B-Instruct", non_empty())  # HF-format directory written by download.py
-    # bfloat16 | float16 | float32 (training and sampling dtype of the weights)
-    dtype: str = key("bfloat16", one_of("bfloat16", "float16", "float32"))
+    # bfloat16 | float32 (training and sampling dtype of the weights). float16 is refused: it needs loss
+    # scaling, which this trainer does not do (scripts/eval.py --dtype float16 is fine: inference only).
+    dtype: str = key("bfloat16", Check(lambda d: d in ("bfloat16", "float32"), lambda d: "bfloat16 or float32" + (
+        " (float16 trains only with loss scaling, which this trainer does not do: small gradients would underflow "
+        "to 0 unnoticed; use bfloat16, which has float32's range)" if d == "float16" else "")))
     device: str = key("auto", Check(lambda d: re.fullmatch(DEVICE, d) is not None, "auto, cpu, mps, cuda or cuda:N"))
     activation_checkpointing: bool = True  # recompute each block in backward: far less activation memory
     lora: LoraConfig = field(default_factory=LoraConfig)

@@ -46,8 +46,13 @@ def load_policy(cfg: Config, ckpt: Path | None, dist: Dist) -> tuple[Qwen2, Qwen
     if ckpt and lora.rank:
         load_adapter(model, ckpt / "adapter")
     elif lora.rank:  # B = 0: training starts from the base model exactly
+        # A is drawn where the weights are: on the CPU under torchrun (sharded onto the GPUs later),
+        # where a generator of this rank's GPU would be refused. So N ranks on GPUs start from other
+        # adapters than one process on a GPU (the CPU's and CUDA's random streams differ), and from
+        # the same ones as a CPU run with the same seed.
+        weights_on = next(model.parameters()).device
         add_lora(model, lora.rank, lora.alpha, lora.targets, lora.dropout,
-                 generator=torch.Generator(device=dist.device).manual_seed(cfg.train.seed))
+                 generator=torch.Generator(device=weights_on).manual_seed(cfg.train.seed))
     warning = cpu_warning(dist.device, dtype, sum(p.numel() for p in model.parameters()))
     if warning:
         print(warning, file=sys.stderr, flush=True)

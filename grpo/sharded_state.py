@@ -6,7 +6,9 @@ dim 0, OffloadAdamW works on the local shards, in GPU or CPU memory). Saved per 
 could only be loaded by N ranks again. Saved with DCP, each rank writes its shards together with
 where they sit in the whole tensor (each state tensor is described as a DTensor laid out like its
 parameter), and a later run with M ranks, or one plain process, reads the pieces its own shards
-need: N -> M resharding on load, with no gathering of the whole state in one place.
+need: N -> M resharding on load, with no gathering of the whole state in one place. The DTensors
+wrap the optimizer's own tensors where they live: offloaded state is described on a CPU mesh over
+the parameters' ranks, so it is written from and read into CPU memory, never copied to the GPU.
 
     checkpoints/step_000025/optimizer/      DCP files (.metadata plus one .distcp per writing rank)
 
@@ -15,7 +17,8 @@ number of ranks. The model itself is saved whole by rank 0 as a Hugging Face dir
 so it loads anywhere; its weights are then overwritten by the loaded fp32 masters rounded to the
 model dtype, exactly as a same-N resume does.
 
-Simplification: one parameter group (what the trainer builds).
+Simplifications: one parameter group and a one-dimensional device mesh (what the trainer and
+grpo.distributed.shard build).
 """
 
 from __future__ import annotations
@@ -26,27 +29,50 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
 from .optim import OffloadAdamW
 
 
-def _global(state: Tensor, param: Tensor) -> Tensor:
+def _mesh_on(mesh: DeviceMesh, device_type: str) -> DeviceMesh:
+    """`mesh` (same ranks, same process groups) on `device_type`. DTensor.from_local copies a local
+    tensor to its mesh's device type, so offloaded (CPU) state described on the parameters' CUDA mesh
+    would be copied to the GPU: on save, all of it at once (12 bytes a parameter: out of memory on a
+    24 GB card), and on load DCP would fill those copies while the optimizer's own CPU tensors kept
+    their values. Nothing here communicates over the mesh (DCP exchanges its plans over the default
+    process group; a DTensor's mesh only says where this rank's piece lies), so the groups can stay
+    the parameters' (NCCL) ones."""
+    return DeviceMesh.from_group(mesh.get_group(), device_type, mesh=mesh.mesh, mesh_dim_names=mesh.mesh_dim_names)
+
+
+def _global(state: Tensor, param: Tensor, meshes: dict[tuple[int, str], DeviceMesh]) -> Tensor:
     """A parameter's state tensor as the whole tensor it is a shard of: a DTensor laid out like the
-    (FSDP-sharded) parameter, or the tensor itself in a one-process run. Steps are scalars: replicated."""
+    (FSDP-sharded) parameter, or the tensor itself in a one-process run. Steps are scalars: replicated.
+    The DTensor's local tensor is `state` itself, wherever it lives (its mesh is on `state`'s device
+    type: `_mesh_on`), so DCP saves from and loads into the optimizer's own tensors. `meshes` caches
+    those meshes, by (parameter mesh, device type)."""
     if not isinstance(param, DTensor) or state.dim() == 0:
         return state
-    return DTensor.from_local(state, param.device_mesh, param.placements, run_check=False, shape=param.shape,
+    mesh = param.device_mesh
+    if mesh.device_type != state.device.type:
+        key = (id(mesh), state.device.type)
+        if key not in meshes:
+            meshes[key] = _mesh_on(mesh, state.device.type)
+        mesh = meshes[key]
+    return DTensor.from_local(state, mesh, param.placements, run_check=False, shape=param.shape,
                               stride=param.stride())
 
 
 def optimizer_tensors(optimizer: OffloadAdamW, model: nn.Module) -> dict[str, Tensor]:
-    """{parameter name.state key: tensor} for the trainable parameters, in this run's layout."""
+    """{parameter name.state key: tensor} for the trainable parameters, in this run's layout: each
+    one is (or, as a DTensor, holds as its local tensor) the optimizer's own state tensor."""
     names = {id(p): name for name, p in model.named_parameters() if p.requires_grad}
+    meshes: dict[tuple[int, str], DeviceMesh] = {}
     out = {}
     for param, state in optimizer.states():
         for key, tensor in state.items():
-            out[f"{names[id(param)]}.{key}"] = _global(tensor, param)
+            out[f"{names[id(param)]}.{key}"] = _global(tensor, param, meshes)
     return out
 
 
