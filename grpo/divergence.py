@@ -1,6 +1,6 @@
 """Runs whose numbers go non-finite: no update from them, no checkpoint of them, and a clean stop.
 
-A too-high learning rate, an fp16 overflow or a bad batch makes a step's numbers non-finite; from
+A too-high learning rate or a bad batch makes a step's numbers non-finite; from
 then on every later step, and every later checkpoint, would be garbage. So (trainer.py):
   - a step whose sampler logits (NaN entropies), loss or gradient norm are not finite applies no
     optimizer update (with mu > 1 the passes before the first non-finite one have been applied)

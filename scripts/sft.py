@@ -174,7 +174,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--limit", type=int, default=0, help="use only the first N problems of --data (0 = all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
-    ap.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto = the checkpoint's stored dtype")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                    help="auto = the checkpoint's stored dtype, bfloat16 for one stored in float16 (no loss scaling here: "
+                         "float16 gradients would underflow)")
     ap.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward (less memory)")
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--stop-at-accuracy", type=float, default=None, metavar="A",
@@ -216,6 +218,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.limit:
         problems = problems[:args.limit]
     model = load_model(args.model, device=device, dtype=dtype)
+    if next(model.parameters()).dtype == torch.float16:  # trained without loss scaling, small float16 gradients underflow to 0
+        model.to(torch.bfloat16)
+        print(f"note: {args.model} is stored in float16; training it in bfloat16 (same range as float32)", file=sys.stderr)
     tokenizer = Tokenizer.from_pretrained(args.model)
     examples, dropped = encode_examples(tokenizer, problems, args.template, args.max_len, args.tools,
                                         args.max_tool_calls)
