@@ -199,16 +199,25 @@ def pad_batch(prompts: Sequence[Sequence[int]], pad_id: int, completions: Sequen
 
 # --- the decode loop: prefill, decode one token, generate ------------------------------------------
 
-def prefill(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_token_id: int) -> tuple[KVCache, Tensor]:
-    """Each distinct prompt once, in one left-padded batch; its cache is then fanned out to the rows
-    that share it (a GRPO group's G samples). Returns the cache (N rows, room for max_new_tokens
-    more) and the logits (N, V) of every row's first new token."""
+def prefill_distinct(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                     pad_token_id: int) -> tuple[KVCache, Tensor, Tensor]:
+    """Each distinct prompt once, in one left-padded batch: its cache (U rows, room for
+    max_new_tokens more), the logits (U, V) of its first new token, and the distinct prompt of each
+    row (N,)."""
     device = model.lm_head.weight.device
     distinct: dict[tuple[int, ...], int] = {}
     row_to_prompt = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], device=device)
     ids, mask = pad_batch(list(distinct), pad_token_id, device=device)
     cache = model.new_cache(len(distinct), ids.shape[1] + max_new_tokens)
     logits = model(ids, cache.append(mask), logits_to_keep=1)[:, -1]  # (U, V)
+    return cache, logits, row_to_prompt
+
+
+def prefill(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_token_id: int) -> tuple[KVCache, Tensor]:
+    """Each distinct prompt once, in one left-padded batch; its cache is then fanned out to the rows
+    that share it (a GRPO group's G samples). Returns the cache (N rows, room for max_new_tokens
+    more) and the logits (N, V) of every row's first new token."""
+    cache, logits, row_to_prompt = prefill_distinct(model, prompts, max_new_tokens, pad_token_id)
     cache.select(row_to_prompt)
     return cache, logits[row_to_prompt]
 
@@ -242,8 +251,9 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
 
     `streams` (one random stream per row, Streams) replaces `generator` for the draws, so that a
     row's sample does not depend on the batch it is in. `compile=True` decodes with the static-shape
-    step of static_decode.py, compiled once per model (CUDA graphs on a GPU); the tokens are those of
-    the eager loop (see that module for the last bits).
+    step of static_decode.py, compiled once per process (CUDA graphs on a GPU), in a static cache
+    that the process keeps for the next call; the tokens are those of the eager loop (see that
+    module for the last bits and the memory it keeps).
     `on_stop(row, turn)` makes turns (turns.py, for tool calls): when a row stops it may return tokens
     to push into the row, which then decodes on; `room` is the cache space (and the positions) kept
     for them. The output then has each row's `action_mask` (1 on sampled tokens). `compile` is not
@@ -263,17 +273,22 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
         raise InputError(f"a prompt of {longest} tokens + max_new_tokens {max_new_tokens}{extra} exceeds the model's "
                          f"{limit} positions (max_position_embeddings): generate fewer tokens or shorten the prompt")
 
-    # 1. Prefill each distinct prompt once, then fan its cache out to the rows that share it.
-    cache, logits = prefill(model, prompts, max_new_tokens + room, pad_token_id)
-    prompt_len = cache.length
+    # 1. Prefill each distinct prompt once, then fan its cache out to the rows that share it (the
+    #    compiled decoder fans it out into its static cache, which the process keeps).
     turns = Turns(on_stop, N) if on_stop is not None else None
     if compile and turns is None:
         from .static_decode import CompiledDecoder
 
-        decoder = CompiledDecoder(model, cache, N, prompt_len + compact_every)
+        cache, logits, row_to_prompt = prefill_distinct(model, prompts, 0, pad_token_id)
+        prompt_len = cache.length
+        decoder = CompiledDecoder(model, cache, row_to_prompt, prompt_len + max_new_tokens + room,
+                                  prompt_len + compact_every)
+        logits = logits[row_to_prompt]
     else:
+        cache, logits = prefill(model, prompts, max_new_tokens + room, pad_token_id)
+        prompt_len = cache.length
         decoder = EagerDecoder(model, cache)
-    del cache  # the decoder owns it now (a compiled decoder may have copied it: free the original)
+    del cache  # the decoder owns it now (the compiled one has copied it: free the original)
 
     # Output buffers live on the device and are read back once at the end.
     out = torch.full((N, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
