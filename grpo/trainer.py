@@ -271,7 +271,9 @@ class Trainer:
             sampled, kept = self.dist.sum([len(problems), len({episodes[i].group for i in keep})])
             metrics.update(questions_sampled=int(sampled), groups_kept=int(kept), sampling_rounds=rounds)
         if self.compile:  # so far in this process: a count that keeps rising is a decode step that recompiles
-            metrics.update(decode_compiles=COMPILE_STATS.compiles, decode_compile_seconds=COMPILE_STATS.seconds)
+            metrics.update(decode_compiles=COMPILE_STATS.compiles, decode_compile_seconds=COMPILE_STATS.seconds,
+                           decode_cache_allocations=COMPILE_STATS.allocations,
+                           decode_graph_recordings=COMPILE_STATS.recordings)
         metrics.update({f"time_{phase}": seconds for phase, seconds in timer.seconds.items()})
         return metrics
 
