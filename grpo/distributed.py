@@ -6,7 +6,7 @@
 Each of the N ranks samples its share of the step's questions with full weights (gathered once
 per step, `full_weights`), scores them and computes its groups' advantages (groups never span
 ranks), then trains on its own episodes. Every episode draws from its own random stream
-(qwen2.sampler.Streams, keyed by seed, step, question and sample), so N ranks sample exactly the
+(qwen2.streams.Streams, keyed by seed, step, question and sample), so N ranks sample exactly the
 episodes one process would. The model is sharded with FSDP2 (`fully_shard`, one unit per block
 plus the root): every rank holds 1/N of the weights, gradients and optimizer state (OffloadAdamW
 updates each rank's local shards, offloaded or not); with LoRA the frozen base and the adapters are

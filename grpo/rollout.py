@@ -22,7 +22,7 @@ from data.gsm8k import Problem
 from data.prompts import build_messages, template_tags
 from data.rewards import Score, combined_reward, overlong_penalty
 from qwen2 import GenerationOutput, Qwen2, SamplingParams, Tokenizer, generate
-from qwen2.sampler import Streams
+from qwen2.streams import Streams
 
 from .tools import ToolRunner, tool_specs
 from qwen2.errors import InputError
@@ -91,7 +91,7 @@ def sample_groups(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], g
     """Phase 1, generate: each problem's chat prompt, repeated `group_size` times, through the sampler.
     Returns the prompt of every row and the sampler's output (the sampler's log-probs with
     `return_logprobs`, for grpo.old_logprobs: sampler; its entropies always); `streams`: each row's
-    random stream (qwen2.sampler.Streams, in the rows' order), else `generator`; `compile`: the
+    random stream (qwen2.streams.Streams, in the rows' order), else `generator`; `compile`: the
     compiled static-shape decode step (rollout.compile); `tools`: the tools offered (rollout.tools),
     whose calls the returned ToolRunner ran (None without tools)."""
     prompts = [encode_prompt(tokenizer, p.question, template, tools) for p in problems]

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from data.gsm8k import Problem, load_gsm8k
 from qwen2 import Qwen2
 from qwen2.lora import adapters_disabled
-from qwen2.sampler import Streams, stream_key
+from qwen2.streams import Streams, stream_key
 from qwen2.static_decode import STATS as COMPILE_STATS
 
 from .advantages import group_advantages
