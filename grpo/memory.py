@@ -3,23 +3,31 @@
 Exact for the tensors whose size is known up front (weights, gradients, optimizer state, the
 rollout KV cache, sampler logits); an estimate for activations, which depend on kernels.
 Besides what a step always holds (weights, optimizer state on the GPU, the reference or the LoRA
-adapters), the GPU peaks at one of five moments that never overlap:
-    prefill    the KV cache of all rows, the distinct prompts' own cache, one block's activations
-    decode     the KV cache, a step's logits, their sampling copies and the entropies
-    logprobs   the activations kept for backward, the attention masks, one chunk of full-vocabulary logits
-    backward   the same activations and masks, the gradients, one block recomputed (checkpointing)
-    optimizer  the gradients and the optimizer's working buffers
-(the KV cache is freed after the rollout, the gradients after the optimizer step; the log-prob
-chunk's backward runs first, when the gradients are still few). The peak is the largest total.
-`train.py --dry-run --trace` checks these moments against the real code (grpo/trace.py).
+adapters; with the compiled decode, its static KV cache, which the process keeps), the GPU peaks at
+one of six moments that never overlap:
+    prefill     the KV cache of all rows, the distinct prompts' own cache, one block's activations
+    decode      the KV cache, a step's logits, their sampling copies and the entropies
+    cache copy  the KV cache and its largest temporary copy: compaction's (eager: the surviving rows'
+                K and V, allocated before the old ones are freed) or, compiled, the copy inductor
+                makes of the cache buffer it autotunes a kernel on (the first decode step)
+    logprobs    the activations kept for backward, the attention masks, one chunk of full-vocabulary
+                logits, and from the second micro-batch on the gradients accumulated so far
+    backward    the same activations and masks, the gradients, one block recomputed (checkpointing)
+    optimizer   the gradients and the optimizer's working buffers
+(the eager KV cache is freed after the rollout, the gradients after the optimizer step). The peak is
+the largest total. `train.py --dry-run --trace` checks these moments against the real code
+(grpo/trace.py). Not counted, but kept as margins (`GPU_OVERHEAD_GB`, `NCCL_OVERHEAD_GB`): the CUDA
+context, allocator fragmentation, and NCCL's own buffers (several ranks).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,16 +46,17 @@ GB = 1e9
 
 # The moments of a step at which the GPU can peak, in order. They never overlap, so the GPU peak is
 # the largest of their totals.
-PHASES = ("prefill", "decode", "logprobs", "backward", "optimizer")
-ROLLOUT, TRAINING = PHASES[:2], PHASES[2:]
+PHASES = ("prefill", "decode", "cache copy", "logprobs", "backward", "optimizer")
+ROLLOUT, TRAINING = PHASES[:3], PHASES[3:]
 
 
 @dataclass
 class Item:
     name: str
-    gpu: int  # bytes on the training device
+    gpu: int  # bytes on the training device (a GPU; for a run with model.device cpu, the CPU's RAM)
     cpu: int  # bytes in host memory
     phases: tuple[str, ...] = PHASES  # the moments at which it is held (default: the whole step)
+    device: str = "cuda"  # the training device the plan is for: "cpu" puts every byte in RAM
 
 
 def model_config_for(cfg: Config) -> Qwen2Config:
@@ -127,27 +136,24 @@ def optimizer_state_bytes(
     return out
 
 
-def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: str = "cuda", ranks: int = 1) -> list[Item]:
-    """The plan for training on `device` ("cuda"; tests plan for "cpu" to compare with real tensors),
-    per GPU when `ranks` processes share the work (torchrun: FSDP2 shards weights, gradients and
-    optimizer state; each rank samples rows / ranks; a step gathers the full weights for sampling
-    and one or two FSDP units at a time in training)."""
+def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: str | None = None,
+                ranks: int = 1) -> list[Item]:
+    """The plan for training on `device` ("cuda", or "cpu": tests compare it with real tensors;
+    default: "cpu" for a config with model.device cpu, else "cuda"), per GPU when `ranks` processes
+    share the work (torchrun: FSDP2 shards weights, gradients and optimizer state; each rank samples
+    rows / ranks; a step gathers the full weights for sampling and one or two FSDP units at a time in
+    training)."""
     mc = model_config or model_config_for(cfg)
+    device = device or ("cpu" if cfg.model.device == "cpu" else "cuda")
     b = torch.finfo(getattr(torch, cfg.model.dtype)).bits // 8
     n = mc.num_params
-    on_gpu = torch.device(device)
     lora = cfg.model.lora
-    with torch.device("meta"):
-        model = Qwen2(mc).to(getattr(torch, cfg.model.dtype))
-        if lora.rank:  # only the adapters train: they alone have gradients and optimizer state
-            add_lora(model, lora.rank, lora.alpha, lora.targets)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    trained = sum(p.numel() for p in trainable)
-    opt = optimizer_state_bytes(trainable, offload=cfg.optim.offload, device=on_gpu)
+    trained, trained_root, opt = _trainable(mc, cfg, device)
     P, C, G = cfg.data.max_prompt_tokens, completion_tokens(cfg), cfg.rollout.group_size
     seq = P + C
     questions = -(-cfg.rollout.prompts_per_step // ranks)  # each rank samples its share (the busiest: rounded up)
     rows = questions * G
+    compiled = compiled_decode(cfg, device, ranks)
     mb_tokens, mb_what = update_tokens(cfg)
     if cfg.grpo.shared_prefix:  # attention in blocks (qwen2/shared_prefix.py), at its worst: ragged lengths pad them
         mask_elements = block_attention_bound(mb_tokens, P, C)
@@ -170,29 +176,32 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
                           + (f", 1/{ranks} each)" if ranks > 1 else ")"), -(-trained * b // ranks), 0))
     elif cfg.grpo.beta > 0:  # with LoRA the reference is the base model itself (adapters off)
         items.append(Item("reference model (beta > 0)", shard, 0))
+    # From the second micro-batch on, the gradients of the earlier ones are there while the next one's
+    # forward pass (and its log-prob chunk) runs: a step of several micro-batches holds them from then on.
+    several = update_micro_batches(cfg, ranks) > 1
     items += [
         Item("RoPE cos/sin tables", 2 * mc.max_position_embeddings * mc.head_dim * 4, 0),
-        Item("gradients", -(-trained * b // ranks), 0, ("backward", "optimizer")),
+        Item("gradients" + (" (from micro-batch 2 on in logprobs)" if several else ""), -(-trained * b // ranks), 0,
+             ("logprobs", "backward", "optimizer") if several else ("backward", "optimizer")),
         Item("fp32 master weights", *split(opt["master"], cfg.optim.offload)),
         Item("Adam moments (fp32 x2)", *split(opt["exp_avg"] + opt["exp_avg_sq"], cfg.optim.offload)),
     ]
     # fp32 gradient scratch and pinned staging: whatever of the optimizer's bytes is not the state.
-    state_gpu = 0 if cfg.optim.offload else opt["master"] + opt["exp_avg"] + opt["exp_avg_sq"]
-    state_cpu = opt["master"] + opt["exp_avg"] + opt["exp_avg_sq"] - state_gpu
+    # (optimizer_state_bytes counts by where the bytes are; on a CPU run the state is all "cpu".)
+    state = opt["master"] + opt["exp_avg"] + opt["exp_avg_sq"]
+    state_on_device = 0 if cfg.optim.offload or device == "cpu" else state
     if opt["scratch"] or opt["staging"]:
-        items.append(Item("optimizer working buffers", -(-(opt["device"] - state_gpu) // ranks),
-                          -(-(opt["cpu"] - state_cpu) // ranks), ("optimizer",)))
+        items.append(Item("optimizer working buffers", -(-(opt["device"] - state_on_device) // ranks),
+                          -(-(opt["cpu"] - (state - state_on_device)) // ranks), ("optimizer",)))
+    if ranks > 1:
+        # FSDP2 reduce-scatters each unit's gradients in fp32 (reduce_dtype, grpo/distributed.py): the
+        # unit's whole bf16 gradients and their fp32 copy, the largest unit's (the root's, when trained).
+        per_unit = max((trained - trained_root) // mc.num_hidden_layers, trained_root)
+        items.append(Item("FSDP gradient reduce-scatter (one unit, fp32 copy)", per_unit * (b + 4), 0, ("backward",)))
+    items += rollout_items(mc, questions, G, P, C, b, compiled)
     per_block = block_activation_bytes(mc, mb_tokens, b)
     checkpointing = cfg.model.activation_checkpointing
     items += [
-        Item(f"rollout KV cache ({rows} rows x {seq} tokens)", kv_cache_bytes(mc, rows, seq, b), 0, ROLLOUT),
-        # Prefill: the distinct prompts' own cache until it is fanned out to the G rows, and one
-        # block's activations over their tokens.
-        Item(f"prefill ({questions} prompts' own cache, one block)",
-             kv_cache_bytes(mc, questions, seq, b) + block_activation_bytes(mc, questions * P, b), 0, ("prefill",)),
-        # Each decode step: logits, their fp32 copy and probabilities (sampling), and the log-softmax,
-        # its exp and their product (the entropies rollouts keep).
-        Item("sampler logits and entropies", rows * mc.vocab_size * (b + 16), 0, ("decode",)),
         Item(f"activations for backward ({mb_what}{', recompute' if checkpointing else ''})",
              mc.num_hidden_layers * (mb_tokens * mc.hidden_size * b if checkpointing else per_block), 0,
              # Checkpointed block inputs are small and freed block by block; without checkpointing
@@ -204,7 +213,96 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
     ]
     if checkpointing:
         items.append(Item("one block recomputed in backward", per_block, 0, ("backward",)))
+    for i in items:
+        i.device = device
     return items
+
+
+def rollout_items(mc: Qwen2Config, questions: int, G: int, P: int, C: int, b: int, compiled: bool) -> list[Item]:
+    """What a rollout of `questions` x `G` rows of up to P + C positions adds, eager or compiled
+    (qwen2/sampler.py, kv_cache.py, static_decode.py)."""
+    rows, seq, V = questions * G, P + C, mc.vocab_size
+    # Each decode step: the logits (kept until the next step, through a compaction), their fp32 copy and
+    # probabilities (sampling), and the log-softmax, its exp and their product (the entropies rollouts keep).
+    items = [Item("sampler logits", rows * V * b, 0, ("decode", "cache copy")),
+             Item("sampling copies and entropies", rows * V * 16, 0, ("decode",))]
+    if not compiled:
+        items += [
+            Item(f"rollout KV cache ({rows} rows x {seq} tokens)", kv_cache_bytes(mc, rows, seq, b), 0, ROLLOUT),
+            # Prefill: the distinct prompts' own cache until it is fanned out to the G rows, and one
+            # block's activations over their tokens.
+            Item(f"prefill ({questions} prompts' own cache, one block)",
+                 kv_cache_bytes(mc, questions, seq, b) + block_activation_bytes(mc, questions * P, b), 0, ("prefill",)),
+            # KVCache.select, when finished rows are dropped: new K and V for the surviving rows are
+            # allocated before the old ones are freed, and each is filled from a gathered copy of the
+            # old one's rows (the K copy's peak: new K and V + gathered K); at worst all rows but one
+            # survive, late in the rollout.
+            Item(f"compaction's copy of the cache ({rows - 1} rows: new K, V, gathered K)",
+                 kv_cache_bytes(mc, rows - 1, seq, b) + kv_cache_bytes(mc, rows - 1, seq, b) // 2 if rows > 1 else 0,
+                 0, ("cache copy",)),
+        ]
+        return items
+    from qwen2 import static_decode
+
+    static_rows, positions = static_decode.bucket(rows), static_positions(seq)
+    layer_copy = static_rows * mc.num_key_value_heads * seq * mc.head_dim * b  # one layer's K (or V) rows, gathered
+    static = kv_cache_bytes(mc, static_rows, positions, b) + 8  # + the write position
+    items += [
+        # Allocated by the first compiled rollout and kept by the process (CUDA graphs record its
+        # addresses), through the update too; every later rollout reuses it.
+        Item(f"static KV cache of the compiled decode ({static_rows} x {positions}, kept)", static, 0),
+        # The distinct prompts' cache (prompt positions only) and one block's activations; the rows are
+        # then copied into the static cache one layer at a time.
+        Item(f"prefill ({questions} prompts' cache, one block, one layer's rows)",
+             kv_cache_bytes(mc, questions, P, b) + block_activation_bytes(mc, questions * P, b) + layer_copy, 0,
+             ("prefill",)),
+        # The largest temporary copy: inductor benchmarks the configs of a kernel that writes the cache
+        # on a clone of the buffer it mutates (the whole K or V buffer), when it compiles (first decode
+        # step); compaction moves the surviving rows one layer at a time (a gathered copy of one layer).
+        Item("autotuning copy of the static K buffer (first decode step)",
+             max(static // 2, layer_copy), 0, ("cache copy",)),
+        # The CUDA graph's private memory pool holds one decode step's intermediate tensors: bounded by
+        # one block's activations over the rows.
+        Item("CUDA-graph pool (one decode step's tensors)", block_activation_bytes(mc, static_rows, b), 0,
+             ("decode", "cache copy")),
+    ]
+    return items
+
+
+def static_positions(length: int) -> int:
+    """Positions of the compiled decode's static cache for rollouts of `length` positions
+    (static_decode.static_cache: whole WINDOW_STEPs, plus the spare positions past the last window)."""
+    from qwen2 import static_decode
+
+    step = static_decode.WINDOW_STEP
+    return -(-length // step) * step + getattr(static_decode, "SPARE", 0)
+
+
+def compiled_decode(cfg: Config, device: str, ranks: int = 1) -> bool:
+    """Whether rollouts of this plan decode with the compiled step (rollout.compile: auto compiles for
+    one process on a GPU; rollouts with tools decode eagerly)."""
+    return cfg.rollout.compiled(torch.device(device), launched=ranks > 1) and not cfg.rollout.tools
+
+
+_TRAINABLE: dict[tuple, tuple[int, int, dict[str, int]]] = {}
+
+
+def _trainable(mc: Qwen2Config, cfg: Config, device: str) -> tuple[int, int, dict[str, int]]:
+    """(trainable parameters, those of them in the FSDP root, the optimizer's bytes) for this model,
+    dtype, LoRA and offload setting; cached, since --dry-run's advice re-plans the same model often."""
+    lora = cfg.model.lora
+    key = (repr(mc), cfg.model.dtype, lora.rank, lora.alpha, tuple(lora.targets), cfg.optim.offload, device)
+    if key not in _TRAINABLE:
+        with torch.device("meta"):
+            model = Qwen2(mc).to(getattr(torch, cfg.model.dtype))
+            if lora.rank:  # only the adapters train: they alone have gradients and optimizer state
+                add_lora(model, lora.rank, lora.alpha, lora.targets)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        in_blocks = {id(p) for p in model.model.layers.parameters()}
+        root = sum(p.numel() for p in trainable if id(p) not in in_blocks)
+        opt = optimizer_state_bytes(trainable, offload=cfg.optim.offload, device=torch.device(device))
+        _TRAINABLE[key] = (sum(p.numel() for p in trainable), root, opt)
+    return _TRAINABLE[key]
 
 
 def completion_tokens(cfg: Config) -> int:
@@ -225,25 +323,82 @@ def update_tokens(cfg: Config) -> tuple[int, str]:
     return cfg.grpo.micro_batch_size * seq, f"{cfg.grpo.micro_batch_size} x {seq} tokens"
 
 
+def update_micro_batches(cfg: Config, ranks: int = 1) -> int:
+    """Micro-batches of one rank's update when every prompt and completion is as long as allowed
+    (grpo/batch.py: a shared-prefix row holds one prompt and as many of its group's completions as
+    the budget allows; a micro-batch, as many rows as the budget holds at the longest row's length)."""
+    P, C, G = cfg.data.max_prompt_tokens, completion_tokens(cfg), cfg.rollout.group_size
+    questions = -(-cfg.rollout.prompts_per_step // ranks)
+    if not cfg.grpo.shared_prefix:
+        return -(-questions * G // cfg.grpo.micro_batch_size)
+    budget = cfg.grpo.micro_batch_tokens
+    per_row = max(1, (budget - P) // C)  # completions after one copy of the prompt
+    rows = questions * -(-G // per_row)
+    return -(-rows // max(1, budget // (P + min(G, per_row) * C)))
+
+
 def peak_gpu(items: list[Item]) -> int:
     """The GPU peak: the largest total over the moments of a step."""
     return max(phase_totals(items).values())
 
 
-def phase_totals(items: list[Item]) -> dict[str, int]:
-    """GPU bytes held at each moment of a step."""
-    return {phase: sum(i.gpu for i in items if phase in i.phases) for phase in PHASES}
+def peak_phase(items: list[Item]) -> str:
+    """The moment of the GPU peak."""
+    totals = phase_totals(items)
+    return max(totals, key=totals.get)
+
+
+def phase_totals(items: list[Item], ram: bool = False) -> dict[str, int]:
+    """GPU bytes held at each moment of a step (`ram`: the bytes of both columns, a CPU run's RAM)."""
+    return {phase: sum(i.gpu + (i.cpu if ram else 0) for i in items if phase in i.phases) for phase in PHASES}
+
+
+def on_cpu(items: list[Item]) -> bool:
+    """Whether the plan is for a run on the CPU (model.device cpu): every byte in RAM, no card."""
+    return bool(items) and items[0].device == "cpu"
+
+
+def host_bytes(items: list[Item], ranks: int = 1) -> int:
+    """CPU RAM the plan needs on the machine (all ranks): the host items; on a CPU run, where the
+    training device is the CPU too, the peak over the moments of both columns."""
+    if on_cpu(items):
+        return max(phase_totals(items, ram=True).values()) * ranks
+    return sum(i.cpu for i in items) * ranks
 
 
 # Not in the plan's tensors: the CUDA context and allocator fragmentation on the GPU; Python,
-# torch's (and CUDA's) libraries, the tokenizer and the dataset in host memory.
+# torch's (and CUDA's) libraries, the tokenizer and the dataset in host memory. With several ranks
+# each GPU also holds NCCL's own buffers (allocated by NCCL, outside PyTorch's allocator): 0.5-1.6 GB
+# per communicator has been reported (NVIDIA/nccl#864, #964); not measured here.
 GPU_OVERHEAD_GB = 1.5
+NCCL_OVERHEAD_GB = 1.0
 HOST_OVERHEAD_GB = 3.0
+
+
+def gpu_overhead_gb(ranks: int = 1) -> float:
+    """What --dry-run adds to the plan on each GPU: the CUDA context and fragmentation, and NCCL's
+    buffers when several ranks talk."""
+    return GPU_OVERHEAD_GB + (NCCL_OVERHEAD_GB if ranks > 1 else 0.0)
 
 
 def host_ram_gb() -> float:
     """Physical memory of this machine in GB."""
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GB
+
+
+def usable_gpu_bytes(device: torch.device | int | None = None) -> tuple[int, int]:
+    """(bytes this process may use on the GPU, the card's total): the total less what a per-process
+    memory fraction (torch.cuda.set_per_process_memory_fraction, bench_step.py's --cap-gb) keeps back."""
+    index = torch.cuda.current_device() if device is None else device
+    total = torch.cuda.get_device_properties(index).total_memory
+    fraction = 1.0
+    get = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # newer torch only
+    if get is not None:
+        try:
+            fraction = float(get(index))
+        except (RuntimeError, TypeError):
+            pass
+    return int(total * min(1.0, fraction)), total
 
 
 def check_fits(cfg: Config, mc: Qwen2Config, device: torch.device, ranks: int = 1) -> None:
@@ -257,41 +412,207 @@ def check_fits(cfg: Config, mc: Qwen2Config, device: torch.device, ranks: int = 
         raise InputError(f"data.max_prompt_tokens + rollout.max_new_tokens{tools} = {longest} exceeds the model's "
                          f"{mc.max_position_embeddings} positions (max_position_embeddings): lower rollout.max_new_tokens")
     on_gpu = device.type == "cuda"
-    items = plan_memory(cfg, mc, device="cuda" if on_gpu else "cpu", ranks=ranks)
-    host = sum(i.cpu for i in items) * ranks  # every rank's host memory shares the machine's RAM
-    if on_gpu:
-        checks = [(peak_gpu(items), torch.cuda.get_device_properties(device).total_memory, "GPU memory")]
-    else:
-        host += peak_gpu(items) * ranks
-        checks = []
-    checks.append((host, host_ram_gb() * GB, "RAM"))
+    where = "cuda" if on_gpu else "cpu"
+    items = plan_memory(cfg, mc, device=where, ranks=ranks)
+    checks = []
+    if on_gpu:  # the card's whole memory, a per-process cap aside (bench_step.py's --cap-gb then runs into
+        # the out-of-memory error it checks, rather than this refusal)
+        checks.append((peak_gpu(items), torch.cuda.get_device_properties(device).total_memory, "GPU memory"))
+    ram = host_ram_gb() * GB
+    checks.append((host_bytes(items, ranks), ram, "RAM"))
     for need, have, what in checks:
         if need > have:
             big = max(items, key=lambda i: i.gpu if what == "GPU memory" else i.gpu + i.cpu)
-            raise InputError(f"this run needs about {need / GB:.1f} GB of {what} at its peak (the largest part: {big.name}), "
-                             f"more than the {have / GB:.1f} GB here: try " + "; or ".join(gpu_memory_advice(cfg))
+            card = have / GB if what == "GPU memory" else None
+            advice = advise(cfg, mc, card_gb=card, ram_gb=ram / GB, ranks=ranks, device=where, margins=False)
+            raise InputError(f"this run needs about {need / GB:.1f} GB of {what} at its peak ({peak_phase(items)}; the "
+                             f"largest part: {big.name}), more than the {have / GB:.1f} GB here: try "
+                             + "; or ".join(a.short() for a in advice[:3])
                              + " (python train.py --dry-run shows the whole plan)")
 
 
-def gpu_memory_advice(cfg: Config) -> list[str]:
-    """What to change, in order, when a config needs more GPU memory than the card has."""
-    advice = []
-    if not cfg.optim.offload:
-        advice.append("--set optim.offload=true (moves master weights and Adam moments to CPU memory)")
+# -- what to change when a plan does not fit ------------------------------------------------------------
+
+
+@dataclass
+class Advice:
+    """A change of the config (one or more --set), and the plan it gives."""
+
+    sets: list[tuple[str, Any]]  # (config key, new value)
+    why: str
+    peak: int  # the re-planned GPU peak (bytes), or on a CPU run the RAM it needs
+    at: str  # the moment of that peak
+    before: dict[str, int]  # each moment's bytes, before and after the change
+    after: dict[str, int]
+    fits: bool | None  # the whole plan fits the card and the RAM (None: no machine to compare with)
+    host: int = 0  # CPU RAM the changed plan needs
+    notes: list[str] = field(default_factory=list)
+
+    def command(self) -> str:
+        return " ".join(f"--set {key}={value_text(value)}" for key, value in self.sets)
+
+    def lowers(self) -> str:
+        """Which moments the change lowers, the old peak's first: 'prefill 24.1 -> 13.3 GB, ...'."""
+        old_at = max(self.before, key=self.before.get)
+        drops = {p: self.before[p] - self.after[p] for p in PHASES if self.after[p] < 0.995 * self.before[p]} or \
+            {p: self.before[p] - self.after[p] for p in PHASES if self.after[p] < self.before[p]}
+        if not drops:
+            return "lowers no moment"
+        if len(drops) == len(PHASES) and max(drops.values()) - min(drops.values()) < 0.01 * max(drops.values()):
+            return f"every moment -{min(drops.values()) / GB:.2f} GB"
+        order = sorted(drops, key=lambda p: (p != old_at, PHASES.index(p)))
+        return ", ".join(f"{p} {gb_text(self.before[p])} -> {gb_text(self.after[p])} GB" for p in order[:3])
+
+    def short(self) -> str:
+        """For one-line messages: the change and what it lowers."""
+        return f"{self.command()} ({self.why}; {self.lowers()})"
+
+
+def gb_text(nbytes: int) -> str:
+    return f"{nbytes / GB:.1f}" if nbytes >= 10 * GB else f"{nbytes / GB:.2f}"
+
+
+def value_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def knobs(cfg: Config, ranks: int = 1, device: str = "cuda") -> list[tuple[str, Any, str]]:
+    """The changes that can lower a step's memory, (config key, new value, what it does), in the order
+    they are preferred: first those that leave the training math alone, then a smaller batch, then
+    shorter completions (which change the task)."""
+    out: list[tuple[str, Any, str]] = []
+    if device != "cpu" and not cfg.optim.offload:
+        out.append(("optim.offload", True, "moves master weights and Adam moments to CPU memory"))
     if not cfg.model.activation_checkpointing:
-        advice.append("--set model.activation_checkpointing=true")
-    micro = "grpo.micro_batch_tokens" if cfg.grpo.shared_prefix else "grpo.micro_batch_size"  # the unit in use
-    advice.append(f"a smaller {micro}, rollout.prompts_per_step or rollout.max_new_tokens")
-    return advice
+        out.append(("model.activation_checkpointing", True, "recomputes each block in backward"))
+    if device != "cpu" and compiled_decode(cfg, device, ranks):
+        out.append(("rollout.compile", False, "eager decode: no static KV cache kept through the update"))
+    seq = cfg.data.max_prompt_tokens + completion_tokens(cfg)
+    if cfg.grpo.shared_prefix and cfg.grpo.micro_batch_tokens // 2 >= seq:
+        out.append(("grpo.micro_batch_tokens", cfg.grpo.micro_batch_tokens // 2,
+                    "smaller update micro-batches, same gradient"))
+    elif not cfg.grpo.shared_prefix and cfg.grpo.micro_batch_size > 1:
+        out.append(("grpo.micro_batch_size", cfg.grpo.micro_batch_size // 2, "smaller update micro-batches, same gradient"))
+    if cfg.grpo.logprob_chunk >= 128:
+        out.append(("grpo.logprob_chunk", cfg.grpo.logprob_chunk // 2, "fewer tokens' logits at once, same result"))
+    if cfg.rollout.prompts_per_step // 2 >= ranks:
+        out.append(("rollout.prompts_per_step", cfg.rollout.prompts_per_step // 2,
+                    "fewer rows per rollout: a smaller batch"))
+    if cfg.rollout.max_new_tokens >= 2:
+        out.append(("rollout.max_new_tokens", cfg.rollout.max_new_tokens // 2, "shorter completions: changes the task"))
+    return out
+
+
+def with_sets(cfg: Config, sets: list[tuple[str, Any]]) -> Config:
+    """A copy of `cfg` with these values set (keys as for --set)."""
+    out = copy.deepcopy(cfg)
+    for key, value in sets:
+        section, _, name = key.rpartition(".")
+        target = out
+        for part in section.split("."):
+            target = getattr(target, part)
+        setattr(target, name, value)
+    return out
+
+
+def advise(cfg: Config, mc: Qwen2Config | None = None, card_gb: float | None = None, ram_gb: float | None = None,
+           ranks: int = 1, device: str | None = None, order: str = "fits", margins: bool = True) -> list[Advice]:
+    """What to change when the plan does not fit, each change re-planned: only changes that lower the
+    plan's peak moment, those after which the plan fits first (in the order `knobs` prefers them),
+    then the others, the largest drop of the peak first (`order="drop"`: all of them so). When no one
+    change is enough, the last entry combines them (each time the one that lowers the peak most) until
+    the plan fits or they run out. `margins`: compare plan + overheads with the card and RAM (as
+    --dry-run does), or the bare plan (as the refusal before training does)."""
+    mc = mc or model_config_for(cfg)
+    device = device or ("cpu" if cfg.model.device == "cpu" else "cuda")
+    base = plan_memory(cfg, mc, device=device, ranks=ranks)
+    cpu_run = device == "cpu"
+    before = phase_totals(base, ram=cpu_run)  # a CPU run's moments: all of its bytes, in RAM
+
+    def need(items: list[Item]) -> int:  # what has to fit: the card's peak, or on a CPU run the RAM
+        return host_bytes(items, ranks) if cpu_run else peak_gpu(items)
+
+    def fits(items: list[Item]) -> bool | None:
+        if cpu_run:
+            if ram_gb is None:
+                return None
+            return host_bytes(items, ranks) / GB + (HOST_OVERHEAD_GB if margins else 0) <= ram_gb
+        if card_gb is None:
+            return None
+        gpu_ok = peak_gpu(items) / GB + (gpu_overhead_gb(ranks) if margins else 0) <= card_gb
+        ram_ok = ram_gb is None or host_bytes(items, ranks) / GB + (HOST_OVERHEAD_GB if margins else 0) <= ram_gb
+        return gpu_ok and ram_ok
+
+    def candidates(current: Config, already: list[tuple[str, Any]], now: int) -> list[Advice]:
+        out = []
+        for key, value, why in knobs(current, ranks, device):
+            sets = [s for s in already if s[0] != key] + [(key, value)]  # halving a knob again replaces it
+            items = plan_memory(with_sets(cfg, sets), mc, device=device, ranks=ranks)
+            # Only what lowers what has to fit: by 0.5% at least, or at all when ranking by the drop
+            # (after an out-of-memory error, where the plan was evidently short).
+            if need(items) > (now if order == "drop" else 0.995 * now) or need(items) == now:
+                continue
+            after = phase_totals(items, ram=cpu_run)
+            a = Advice(sets, why, need(items), max(after, key=after.get), before, after, fits(items),
+                       host_bytes(items, ranks))
+            if key == "optim.offload" and ram_gb is not None and a.host / GB + HOST_OVERHEAD_GB > ram_gb:
+                a.notes.append(f"CPU RAM then {a.host / GB:.1f} GB + ~{HOST_OVERHEAD_GB:.0f}: more than {ram_gb:.0f}")
+            out.append(a)
+        return out
+
+    def ranked(options: list[Advice]) -> list[Advice]:
+        if order == "drop":
+            return sorted(options, key=lambda a: a.peak)
+        # Those that fit, in the order knobs prefers them; then the others, the largest drop first
+        # (shorter completions last: they change the task).
+        return [a for a in options if a.fits] + sorted(
+            (a for a in options if not a.fits), key=lambda a: (a.sets[-1][0] == "rollout.max_new_tokens", a.peak))
+
+    single = ranked(candidates(cfg, [], need(base)))
+    if any(a.fits for a in single) or fits(base) is None or not single:
+        return single
+    # No one change is enough: combine them, each time the first one ranked, until the plan fits or
+    # they run out; the combination comes first, since it is what to do.
+    chosen, now = single[0], single[0].peak
+    while not chosen.fits:
+        options = ranked(candidates(with_sets(cfg, chosen.sets), chosen.sets, now))
+        if not options:
+            break
+        chosen, now = options[0], options[0].peak
+    if len(chosen.sets) < 2:
+        return single
+    chosen.why = "together"
+    return [chosen] + single if chosen.fits else single + [chosen]  # a combination that fits is the answer
+
+
+def gpu_memory_advice(cfg: Config) -> list[str]:
+    """What to change, in order, when a config needs more GPU memory than the card has, without a plan
+    to rank the changes by (the model's shapes unknown): every change that can lower it."""
+    return [f"--set {key}={value_text(value)} ({why})" for key, value, why in knobs(cfg)]
 
 
 def out_of_memory_message(cfg: Config, step: int) -> str:
-    """One line for a CUDA out-of-memory error during training: what ran out and what to try."""
-    detail = ""
+    """One line for a CUDA out-of-memory error during training: what ran out (of the memory this
+    process may use: a per-process cap, if any, not the card's whole memory) and what to try, the
+    changes that lower the plan's peak most first."""
+    detail, card = "", None
     if torch.cuda.is_available():
-        total = torch.cuda.get_device_properties(0).total_memory / GB
-        detail = f" (peak {torch.cuda.max_memory_allocated() / GB:.1f} GB allocated of the card's {total:.1f} GB)"
-    return (f"out of GPU memory in step {step + 1}{detail}: try " + "; or ".join(gpu_memory_advice(cfg))
+        usable, total = usable_gpu_bytes()
+        card = usable / GB
+        cap = "" if usable >= total else f", a cap on the card's {total / GB:.1f} GB"
+        detail = (f" (peak {torch.cuda.max_memory_allocated() / GB:.1f} GB allocated of the {card:.1f} GB this "
+                  f"process may use{cap})")
+    try:
+        ranks = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        # Ranked on the GPU's plan, whatever model.device says: only a GPU runs out of memory this way.
+        # The four largest drops, and offloading the optimizer whenever it is off: the plan fell short of
+        # what ran, and offload lowers every moment, the unplanned one too.
+        ranked = advise(cfg, card_gb=card, ranks=ranks, device="cuda", order="drop")
+        chosen = ranked[:4] + [a for a in ranked[4:] if a.sets[-1][0] == "optim.offload"]
+        advice = [a.short() for a in chosen]
+    except Exception:  # no plan (a model without config.json): the changes unranked
+        advice = gpu_memory_advice(cfg)
+    return (f"out of GPU memory in step {step + 1}{detail}: try " + "; or ".join(advice or gpu_memory_advice(cfg))
             + f". python train.py --dry-run shows the plan; a run continues from its last checkpoint with "
             f"--resume {cfg.train.out_dir}")
 
@@ -300,55 +621,96 @@ def machine_gb(card_gb: float | None = None, ram_gb: float | None = None) -> tup
     """The card and RAM sizes to plan for: as given, else the visible GPU (24 GB without one) and
     this machine's RAM."""
     if card_gb is None:
-        card_gb = torch.cuda.get_device_properties(0).total_memory / GB if torch.cuda.is_available() else 24.0
+        card_gb = usable_gpu_bytes()[0] / GB if torch.cuda.is_available() else 24.0
     return card_gb, host_ram_gb() if ram_gb is None else ram_gb
 
 
 def plan_fits(items: list[Item], card_gb: float | None = None, ram_gb: float | None = None,
               ranks: int = 1) -> tuple[bool, bool]:
-    """(fits the GPU, fits the RAM): the plan plus the overheads, against the card and the machine."""
+    """(fits the GPU, fits the RAM): the plan plus the overheads, against the card and the machine.
+    A CPU run (model.device cpu) has no card: the first is then always true."""
     card_gb, ram_gb = machine_gb(card_gb, ram_gb)
-    host = sum(i.cpu for i in items) * ranks / GB  # all ranks share the machine's RAM
-    return peak_gpu(items) / GB + GPU_OVERHEAD_GB <= card_gb, host + HOST_OVERHEAD_GB <= ram_gb
+    ram_fits = host_bytes(items, ranks) / GB + HOST_OVERHEAD_GB <= ram_gb
+    if on_cpu(items):
+        return True, ram_fits
+    return peak_gpu(items) / GB + gpu_overhead_gb(ranks) <= card_gb, ram_fits
+
+
+PLAN_NOTE = ("These figures are a plan (tensor sizes counted from the config and the model's shapes), not a "
+             "measurement{}: --trace runs the step's peak phases on the meta device to check them{}.")
 
 
 def format_plan(items: list[Item], cfg: Config, card_gb: float | None = None, ram_gb: float | None = None,
                 ranks: int = 1) -> str:
     """The plan as a table, then whether it fits the card (`card_gb`, default: the visible GPU, else
-    24) and this machine's RAM (`ram_gb`, default: its physical memory), and what to try if not."""
+    24) and this machine's RAM (`ram_gb`, default: its physical memory), and what to try if not: the
+    changes that lower the peak moment, each re-planned. A CPU run (model.device cpu) is planned in
+    RAM alone, with no card."""
     gpu_here = torch.cuda.is_available()
     ram_source = "this machine; --ram-gb sets it" if ram_gb is None else "--ram-gb"
     card_gb, ram_gb = machine_gb(card_gb, ram_gb)
     mc = model_config_for(cfg)
+    cpu_run = on_cpu(items)
     per = f", per rank of {ranks} (torchrun)" if ranks > 1 else ""
+    where = ", on the CPU (model.device cpu): every tensor in RAM" if cpu_run else ""
     lines = [f"memory plan: {Path(cfg.model.path).name} ({mc.num_params / 1e9:.2f}B params, {cfg.model.dtype}), "
-             f"optim.offload={str(cfg.optim.offload).lower()}{per}", f"{'':60s} {'GPU GB':>8s} {'CPU GB':>8s}"]
-    for i in items:
-        when = "" if i.phases == PHASES else f"  [{', '.join(i.phases)}]"
-        lines.append(f"  {i.name:58s} {i.gpu / GB:8.2f} {i.cpu / GB:8.2f}{when}")
+             f"optim.offload={str(cfg.optim.offload).lower()}{per}{where}"]
     totals = phase_totals(items)
-    peak, host = peak_gpu(items) / GB, sum(i.cpu for i in items) * ranks / GB  # all ranks share the machine's RAM
-    at = max(totals, key=totals.get)
-    lines.append(f"  {'GPU peak (at ' + at + ')':58s} {peak:8.2f} {host / ranks:8.2f}")
-    lines.append("  GPU at each moment: " + ", ".join(f"{p} {v / GB:.2f}" for p, v in totals.items()))
-
-    card = f"a card of {card_gb:.0f} GB" + ("" if gpu_here else " (no GPU here; --card-gb sets the size)")
-    gpu_fits, ram_fits = plan_fits(items, card_gb, ram_gb, ranks)
-    if gpu_fits:
-        lines.append(f"GPU: fits {card}: {card_gb - GPU_OVERHEAD_GB - peak:.1f} GB to spare after "
-                     f"~{GPU_OVERHEAD_GB} GB of CUDA overhead")
+    peak, at = peak_gpu(items) / GB, peak_phase(items)
+    host = sum(i.cpu for i in items) * ranks / GB  # all ranks share the machine's RAM
+    if cpu_run:
+        lines.append(f"{'':64s} {'RAM GB':>8s}")
+        for i in items:
+            when = "" if i.phases == PHASES else f"  [{', '.join(i.phases)}]"
+            lines.append(f"  {i.name:62s} {(i.gpu + i.cpu) / GB:8.2f}{when}")
+        ram_totals = phase_totals(items, ram=True)
+        ram_at = max(ram_totals, key=ram_totals.get)
+        lines.append(f"  {'peak (at ' + ram_at + ')':62s} {ram_totals[ram_at] / GB:8.2f}")
+        lines.append("  at each moment: " + ", ".join(f"{p} {v / GB:.2f}" for p, v in ram_totals.items()))
     else:
-        lines.append(f"GPU: does NOT fit {card}: needs {peak:.1f} GB + ~{GPU_OVERHEAD_GB} GB of CUDA overhead")
-    need = f"{host:.1f} GB + ~{HOST_OVERHEAD_GB:.0f} GB for the process"
-    lines.append(f"CPU RAM: {'fits' if ram_fits else 'does NOT fit'} {ram_gb:.1f} GB ({ram_source}): needs {need}")
-    if gpu_fits and ram_fits:
-        return "\n".join(lines)
-    lines.append("Try, in order:")
-    if not gpu_fits:
-        lines += [f"  {advice}" for advice in gpu_memory_advice(cfg)]
-    if not ram_fits and cfg.optim.offload:
-        lines.append(f"  a machine with at least {host + HOST_OVERHEAD_GB:.0f} GB of RAM, or a smaller model "
-                     "(offloaded optimizer state needs 12 bytes per parameter of CPU RAM)")
-    elif not ram_fits:
-        lines.append(f"  a machine with at least {host + HOST_OVERHEAD_GB:.0f} GB of RAM")
+        lines.append(f"{'':64s} {'GPU GB':>8s} {'CPU GB':>8s}")
+        for i in items:
+            when = "" if i.phases == PHASES else f"  [{', '.join(i.phases)}]"
+            lines.append(f"  {i.name:62s} {i.gpu / GB:8.2f} {i.cpu / GB:8.2f}{when}")
+        lines.append(f"  {'GPU peak (at ' + at + ')':62s} {peak:8.2f} {'':>8s}")
+        lines.append(f"  {'CPU RAM' + (' (this rank)' if ranks > 1 else ''):62s} {'':>8s} {host / ranks:8.2f}")
+        lines.append("  GPU at each moment: " + ", ".join(f"{p} {v / GB:.2f}" for p, v in totals.items()))
+
+    gpu_fits, ram_fits = plan_fits(items, card_gb, ram_gb, ranks)
+    overhead = gpu_overhead_gb(ranks)
+    what = f"~{GPU_OVERHEAD_GB} GB of CUDA overhead" + (f" + ~{NCCL_OVERHEAD_GB} GB of NCCL buffers" if ranks > 1 else "")
+    if not cpu_run:
+        card = f"a card of {card_gb:.0f} GB" + ("" if gpu_here else " (no GPU here; --card-gb sets the size)")
+        if gpu_fits:
+            lines.append(f"GPU: fits {card}: {card_gb - overhead - peak:.1f} GB to spare after {what}")
+        else:
+            lines.append(f"GPU: does NOT fit {card}: needs {peak:.1f} GB (at {at}) + {what}")
+    need = host_bytes(items, ranks) / GB
+    lines.append(f"CPU RAM: {'fits' if ram_fits else 'does NOT fit'} {ram_gb:.1f} GB ({ram_source}): needs {need:.1f} GB "
+                 f"+ ~{HOST_OVERHEAD_GB:.0f} GB for the process")
+    if not (gpu_fits and ram_fits):
+        lines.append("Try, in order (each change re-planned):")
+        advice = advise(cfg, mc, card_gb=card_gb, ram_gb=ram_gb, ranks=ranks, device=items[0].device) \
+            if not gpu_fits or cpu_run else []
+        for n, a in enumerate(advice):
+            if n == 1 and advice[0].why == "together":
+                lines.append("  one change alone does not fit:")
+            elif a.why == "together" and n:
+                lines.append("  combined:")
+            verdict = {True: "fits", False: "does NOT fit", None: ""}[a.fits]
+            peak_text = (f"needs {a.peak / GB:.1f} GB of RAM (at {a.at})" if cpu_run
+                         else f"peak {a.peak / GB:.1f} GB at {a.at}")
+            note = f" ({'; '.join(a.notes)})" if a.notes else ""
+            label = "together" if a.why == "together" else a.why
+            lines.append(f"  {a.command()} ({label}): {a.lowers()}; {peak_text}{note}: {verdict}")
+        if not ram_fits and cfg.optim.offload and not cpu_run:
+            lines.append(f"  a machine with at least {need + HOST_OVERHEAD_GB:.0f} GB of RAM, or a smaller model "
+                         "(offloaded optimizer state needs 12 bytes per parameter of CPU RAM)")
+        elif not ram_fits:
+            lines.append(f"  a machine with at least {need + HOST_OVERHEAD_GB:.0f} GB of RAM")
+        if not gpu_fits and not any(a.fits for a in advice):
+            lines.append(f"  no change above fits {card_gb:.0f} GB: a larger card, or several GPUs (torchrun; "
+                         "--dry-run --ranks N plans per GPU)")
+    lines.append(PLAN_NOTE.format("" if cpu_run else " on a GPU",
+                                  "" if cpu_run else ", and scripts/gpu_check.py measures on a GPU"))
     return "\n".join(lines)

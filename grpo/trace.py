@@ -6,12 +6,14 @@ and no storage, so a 14B model costs no memory and seconds of time) under an all
 dispatcher (`DeviceMemory`: what PyTorch's MemTracker counts, without the per-module bookkeeping
 that allows one call per module), and reports each phase's peak:
 
-  rollout     the sampler's prefill of the step's prompts and its last decode steps (attention over
-              the whole cache), with the real KV cache (prompts_per_step x group_size rows,
-              max_prompt_tokens + max_new_tokens) and the per-token entropies rollouts keep
+  rollout     the sampler's prefill of the step's prompts, its last decode steps (attention over
+              the whole cache) and a compaction that drops one finished row, with the real KV cache
+              (prompts_per_step x group_size rows, max_prompt_tokens + max_new_tokens) and the
+              per-token entropies rollouts keep
   update      one micro-step at the real token budget: forward with activation checkpointing,
               chunked log-probs, the loss and backward (a micro-batch filled to
-              grpo.micro_batch_tokens, or micro_batch_size padded rows)
+              grpo.micro_batch_tokens, or micro_batch_size padded rows); when the step has several
+              micro-batches, the second one, with the first one's gradients already there
   optimizer   gradient clipping and the AdamW step, optimizer state on the device (offload off;
               with offload on the state lives in CPU RAM, outside the trace: the phase is the
               weights and gradients the step starts from)
@@ -21,9 +23,12 @@ the key/value heads for masked attention, as on CUDA). The optimizer state exist
 rollout is traced (from the second step on it does), and the reference model when beta > 0.
 
 Simplifications: one process (no FSDP); the rollout traces two decode steps, as the last two of a
-rollout (the cache is allocated whole up front; a late step's attention reads all of it); no allocator fragmentation
-or CUDA context (the planner's GPU_OVERHEAD_GB covers those); completions in the update are all of
-one length, chosen so the micro-batch reaches its token budget.
+rollout (the cache is allocated whole up front; a late step's attention reads all of it); the
+eager decode only: the compiled decode (rollout.compile, a GPU's default) cannot run on the meta
+device, so its static KV cache, kept through the update, and inductor's autotuning copy are planned
+only, and a config that compiles is compared here with the plan of its eager decode; no allocator
+fragmentation or CUDA context (the planner's GPU_OVERHEAD_GB covers those); completions in the
+update are all of one length, chosen so the micro-batch reaches its token budget.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from .batch import build_batch, micro_batches
 from .config import Config
 from .logprobs import micro_batch_logprobs
 from .loss import policy_loss
-from .memory import model_config_for, phase_totals
+from .memory import compiled_decode, model_config_for, phase_totals, plan_memory, update_micro_batches, with_sets
 from .optim import OffloadAdamW
 from .rollout import Episode
 from .runtime import enable_activation_checkpointing
@@ -62,6 +67,7 @@ class PhaseTrace:
     phase: str  # rollout, update or optimizer
     peak: int  # bytes at the phase's peak
     what: str  # what ran
+    planned: int | None = None  # the plan it is to be compared with, when not the one printed (eager decode)
 
 
 def cuda_sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
@@ -190,6 +196,10 @@ def trace_memory(cfg: Config, model_config: Qwen2Config | None = None) -> list[P
         for _ in range(2):
             tok, _, _ = choose_next(logits, cfg.rollout.sampling, scored=True)  # rollouts keep the entropies
             logits = decode_one_token(model, cache, tok)
+        # A compaction as early as it can be costly: one row finished, the others' K and V copied
+        # while the step's logits are still held (sampler.generate).
+        if rows > 1:
+            cache.select(torch.arange(rows - 1, device=META))
 
     with meta_as_gpu():
         micro_step()  # a step before: the optimizer state exists from the second step on
@@ -198,13 +208,24 @@ def trace_memory(cfg: Config, model_config: Qwen2Config | None = None) -> list[P
         model.eval()
         rollout_peak = peak_of(rollout, *tracked)
         model.train()
+        several = update_micro_batches(cfg) > 1
+        if several:  # the second micro-batch: the first one's gradients are there through its forward
+            micro_step()
         update_peak = peak_of(micro_step, *tracked)
         optimizer_peak = peak_of(optimizer_step, *tracked)
         optimizer.zero_grad(set_to_none=True)
     where = "micro_batch_tokens" if cfg.grpo.shared_prefix else "micro_batch_size"
-    return [PhaseTrace("rollout", rollout_peak, f"prefill + 2 decode steps, {rows} rows"),
-            PhaseTrace("update", update_peak, f"one micro-step of {micro.num_tokens} tokens ({where})"),
-            PhaseTrace("optimizer", optimizer_peak, "clip + AdamW" + (" (state on the host)" if cfg.optim.offload else ""))]
+    traces = [PhaseTrace("rollout", rollout_peak, f"prefill + 2 decode steps + a compaction, {rows} rows"),
+              PhaseTrace("update", update_peak, f"{'a second' if several else 'one'} micro-step of {micro.num_tokens} "
+                         f"tokens ({where})"),
+              PhaseTrace("optimizer", optimizer_peak,
+                         "clip + AdamW" + (" (state on the host)" if cfg.optim.offload else ""))]
+    if compiled_decode(cfg, "cuda"):  # the trace ran the eager decode: compare it with that plan
+        totals = phase_totals(plan_memory(with_sets(cfg, [("rollout.compile", False)]), mc, device="cuda"))
+        for t in traces:
+            t.planned = max(totals[m] for m in PLANNED_AS[t.phase])
+            t.what += "; eager decode, vs its plan"
+    return traces
 
 
 def update_batch(cfg: Config, vocab: int):
@@ -226,18 +247,21 @@ def update_batch(cfg: Config, vocab: int):
 
 
 # Which of the plan's moments (grpo/memory.py) each traced phase is.
-PLANNED_AS = {"rollout": ("prefill", "decode"), "update": ("logprobs", "backward"), "optimizer": ("optimizer",)}
+PLANNED_AS = {"rollout": ("prefill", "decode", "cache copy"), "update": ("logprobs", "backward"),
+              "optimizer": ("optimizer",)}
 
 
 def against_plan(traces: list[PhaseTrace], plan: list) -> list[tuple[PhaseTrace, int]]:
-    """Each traced phase with the plan's peak over the same moments."""
+    """Each traced phase with the plan's peak over the same moments (the eager decode's plan where
+    the trace says so)."""
     totals = phase_totals(plan)
-    return [(t, max(totals[m] for m in PLANNED_AS[t.phase])) for t in traces]
+    return [(t, t.planned if t.planned is not None else max(totals[m] for m in PLANNED_AS[t.phase])) for t in traces]
 
 
 def format_trace(traces: list[PhaseTrace], plan: list, GB: float = 1e9) -> str:
     """The traced peaks next to the plan's."""
-    lines = ["traced on the meta device (the real code, allocations counted at the dispatcher) vs the plan:",
+    lines = ["traced on the meta device (the real code's allocations, counted at the dispatcher; not a GPU "
+             "measurement) vs the plan:",
              f"  {'phase':10s} {'traced GB':>10s} {'planned GB':>11s} {'trace/plan':>10s}  what ran"]
     for t, planned in against_plan(traces, plan):
         lines.append(f"  {t.phase:10s} {t.peak / GB:10.2f} {planned / GB:11.2f} {t.peak / max(planned, 1):10.2f}  {t.what}")

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
+# cuBLAS reads its workspace setting when it creates its handles, at the first matmul on the GPU: set
+# here, at collection, before any test runs, so that the resume test's deterministic mode holds for
+# cuBLAS (set inside that test, after earlier tests' matmuls, it would have no effect).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 import torch.distributed.checkpoint as dcp
 import torch.utils.deterministic
 
@@ -105,22 +110,28 @@ def test_sampler_greedy_equals_transformers_on_a_ragged_batch(device, tmp_path, 
 # Small tensors in several buckets (both staging slots reused), plus tensors large enough that the
 # asynchronous copies take real time; one fp32 parameter (its own bucket, fp32 bytes in the slots).
 SHAPES = [(7, 5), (13,), (3, 4, 5), (1,), (6, 6)] + [(512, 256)] * 4 + [(300,)]
+# On a GPU, also parameters of a real model's size (4M elements, a 7B model's smaller matrices): each
+# bucket's copies then take ~1 ms over PCIe and its CPU update several, long enough that a copy not
+# ordered after the update it depends on (or a read of the weights not ordered after their copy back)
+# reads stale bytes instead of, by luck, finished ones.
+LARGE = [(2048, 2048)] * 4
 FP32 = {2}
 BUCKET = 150_000
 
 
-def mixed_params(device: str) -> list[torch.nn.Parameter]:
+def mixed_params(device: str, shapes: list[tuple[int, ...]] = SHAPES) -> list[torch.nn.Parameter]:
     g = torch.Generator().manual_seed(0)
     return [torch.nn.Parameter(torch.randn(s, generator=g).to(torch.float32 if i in FP32 else torch.bfloat16).to(device))
-            for i, s in enumerate(SHAPES)]
+            for i, s in enumerate(shapes)]
 
 
-def run_offload(device: str, steps: int = 10, save_at: int | None = None, **kw) -> tuple[list, OffloadAdamW]:
+def run_offload(device: str, steps: int = 10, save_at: int | None = None, shapes: list[tuple[int, ...]] = SHAPES,
+                **kw) -> tuple[list, OffloadAdamW]:
     """`steps` AdamW steps on the same gradients for every run; right after each step, the model's
     weights read on the default stream (as the next forward would) must be the rounded masters.
     With `save_at`, the optimizer is saved there and a fresh one (and copy of the weights) resumes."""
     kw = dict(lr=1e-3, weight_decay=0.1, offload=True, bucket_numel=BUCKET) | kw
-    params = mixed_params(device)
+    params = mixed_params(device, shapes)
     opt = OffloadAdamW(params, **kw)
     gen = torch.Generator().manual_seed(123)
     for t in range(steps):
@@ -139,8 +150,10 @@ def run_offload(device: str, steps: int = 10, save_at: int | None = None, **kw) 
 def test_pipelined_offload_equals_the_synchronous_cpu_path_and_resumes_exactly(device):
     # On a CPU (smoke mode) pipeline=True runs the pipeline's code with synchronous copies.
     pipeline = None if device == "cuda" else True
-    ref, ref_opt = run_offload("cpu", pipeline=False)  # the synchronous CPU path
-    got, opt = run_offload(device, pipeline=pipeline)
+    shapes = SHAPES + (LARGE if device == "cuda" else [])
+    ref, ref_opt = run_offload("cpu", pipeline=False, shapes=shapes)  # the synchronous CPU path
+    got, opt = run_offload(device, pipeline=pipeline, shapes=shapes)
+    assert len(got) == len(ref) == len(shapes)
     if device == "cuda":
         assert list(opt._pipelines) == [torch.device("cuda", torch.cuda.current_device())]
         pipe = next(iter(opt._pipelines.values()))
@@ -159,7 +172,7 @@ def test_pipelined_offload_equals_the_synchronous_cpu_path_and_resumes_exactly(d
     assert plan["staging"] == sum(s.numel() for pipe in opt._pipelines.values() for s in pipe.slots)
     assert plan["scratch"] == sum(b.numel() * b.element_size() for b in opt._scratch.values())
 
-    resumed, resumed_opt = run_offload(device, save_at=5, pipeline=pipeline)
+    resumed, resumed_opt = run_offload(device, save_at=5, pipeline=pipeline, shapes=shapes)
     for p, q in zip(got, resumed):
         assert torch.equal(p.detach().cpu(), q.detach().cpu())
         for key in ("master", "exp_avg", "exp_avg_sq", "step"):
@@ -192,15 +205,14 @@ def test_one_train_step(device, tmp_path, tiny_model, offload):
     assert masters and all(m.properties.dtype == torch.float32 for m in masters)
 
 
-def test_resume_equals_an_uninterrupted_run(device, tmp_path, tiny_model, monkeypatch):
+def test_resume_equals_an_uninterrupted_run(device, tmp_path, tiny_model):
     """2 steps + resume 1 == 3 steps, with the offloaded optimizer. Sampling is seeded per device and
     deterministic, but some CUDA backward kernels (atomics in the memory-efficient attention and
     embedding backward) are not bit-reproducible by default: on a GPU the run uses
     torch.use_deterministic_algorithms where torch has them, and compares metrics to 1e-5 relative
     (the sampled tokens, rewards and counts then match exactly; a flipped token would not pass)."""
     fill = torch.utils.deterministic.fill_uninitialized_memory
-    if device == "cuda":
-        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if device == "cuda":  # (CUBLAS_WORKSPACE_CONFIG: set at the top of this file, before cuBLAS starts)
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.utils.deterministic.fill_uninitialized_memory = False  # a resume test, not an uninitialised-memory one
     try:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from grpo.config import load_config
-from grpo.memory import activation_bytes, format_plan, peak_gpu, plan_memory
+from grpo.memory import (PLAN_NOTE, activation_bytes, advise, format_plan, out_of_memory_message, peak_gpu, peak_phase,
+                         phase_totals, plan_fits, plan_memory, with_sets)
 from grpo.optim import OffloadAdamW
 from grpo.runtime import enable_activation_checkpointing
 from qwen2 import Padded, Qwen2, Qwen2Config
@@ -119,7 +120,7 @@ def test_offload_on_a_machine_with_too_little_ram_says_so():
 
 
 def test_several_ranks_shard_the_state_and_split_the_rows():
-    cfg = load_config(None, ["optim.offload=true"])
+    cfg = load_config(None, ["optim.offload=true", "rollout.compile=false"])  # both plans with the eager cache
     shape = Qwen2Config.from_name("Qwen2.5-7B-Instruct")
     one = {i.name.split(" (")[0]: i for i in plan_memory(cfg, shape)}
     two = {i.name.split(" (")[0]: i for i in plan_memory(cfg, shape, ranks=2)}
@@ -156,8 +157,146 @@ def test_with_tools_the_plan_leaves_room_for_their_answers():
     from grpo.tools import TOOL_TURN_TOKENS
 
     shape = Qwen2Config.from_name("Qwen2.5-3B-Instruct")
-    plain, tools = load_config(None, []), load_config(None, ["rollout.tools=[calculator]", "rollout.max_tool_calls=2"])
+    # (Rollouts with tools decode eagerly: the plain one too here, so that both have the eager cache.)
+    plain = load_config(None, ["rollout.compile=false"])
+    tools = load_config(None, ["rollout.tools=[calculator]", "rollout.max_tool_calls=2"])
     kv = {name: {i.name.split(" (")[0]: i for i in plan_memory(c, shape)}["rollout KV cache"].gpu
           for name, c in (("plain", plain), ("tools", tools))}
     seq = plain.data.max_prompt_tokens + plain.rollout.max_new_tokens
     assert kv["tools"] / kv["plain"] == pytest.approx((seq + 2 * TOOL_TURN_TOKENS) / seq, rel=1e-6)
+
+
+def named(items) -> dict:
+    return {i.name.split(" (")[0]: i for i in items}
+
+
+SMALL_ROLLOUT = ["model.dtype=bfloat16", "rollout.prompts_per_step=3", "rollout.group_size=4",
+                 "rollout.max_new_tokens=40", "data.max_prompt_tokens=24"]
+
+
+def test_planned_compaction_copy_is_what_dropping_a_row_allocates():
+    """The eager cache's compaction (KVCache.select, as the sampler drops finished rows) allocates the
+    surviving rows' K and V, and a gathered copy, before the old cache is freed: the plan's
+    "cache copy" moment counts exactly that, traced at the dispatcher on the meta device."""
+    from grpo.trace import DeviceMemory
+    from qwen2.kv_cache import KVCache
+
+    cfg = load_config(None, SMALL_ROLLOUT + ["rollout.compile=false"])
+    plan = named(plan_memory(cfg, TINY, device="cuda"))
+    cache = KVCache(TINY, 12, 24 + 40, dtype=torch.bfloat16, device="meta")
+    cache.length = cache.max_len - 1  # late in the rollout: almost every position is copied
+    memory = DeviceMemory()
+    memory.add(cache.k, cache.v, cache.key_mask, cache.num_real)
+    before = memory.current
+    with memory:
+        cache.select(torch.arange(11, device="meta"))
+    assert memory.peak - before == pytest.approx(plan["compaction's copy of the cache"].gpu, rel=0.03)
+    assert plan["rollout KV cache"].phases == ("prefill", "decode", "cache copy")
+
+
+def test_the_compiled_decode_keeps_its_static_cache_through_the_update():
+    """With the compiled decode (a GPU's default for one process) the static cache the process keeps is
+    planned at every moment, at the size static_decode allocates; the eager cache only in the rollout."""
+    from qwen2 import static_decode
+
+    compiled = named(plan_memory(load_config(None, SMALL_ROLLOUT), TINY, device="cuda"))
+    eager = named(plan_memory(load_config(None, SMALL_ROLLOUT + ["rollout.compile=false"]), TINY, device="cuda"))
+    static = compiled["static KV cache of the compiled decode"]
+    with torch.device("meta"):
+        model = Qwen2(TINY).to(torch.bfloat16)
+    made = static_decode.static_cache(model, 12, 24 + 40)
+    assert static.gpu == tensor_bytes([made.k, made.v, made.key_mask, made.num_real, made.pos])
+    assert {"backward", "optimizer"} <= set(static.phases) and "rollout KV cache" not in compiled
+    assert "optimizer" not in eager["rollout KV cache"].phases and "static KV cache of the compiled decode" not in eager
+    # Under torchrun (several ranks) rollout.compile: auto decodes eagerly: planned so.
+    assert "rollout KV cache" in named(plan_memory(load_config(None, SMALL_ROLLOUT), TINY, device="cuda", ranks=2))
+
+
+def test_gradients_are_planned_in_the_forward_of_the_second_micro_batch():
+    one = load_config(None, ["rollout.prompts_per_step=1", "rollout.group_size=2", "rollout.max_new_tokens=64"])
+    several = load_config(None, [])  # 16 groups of 8 x 512 tokens: one group per 8192-token micro-batch
+    shape = Qwen2Config.from_name("Qwen2.5-0.5B-Instruct")
+    assert "logprobs" not in named(plan_memory(one, shape))["gradients"].phases
+    assert "logprobs" in named(plan_memory(several, shape))["gradients"].phases
+
+
+def test_advice_for_7b_lora_follows_the_peak_and_fits():
+    """Issue #31: Qwen2.5-7B LoRA rank 16 at the default batch does not fit 24 GB. What helps is what
+    lowers its peak moment: the first advice must lower it and fit (a combination when no single
+    change does), and a change that barely moves the peak (optimizer offload, ~0.5 GB of adapter
+    state) must not come first."""
+    cfg = load_config(None, ["model.path=checkpoints/Qwen2.5-7B-Instruct", "model.lora.rank=16"])
+    shape = Qwen2Config.from_name("Qwen2.5-7B-Instruct")
+    items = plan_memory(cfg, shape)
+    assert plan_fits(items, card_gb=24, ram_gb=64) == (False, True)
+    at = peak_phase(items)
+    advice = advise(cfg, shape, card_gb=24, ram_gb=64)
+    first = advice[0]
+    assert first.fits and first.sets[0][0] != "optim.offload"
+    assert first.after[at] < first.before[at]
+    changed = plan_memory(with_sets(cfg, first.sets), shape)
+    assert all(plan_fits(changed, card_gb=24, ram_gb=64)) and peak_gpu(changed) == first.peak
+    for a in advice:  # every entry lowers the peak; the ones that fit come first
+        assert a.peak < peak_gpu(items)
+    assert [a.fits for a in advice] == sorted((a.fits for a in advice), reverse=True)
+    text = format_plan(items, cfg, card_gb=24, ram_gb=64)
+    lines = text.splitlines()
+    tried = lines.index("Try, in order (each change re-planned):")
+    assert lines[tried + 1].strip().startswith(first.command()) and lines[tried + 1].endswith(": fits")
+
+
+def test_advice_names_only_knobs_that_lower_the_peak_moment():
+    """A rollout-bound plan (eager decode: the cache copy moment) is not told to shrink the update's
+    micro-batches or log-prob chunks, which lower other moments only."""
+    cfg = load_config(None, ["model.path=checkpoints/Qwen2.5-7B-Instruct", "model.lora.rank=16", "rollout.compile=false"])
+    shape = Qwen2Config.from_name("Qwen2.5-7B-Instruct")
+    items = plan_memory(cfg, shape)
+    assert peak_phase(items) == "cache copy"
+    keys = {a.sets[0][0] for a in advise(cfg, shape, card_gb=24, ram_gb=64) if len(a.sets) == 1}
+    assert "rollout.prompts_per_step" in keys
+    assert not keys & {"grpo.logprob_chunk", "grpo.micro_batch_tokens"}
+    # Full fine-tuning of 3B without offload: the optimizer state is most of it, so offload comes first.
+    full = load_config(None, [])
+    shape = Qwen2Config.from_name("Qwen2.5-3B-Instruct")
+    assert advise(full, shape, card_gb=24, ram_gb=64)[0].sets == [("optim.offload", True)]
+
+
+def test_the_gpu_peak_row_holds_no_cpu_figure_and_the_output_says_it_is_a_plan():
+    cfg = load_config(None, ["optim.offload=true"])
+    items = plan_memory(cfg, Qwen2Config.from_name("Qwen2.5-3B-Instruct"))
+    text = format_plan(items, cfg, card_gb=24, ram_gb=64)
+    peak_row = next(line for line in text.splitlines() if line.strip().startswith("GPU peak"))
+    ram_row = next(line for line in text.splitlines() if line.strip().startswith("CPU RAM") and "GB" not in line)
+    assert len([w for w in peak_row.split() if w.replace(".", "", 1).isdigit()]) == 1
+    assert float(ram_row.split()[-1]) == pytest.approx(sum(i.cpu for i in items) / 1e9, abs=0.01)
+    assert "not a measurement on a GPU" in text and text.splitlines()[-1] == PLAN_NOTE.format(
+        " on a GPU", ", and scripts/gpu_check.py measures on a GPU")
+
+
+def test_a_cpu_run_is_planned_in_ram_without_a_card():
+    cfg = load_config(None, ["model.device=cpu"])
+    items = plan_memory(cfg, Qwen2Config.from_name("Qwen2.5-0.5B-Instruct"))
+    assert all(i.device == "cpu" for i in items)
+    assert plan_fits(items, card_gb=1, ram_gb=64) == (True, True)  # no card to fit
+    text = format_plan(items, cfg, card_gb=1, ram_gb=64)
+    assert "card" not in text and "GPU" not in text and "RAM GB" in text and "CPU RAM: fits 64.0 GB" in text
+    # RAM is the limit: counted once (the state is not in both columns), and too little of it is said so.
+    need = max(phase_totals(items, ram=True).values()) / 1e9
+    assert f"needs {need:.1f} GB" in text
+    small = format_plan(items, cfg, ram_gb=need)
+    assert "CPU RAM: does NOT fit" in small and "--set optim.offload" not in small and "card" not in small
+
+
+def test_out_of_memory_message_names_the_cap_in_force(monkeypatch):
+    """bench_step.py --cap-gb (a per-process memory fraction) emulates a 24 GB card on a larger one:
+    the message must name the 24 GB the process may use, not the card's 80."""
+    import grpo.memory as memory
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 23.6e9)
+    monkeypatch.setattr(memory, "usable_gpu_bytes", lambda device=None: (int(24e9), int(80e9)))
+    cfg = load_config(None, ["model.path=checkpoints/Qwen2.5-3B-Instruct"])
+    message = out_of_memory_message(cfg, 0)
+    assert "peak 23.6 GB allocated of the 24.0 GB this process may use, a cap on the card's 80.0 GB" in message
+    assert message.index("--set optim.offload=true") < message.index("rollout.prompts_per_step")  # biggest drop first
+    assert len(message.splitlines()) == 1
