@@ -8,7 +8,7 @@
     python scripts/gpu_check.py --merge DIR1 DIR2 ... --out gpu_results         # one summary of several runs
 
 A borrowed GPU comes with 15 minutes in all, its start (~3 minutes) included, and one command may run
-10: so the steps are split into parts of at most `DEFAULT_BUDGET` (560) seconds of time limits, each
+10: so the steps are split into parts of at most `DEFAULT_BUDGET` (570) seconds of time limits, each
 one command in one lease (`--plan` prints them). Every step is a subprocess (or a few) with a time
 limit of its own (LIMITS, an H100/H200-class card, first compiles included): a step starts only if
 its whole limit fits what is left of the budget (`--budget`), else it is reported as "not run:
@@ -23,10 +23,11 @@ Steps, most important first (part 1: the compiled decode, correctness, the 24 GB
                 256-position window), 6 ragged rows stopping one after another down to one. Target:
                 every row as long as forced, no CUDA-graph skips, no recompile in a second rollout.
                 Compile counts, times and the rollout's peak memory against the plan are reported.
-  cuda-tests    pytest tests/test_gpu.py tests/test_optim.py (results read from pytest's --junitxml):
-                logits and greedy sampling against transformers on the GPU, the CUDA attention
-                branches, the pipelined offload against the synchronous CPU path (exact resume),
-                train.py steps with offload on and off. Target: all pass, none skipped.
+  cuda-tests    pytest tests/test_gpu.py tests/test_optim.py tests/test_device_mismatch.py (results read
+                from pytest's --junitxml): logits and greedy sampling against transformers on the GPU, the
+                CUDA attention branches, the pipelined offload against the synchronous CPU path (exact
+                resume), train.py steps with offload on and off, offloaded state and LoRA of FSDP-sharded
+                models saved and loaded on a CUDA mesh. Target: all pass, none skipped.
   fit-24gb      scripts/bench_step.py: Qwen2.5-3B shape, random bf16 weights, config.yaml's batch
                 (16 x 8, 512 new tokens, activation checkpointing), eager decode (a memory check:
                 the compile is decode-smoke's), the process capped to 24 GB. Offload on: two full
@@ -106,7 +107,7 @@ SMOKE_ENV = "GPU_CHECK_SMOKE"  # tests/test_gpu.py runs its tests on the CPU whe
 # (measured 1-3 minutes), at most 10 minutes a command. Each part is one command of DEFAULT_BUDGET
 # seconds: with the start and a margin for fetching the results it stays within LEASE_S.
 LEASE_S, MACHINE_START_S, COMMAND_S = 840, 180, 600
-DEFAULT_BUDGET = 560
+DEFAULT_BUDGET = 570
 OWN_S = 15  # this script's own start (torch, nvidia-smi) and end (summary, deleting the checkpoints)
 END_S = 5  # of which its end: no step may start that would run into it
 PARENT_S = 5  # per step: this script's work between its children (reading results, checksums)
@@ -114,7 +115,7 @@ PARENT_S = 5  # per step: this script's work between its children (reading resul
 # Each child's time limit on a GPU machine, in seconds (x --timeout-scale): what it may take with a
 # cold compile cache, its random checkpoint to build and its first compiles included. A step's limit
 # is the sum of its children's plus PARENT_S, and it is never cut once the step has started.
-LIMITS = {"decode-smoke": 65, "cuda-tests": 110, "fit-24gb-on": 120, "fit-24gb-off": 50,
+LIMITS = {"decode-smoke": 65, "cuda-tests": 125, "fit-24gb-on": 120, "fit-24gb-off": 50,
           "torchrun-save": 50, "torchrun-resume": 40, "torchrun-lora-save": 40, "torchrun-lora-resume": 35,
           "lora-7b": 150, "sampler": 240, "optimizer": 60, "fit-7b": 240}
 CHILDREN = {"fit-24gb": ["fit-24gb-on", "fit-24gb-off"], "torchrun": ["torchrun-save", "torchrun-resume"],
@@ -125,7 +126,7 @@ SMOKE_LIMIT = 240  # every child of a --smoke run (tiny shapes on a shared CPU)
 # compiled decode compiles twice a run (the first step, then the attention window's growth makes it
 # dynamic). Guesses until a GPU run measures them (summary.json's `seconds`); shown by --plan next to
 # the limits. A step whose estimate is far below its limit is what lets a run reach the next part.
-ESTIMATES = {"decode-smoke": 30, "cuda-tests": 65, "fit-24gb": 110, "torchrun": 55, "torchrun-lora": 45,
+ESTIMATES = {"decode-smoke": 30, "cuda-tests": 80, "fit-24gb": 110, "torchrun": 55, "torchrun-lora": 45,
              "lora-7b": 100, "sampler": 190, "optimizer": 30, "fit-7b": 170}
 SMOKE_ESTIMATES = {"decode-smoke": 20, "cuda-tests": 25, "fit-24gb": 25, "torchrun": 30, "torchrun-lora": 30,
                    "lora-7b": 15, "sampler": 60, "optimizer": 10, "fit-7b": 15}
@@ -370,7 +371,8 @@ def step_cuda_tests(ctx: Context) -> list[Row]:
     ctx.work.mkdir(parents=True, exist_ok=True)
     junit = ctx.work / "cuda-tests.xml"
     child = run_child(ctx, "cuda-tests", ["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={junit}",
-                                          "tests/test_gpu.py", "tests/test_optim.py"], ctx.timeout("cuda-tests"), env)
+                                          "tests/test_gpu.py", "tests/test_optim.py", "tests/test_device_mismatch.py"],
+                      ctx.timeout("cuda-tests"), env)
     counts, reasons = pytest_counts(junit)
     needs_cuda = sum("needs CUDA" in r for r in reasons)
     figure = ", ".join(f"{n} {what}" for what, n in counts.items() if n) or child.why()
@@ -382,7 +384,7 @@ def step_cuda_tests(ctx: Context) -> list[Row]:
         ok, target = child.rc == 0 and ran, "all pass (smoke: test_gpu.py on the CPU)"
     else:
         ok, target = child.rc == 0 and ran and not needs_cuda, "all pass, none skipped"
-    return [Row("CUDA tests: tests/test_gpu.py + tests/test_optim.py", "PASS" if ok else "FAIL", figure, target)]
+    return [Row("CUDA tests: test_gpu.py + test_optim.py + test_device_mismatch.py", "PASS" if ok else "FAIL", figure, target)]
 
 
 # The memory steps decode eagerly: they check memory, and a cold compile of a 36-layer decode step would

@@ -89,4 +89,4 @@ def test_every_part_fits_one_command_and_one_lease(capsys):
         assert f"part {number}:" in plan
         for name in part:
             assert f"  {name:14s} {step_limit(name, limits):8.0f}" in plan
-    assert plan.count("fits one command of 560 s") == len(PARTS) and "does NOT fit" not in plan
+    assert plan.count("fits one command of 570 s") == len(PARTS) and "does NOT fit" not in plan
