@@ -1,20 +1,21 @@
-"""GRPO for Qwen2.5, one concept per module, in the order a training step uses them:
+"""GRPO for Qwen2.5. Read it in the order one training step runs (learn/grpo.py is the same step in
+one file, tested equal to this code):
 
-    config.py       config.yaml -> typed dataclasses, --set overrides, validation
-    runtime.py      device (checked), dtype names, activation checkpointing
+    trainer.py      the loop; Trainer.train_step shows a step's phases in order, each below:
+    rollout.py        1. generate: N questions x G completions through the sampler, scored (data/rewards.py)
+    advantages.py     2. reward -> advantages: group-normalised; zero-spread groups flagged
+    batch.py          3. episodes -> micro-batches: shared-prefix rows [prompt | c_1 | ... | c_G] or padded
+    logprobs.py          per-token log-probs in checkpointed chunks (no full fp32 logits)
+    loss.py           4. the clipped policy loss (token-level, DAPO's clip-higher; CISPO, GSPO), k3 KL
+    optim/            5. AdamW with fp32 masters, its state on the GPU or in CPU memory (offload)
+    metrics.py        the step's line of metrics.jsonl
     schedule.py     LR schedule and data order: pure functions of the step
-    rollout.py      N questions x G samples through the sampler -> scored episodes
-    advantages.py   group-normalised advantages; zero-spread groups flagged
-    batch.py        episodes -> micro-batches, shared-prefix rows (default) or padded rows
-    logprobs.py     per-token log-probs in checkpointed chunks (no full fp32 logits)
-    loss.py         PPO clip with eps_low/eps_high (also CISPO, GSPO), three aggregations, k3 KL
-    optim.py        AdamW with fp32 master weights, state on the device or in CPU memory
-    offload.py      the pipelined CUDA <-> CPU copies of the offloaded optimizer step
-    trainer.py      the loop: the step's phases, logging, evaluation, Ctrl-C
-    interrupt.py    Ctrl-C: finish the step in progress (or stop every rank at once), then save
-    run_log.py      console lines, metrics.jsonl, samples.jsonl, TensorBoard / W&B
-    checkpoint.py   atomic checkpoints and the training state that makes resume exact
     evaluate.py     held-out accuracy through the sampler (greedy, or seeded mean@k)
-    memory.py       the --dry-run memory planner
-    distributed.py  several processes (torchrun): FSDP2 sharding, ranks summing their counts
+    policy.py       the models a run trains and scores with, loaded as the config and checkpoint say
+    tools.py        tool calls in the rollouts (the calculator)
+    config.py       config.yaml -> typed dataclasses, --set overrides, each key's range
+
+Below the algorithm, knowing nothing of GRPO: machinery/ (checkpoints and exact resume, torchrun,
+Ctrl-C, the non-finite guard, run logs, devices, typed YAML). Above it, as its clients: plan/ (the
+--dry-run memory planner and the tracer). tests/test_layers.py keeps the imports in that order.
 """

@@ -52,7 +52,7 @@ def group_advantages(
             "batch" (the std of all rewards of the step) or "none" (Dr. GRPO).
         eps: added to the std so a tiny spread cannot explode the advantage.
         batch_rewards: every reward of the step, when `rewards` are only a part of it (one rank's
-            share, grpo/distributed.py): the "batch" std is theirs. Default: `rewards`.
+            share, grpo/machinery/distributed.py): the "batch" std is theirs. Default: `rewards`.
 
     Returns:
         advantages: (num_groups * G,) float tensor; exactly 0 in zero-spread groups.

@@ -98,7 +98,7 @@ def build_batch(episodes: Sequence[Episode], advantages: Tensor, device: torch.d
 
 def filler_batch(pad_id: int, device: torch.device | str) -> Batch:
     """One padding token that carries no loss: what a rank with nothing to train runs, so that the
-    collective forward and backward passes of the others go on (grpo/distributed.py)."""
+    collective forward and backward passes of the others go on (grpo/machinery/distributed.py)."""
     batch = build_batch([Episode(0, [pad_id], [pad_id], True, "", "", Score({}, 0.0, False))], torch.zeros(1), device)
     batch.loss_mask.zero_()
     batch.filler = True

@@ -1,16 +1,17 @@
 """Training configuration: `config.yaml` -> typed dataclasses, with `--set section.key=value` overrides.
 
 Every section is a dataclass whose defaults are the recipe for Qwen2.5-3B-Instruct on GSM8K. Each
-key is declared with its default and its valid range (`key(default, check)`, grpo/typed_yaml.py):
+key is declared with its default and its valid range (`key(default, check)`, grpo/machinery/typed_yaml.py):
 unknown keys, values of the wrong type and values out of range are rejected with one line naming
 the key, the value and what is valid, so a typo never silently falls back to a default and a
 meaningless value (nan, a negative clip range, 0 for a period) never reaches training. Rules that
 tie several keys together are each section's `check()`. Sizes that only the machine bounds (a KV
-cache larger than its memory) are checked when training starts, by the planner (grpo/memory.py).
+cache larger than its memory) are checked when training starts, by the planner (grpo/plan/memory.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import re
@@ -29,7 +30,7 @@ from qwen2.lora import TARGETS
 from .advantages import SCALE_REWARDS
 from .loss import AGGREGATIONS, OBJECTIVES, RATIO_LEVELS, PolicyLoss
 from .tools import TOOLS
-from .typed_yaml import (Check, ConfigError, above, at_least, between, build, key, non_empty, one_of, parse_override,
+from .machinery.typed_yaml import (Check, ConfigError, above, at_least, between, build, key, non_empty, one_of, parse_override,
                          parse_yaml, subset_of)
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_override"]
@@ -282,3 +283,43 @@ def _scale_rewards_from(scale_by_std: Any) -> str:
     value = "group" if scale_by_std else "none"
     print(f"note: grpo.scale_by_std is deprecated; read as grpo.scale_rewards={value}", file=sys.stderr)
     return value
+
+
+# -- the config of a run, from a command line (train.py, plan.py) ------------------------------------
+
+
+def add_config_arguments(ap: argparse.ArgumentParser) -> None:
+    """--config, --set and --resume: which run a command means."""
+    ap.add_argument("--config", help="YAML config file (default: config.yaml; with --resume: the run's own config)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override one config value, e.g. --set rollout.group_size=16 (repeatable)")
+    ap.add_argument("--resume", metavar="DIR", help="run directory (or one checkpoint directory) to continue from")
+
+
+def read_run_config(config_path: str | None, overrides: list[str], resume: str | None = None) -> tuple[Config, Any]:
+    """(config, where a --resume continues from or None). Resuming, the run's own config is the base
+    (plus any --set) unless --config names a file, and train.out_dir becomes the resumed run's
+    directory: a resumed run writes there and nowhere else. A --config naming another out_dir (the
+    one the run was started with, or a recipe's) is overruled with a note; an explicit
+    --set train.out_dir=OTHER contradicts --resume: refused."""
+    point, base = None, None
+    if resume:
+        from .machinery.checkpoint import resume_point
+
+        point = resume_point(resume)  # the newest intact checkpoint (damaged ones are skipped, saying why)
+        base = None if config_path else point.config
+    elif config_path is None and Path("config.yaml").is_file():
+        config_path = "config.yaml"
+    cfg = load_config(config_path, overrides, base=base)
+    if point is not None and point.run_dir is not None:
+        named, run_dir = Path(cfg.train.out_dir), point.run_dir
+        if named.resolve() != run_dir.resolve():
+            if any(o.split("=", 1)[0].strip() == "train.out_dir" for o in overrides):
+                raise ConfigError(f"--resume {run_dir} continues that run in its own directory, but --set "
+                                  f"train.out_dir={named} names another: drop the --set (to start a new run "
+                                  "elsewhere, leave out --resume)")
+            source = f"from {config_path}" if config_path else "of its saved config (the run was moved)"
+            print(f"note: resuming writes into {run_dir}, the run being resumed; train.out_dir={named} {source} "
+                  "is not used", file=sys.stderr)
+            cfg.train.out_dir = str(run_dir)
+    return cfg, point

@@ -18,7 +18,7 @@ from data.gsm8k import Problem
 from qwen2 import GREEDY, Qwen2, SamplingParams, Tokenizer
 from qwen2.errors import InputError
 
-from .distributed import Dist, full_weights
+from .machinery.distributed import Dist, full_weights
 from .rollout import sample_groups, score_groups
 
 

@@ -8,7 +8,7 @@ log-softmax saved for backward. That dwarfs the 0.5B model itself.
 
 What we do instead:
   1. run the transformer body once -> hidden states (R, T, C) (``model.hidden_states``; a sharded
-     model keeps its embedding and LM head gathered from there until backward, grpo/distributed.py);
+     model keeps its embedding and LM head gathered from there until backward, grpo/machinery/distributed.py);
   2. pick, for every completion token, the hidden state that predicts it -> (n, C):
      position t's hidden state predicts token t + 1, so the predictor of a token is
      the token before it (for the first token of a completion: the prompt's last one);

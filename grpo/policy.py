@@ -5,9 +5,9 @@ frozen reference, loaded the way the config and the checkpoint say.
 
 The policy comes from the checkpoint being resumed (`ckpt/model`), else from `model.path`; with
 LoRA it is always the base of `model.path` plus the adapters (from `ckpt/adapter`, or new ones with
-B = 0, so training starts from the base exactly). Before a weight is read, the memory plan is
-checked against the machine (grpo/memory.py: a run that cannot fit is one line, not an
-out-of-memory error minutes later). The reference exists only for grpo.beta > 0 without LoRA (with
+B = 0, so training starts from the base exactly). (train.py checks the memory plan against the
+machine before this runs: grpo/plan/memory.py, a run that cannot fit is one line, not an
+out-of-memory error minutes later.) The reference exists only for grpo.beta > 0 without LoRA (with
 LoRA the base, adapters off, is the reference). Activation checkpointing and, under torchrun,
 FSDP2 sharding are applied here.
 """
@@ -19,19 +19,19 @@ from pathlib import Path
 
 import torch
 
-from qwen2 import Qwen2, Qwen2Config, Tokenizer, load_model
+from qwen2 import Qwen2, Tokenizer, load_model
 from qwen2.errors import InputError, MissingInput
 from qwen2.lora import add_lora, load_adapter
 
 from .config import Config
-from .distributed import Dist, shard
-from .memory import check_fits
-from .runtime import cpu_warning, enable_activation_checkpointing
+from .machinery.distributed import Dist, shard
+from .machinery.runtime import cpu_warning, enable_activation_checkpointing
 
 
-def load_policy(cfg: Config, ckpt: Path | None, dist: Dist) -> tuple[Qwen2, Qwen2 | None, Tokenizer]:
-    """(policy, reference or None, tokenizer), on `dist.device` (sharded under torchrun)."""
-    lora, dtype = cfg.model.lora, getattr(torch, cfg.model.dtype)
+def policy_dir(cfg: Config, ckpt: Path | None) -> Path:
+    """The model directory the policy loads from: the checkpoint's model/, else model.path (with LoRA
+    always model.path, the adapters' base). One line when it is missing or the wrong kind."""
+    lora = cfg.model.lora
     if ckpt and (ckpt / "adapter").is_dir() != bool(lora.rank):
         raise InputError(f"{ckpt} was trained {'with' if lora.rank == 0 else 'without'} LoRA: resume it with "
                          "its own model.lora settings")
@@ -40,7 +40,13 @@ def load_policy(cfg: Config, ckpt: Path | None, dist: Dist) -> tuple[Qwen2, Qwen
         raise MissingInput(f"model.path {model_dir} not found: run python download.py, or point "
                            "--set model.path=DIR at a Hugging Face Qwen2 checkpoint directory "
                            "(python scripts/tiny_recipe.py builds an offline tiny one)")
-    check_fits(cfg, Qwen2Config.from_json(model_dir), dist.device, dist.world)  # before anything is allocated
+    return model_dir
+
+
+def load_policy(cfg: Config, ckpt: Path | None, dist: Dist) -> tuple[Qwen2, Qwen2 | None, Tokenizer]:
+    """(policy, reference or None, tokenizer), on `dist.device` (sharded under torchrun)."""
+    lora, dtype = cfg.model.lora, getattr(torch, cfg.model.dtype)
+    model_dir = policy_dir(cfg, ckpt)
     load_to = "cpu" if dist.launched else dist.device  # torchrun: each rank shards the CPU copy onto its device
     model = load_model(model_dir, device=load_to, dtype=dtype)
     if ckpt and lora.rank:

@@ -17,8 +17,8 @@ update (`grpo.old_logprobs: sampler` uses them only as a truncated importance we
 
 Every episode samples from its own random stream (seed, step, question, sample), so a run is the
 same on any number of processes; a step whose numbers turn non-finite applies no update and saves
-no checkpoint (grpo/divergence.py). Simplifications: the batch is rebuilt from Python lists each
-step; several processes (torchrun, grpo/distributed.py) are data parallel only.
+no checkpoint (grpo/machinery/divergence.py). Simplifications: the batch is rebuilt from Python lists each
+step; several processes (torchrun, grpo/machinery/distributed.py) are data parallel only.
 """
 
 from __future__ import annotations
@@ -45,20 +45,21 @@ from qwen2.static_decode import STATS as COMPILE_STATS
 
 from .advantages import group_advantages
 from .batch import Batch, MicroBatch, build_batch, filler_batch, micro_batches, padded_tokens
-from .checkpoint import (TrainingState, latest_checkpoint, refuse_to_overwrite, restore_checkpoint, run_of,
+from .machinery.checkpoint import (TrainingState, latest_checkpoint, refuse_to_overwrite, restore_checkpoint, run_of,
                          save_checkpoint, trim_logs)
 from .config import Config
-from .distributed import Dist, check_distributed, full_weights, in_lockstep
-from .divergence import NonfiniteGuard, nonfinite_tensors
+from .machinery.distributed import Dist, check_distributed, full_weights, in_lockstep
+from .machinery.divergence import NonfiniteGuard, nonfinite_tensors
 from .evaluate import evaluate_on_ranks
-from .interrupt import Interrupt
+from .machinery.interrupt import Interrupt
 from .logprobs import micro_batch_logprobs
 from .loss import policy_loss, top_entropy_mask, truncated_importance_weights
-from .optim import OffloadAdamW
+from .optim.adamw import OffloadAdamW
 from .policy import load_policy
 from .rollout import Episode, problems_that_fit, sample_groups, score_groups
-from .run_log import PhaseTimer, RunLog, rollout_metrics
-from .runtime import resolve_device
+from .machinery.run_log import PhaseTimer, RunLog
+from .metrics import rollout_metrics
+from .machinery.runtime import resolve_device
 from .schedule import DataOrder, lr_factor
 
 
@@ -85,12 +86,17 @@ class StepResult:
     episodes: list[Episode]  # all N x G scored completions
     problems: list[Problem]  # the N questions, indexed by Episode.group
 
+    def samples(self) -> list[dict]:
+        """Each episode as a line of samples.jsonl."""
+        return [{"question": self.problems[e.group].question, "answer": e.answer, "completion": e.text,
+                 "reward": e.reward, "finished": e.finished} for e in self.episodes]
+
 
 class Trainer:
     def __init__(self, cfg: Config, resume: str | Path | None = None, dist: Dist | None = None, restart: bool = False):
         """`resume`: a run or checkpoint directory to continue from; `restart`: train.out_dir holds a
         run that saved no checkpoint, to start again from step 0 (train.py --resume of such a run).
-        `dist`: this process's rank under torchrun (grpo/distributed.py); None for a plain run."""
+        `dist`: this process's rank under torchrun (grpo/machinery/distributed.py); None for a plain run."""
         self.cfg, self.dist = cfg, dist or Dist.single(resolve_device(cfg.model.device))
         dist = self.dist
         self.out_dir = Path(cfg.train.out_dir)
@@ -133,7 +139,8 @@ class Trainer:
             self._say(f"{self.out_dir} saved no checkpoint before it stopped: starting it again from step 0")
         self.interrupt: Interrupt | None = None
         self.guard = NonfiniteGuard(cfg.train.max_nonfinite_steps, self.out_dir, cfg.optim.lr, self._say)
-        self.log = RunLog(self.out_dir, cfg)
+        self.log = RunLog(self.out_dir, cfg.to_dict(), cfg.train.steps, cfg.train.samples_per_step,
+                          tensorboard=cfg.train.tensorboard, wandb=cfg.train.wandb)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -158,10 +165,10 @@ class Trainer:
                 self.step += 1
                 steps_this_run += 1
                 if self.dist.main:
-                    self.log.step(self.step, result.metrics, result.episodes, result.problems, time.perf_counter() - t0)
+                    self.log.step(self.step, result.metrics, result.samples(), time.perf_counter() - t0)
                 snapshot = self._capture()
                 interrupt.release()
-                self.guard.record(self.step, bool(result.metrics["skipped_nonfinite"]))  # grpo/divergence.py
+                self.guard.record(self.step, bool(result.metrics["skipped_nonfinite"]))  # grpo/machinery/divergence.py
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
                     self._evaluate()
                 if (self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps) and self._save(snapshot):

@@ -17,7 +17,7 @@ query head at every step). The CPU kernel takes grouped heads and a mask, so the
 from __future__ import annotations
 
 from torch import Tensor
-from torch.nn.functional import scaled_dot_product_attention as sdpa  # one name, so a tracer can stand in (grpo/trace.py)
+from torch.nn.functional import scaled_dot_product_attention as sdpa  # one name, so a tracer can stand in (grpo/plan/trace.py)
 
 REPEAT_HEADS_ON = ("cuda",)  # devices whose fused kernels need every head to take a mask
 

@@ -34,7 +34,7 @@ dynamic); `reserve` sizes it for the largest rollout up front. Each (bucket, win
 recorded once per run, as gpt-fast and vLLM do (one KV cache for the life of the process).
 The price is memory: the cache (K and V: 2 x layers x kv_heads x head_dim x capacity_rows x
 capacity_len elements) stays allocated through the update phase, where the eager path's is freed
-after each rollout; grpo/memory.py counts it in every phase. `release` frees it when the memory
+after each rollout; grpo/plan/memory.py counts it in every phase. `release` frees it when the memory
 matters more than the recordings: the next rollout then allocates it anew and records every graph
 again (the old behaviour, one rollout's worth of recordings at a time).
 

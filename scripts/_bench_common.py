@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from grpo.runtime import DTYPES
+from grpo.machinery.runtime import DTYPES
 from qwen2 import Qwen2, Qwen2Config, save_model
 
 ROOT = Path(__file__).resolve().parents[1]

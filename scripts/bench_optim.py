@@ -29,7 +29,7 @@ whatever the optimizer keeps there) of
      there is on the card, but its updates round away: no fp32 master weights)
   2. OffloadAdamW(offload=False): fp32 state on the card
   3. OffloadAdamW(offload=True): state in CPU RAM, the pipelined offload
-     (pinned staging slots, copies on a side stream; grpo/offload.py)
+     (pinned staging slots, copies on a side stream; grpo/optim/offload.py)
   4. OffloadAdamW(offload=True, pipeline=False): the same state in CPU RAM,
      moved synchronously (gradient to the host, update, weights back, one
      parameter after another)
@@ -67,9 +67,9 @@ import time
 import torch
 
 from _bench_common import cpu_name, model_config, sync
-from grpo.memory import optimizer_state_bytes
-from grpo.offload import DEFAULT_BUCKET_NUMEL, split_into_buckets
-from grpo.optim import OffloadAdamW
+from grpo.plan.memory import optimizer_state_bytes
+from grpo.optim.offload import DEFAULT_BUCKET_NUMEL, split_into_buckets
+from grpo.optim.adamw import OffloadAdamW
 from qwen2 import Qwen2
 
 

@@ -22,15 +22,15 @@ Random weights almost never emit <|im_end|>, so nearly every row generates the f
 `--steps` steps run (default 2: the first allocates the optimizer state, the second is the steady
 state). Reported per step: the trainer's phase times (generate, reward, update, optimizer; each
 phase ends with a device sync) and the peak GPU memory (`torch.cuda.max_memory_allocated`);
-overall: the peak against the `train.py --dry-run` plan of the same config (`grpo.memory`), and the
+overall: the peak against the `train.py --dry-run` plan of the same config (`grpo.plan.memory`), and the
 process's peak RSS against the plan's CPU RAM. `--cap-gb` emulates a smaller card with
 `torch.cuda.set_per_process_memory_fraction`, set before anything is allocated. A CUDA
-out-of-memory error prints train.py's one-line message (`grpo.memory.out_of_memory_message`) and
+out-of-memory error prints train.py's one-line message (`grpo.plan.memory.out_of_memory_message`) and
 exits with 3, as train.py does. `--fake-oom` raises that error at the first optimizer step, so the
 path can be smoke-tested on a CPU.
 
 Under `torchrun --nproc_per_node=N` (with `--cache-dir`, where rank 0 builds the checkpoint the
-others then read) it runs the same steps with N ranks (grpo/distributed.py), plans per-GPU memory
+others then read) it runs the same steps with N ranks (grpo/machinery/distributed.py), plans per-GPU memory
 for N ranks and reports rank 0's numbers; scripts/gpu_check.py's torchrun step uses this.
 
 The last line of the output is `RESULT {json}` (status ok / oom, the figures above) for
@@ -56,8 +56,8 @@ from _bench_common import device_name, model_config, print_result, random_checkp
 from data import rewards
 from data.synthetic import make_problems, write_jsonl
 from grpo.config import load_config
-from grpo.distributed import Dist
-from grpo.memory import GB, format_plan, out_of_memory_message, peak_gpu, plan_memory
+from grpo.machinery.distributed import Dist
+from grpo.plan.memory import GB, format_plan, out_of_memory_message, peak_gpu, plan_memory
 from qwen2.bpe_trainer import train_bpe_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def main() -> int:
                     help="raise torch.OutOfMemoryError at the first optimizer step (tests the OOM path on a CPU)")
     args = ap.parse_args()
 
-    from grpo.distributed import init_from_env, launched_by_torchrun, shutdown
+    from grpo.machinery.distributed import init_from_env, launched_by_torchrun, shutdown
 
     dist = init_from_env(args.device) if launched_by_torchrun() else None
     if dist and not args.cache_dir:
@@ -162,8 +162,8 @@ def run(args: argparse.Namespace, device: torch.device, work: Path, tmp: Path, d
                   device_name=device_name(device), dtype=args.dtype, offload=cfg.optim.offload, cap_gb=args.cap_gb,
                   ranks=ranks, rows=rows, new_tokens=cfg.rollout.max_new_tokens, plan_gb=round(plan_gb, 3),
                   plan_cpu_gb=round(plan_cpu_gb, 3), torch=torch.__version__)
-    if ranks == 1:  # the same step traced on the meta device (grpo/trace.py): plan, trace and measured side by side
-        from grpo.trace import trace_memory
+    if ranks == 1:  # the same step traced on the meta device (grpo/plan/trace.py): plan, trace and measured side by side
+        from grpo.plan.trace import trace_memory
 
         result["trace_gb"] = round(max(t.peak for t in trace_memory(cfg, mc)) / GB, 3)
         print(f"traced peak {result['trace_gb']:.2f} GB (plan {plan_gb:.2f} GB)", flush=True)
@@ -237,6 +237,6 @@ def run(args: argparse.Namespace, device: torch.device, work: Path, tmp: Path, d
 
 
 if __name__ == "__main__":
-    from grpo.distributed import exit_process
+    from grpo.machinery.distributed import exit_process
 
     exit_process(main())  # under torchrun: without the interpreter's teardown (see exit_process)

@@ -28,7 +28,7 @@ from data.gsm8k import load_gsm8k
 from data.prompts import TEMPLATES
 from data.rewards import GSM8K_WEIGHTS
 from grpo.evaluate import evaluate
-from grpo.runtime import DTYPES, choose_cpu_threads, model_size, resolve_device
+from grpo.machinery.runtime import DTYPES, choose_cpu_threads, model_size, resolve_device
 from qwen2 import SamplingParams, Tokenizer
 from qwen2.lora import load_adapted_model, read_adapter_config
 from qwen2.errors import MissingInput, run_command

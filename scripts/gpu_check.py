@@ -627,7 +627,7 @@ def plan_for(name: str) -> tuple[float, float, float]:
     with config.yaml and optim.offload=true."""
     from _bench_common import model_config
     from grpo.config import load_config
-    from grpo.memory import GB, peak_gpu, plan_memory
+    from grpo.plan.memory import GB, peak_gpu, plan_memory
 
     mc = model_config(name)
     cfg = load_config(ROOT / "config.yaml", [f"model.path=checkpoints/{name}", "optim.offload=true"])
@@ -636,7 +636,7 @@ def plan_for(name: str) -> tuple[float, float, float]:
 
 
 def step_fit_7b(ctx: Context) -> list[Row]:
-    from grpo.memory import GPU_OVERHEAD_GB, HOST_OVERHEAD_GB, host_ram_gb
+    from grpo.plan.memory import GPU_OVERHEAD_GB, HOST_OVERHEAD_GB, host_ram_gb
 
     card, ram = 80.0, host_ram_gb()
     candidates = ["tiny"] if ctx.smoke else FIT_7B_CANDIDATES
@@ -701,7 +701,7 @@ def child_decode_smoke(device_name: str, dtype_name: str) -> int:
     from torch._dynamo.utils import counters
 
     from _bench_common import DTYPES, model_config, print_result
-    from grpo.memory import GB, ROLLOUT, phase_totals, rollout_items
+    from grpo.plan.memory import GB, ROLLOUT, phase_totals, rollout_items
     from qwen2 import GREEDY, Qwen2, generate
     from qwen2 import static_decode
 
@@ -813,7 +813,7 @@ def child_train(work: Path, reports: Path, model: str, dtype: str, device: str, 
 
     from bench_step import bench_spread, prepare
     from data import rewards
-    from grpo.distributed import exit_process
+    from grpo.machinery.distributed import exit_process
     from grpo.trainer import Trainer
 
     rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
@@ -878,7 +878,7 @@ def machine(smoke: bool) -> dict[str, Any]:
     """What ran the checks; the GPU's name from nvidia-smi, so this process never opens a CUDA context."""
     import torch
 
-    from grpo.memory import host_ram_gb
+    from grpo.plan.memory import host_ram_gb
 
     info = dict(host=platform.node(), python=platform.python_version(), torch=torch.__version__,
                 cpus=os.cpu_count(), ram_gb=round(host_ram_gb(), 1), mode="smoke" if smoke else "gpu")

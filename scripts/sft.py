@@ -61,9 +61,9 @@ from data.rewards import GSM8K_WEIGHTS
 from data.synthetic import format_completion
 from grpo.evaluate import evaluate
 from grpo.logprobs import token_logprobs
-from grpo.optim import OffloadAdamW
+from grpo.optim.adamw import OffloadAdamW
 from grpo.rollout import encode_prompt
-from grpo.runtime import DTYPES, enable_activation_checkpointing, resolve_device
+from grpo.machinery.runtime import DTYPES, enable_activation_checkpointing, resolve_device
 from grpo.schedule import DataOrder, lr_factor
 from grpo.tools import TOOLS, call_text, continuation, run_tool_call, tool_specs
 from qwen2 import Qwen2, Tokenizer, load_model, pad_batch, save_model

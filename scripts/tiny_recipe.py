@@ -65,7 +65,7 @@ from data.gsm8k import calculations, load_gsm8k
 from data.prompts import TEMPLATES, build_messages, template_tags
 from data.rewards import format_reward
 from data.synthetic import KINDS, format_completion, make_problems, write_jsonl
-from grpo.checkpoint import latest_checkpoint, list_checkpoints
+from grpo.machinery.checkpoint import latest_checkpoint, list_checkpoints
 from grpo.config import load_config
 from grpo.evaluate import evaluate
 from grpo.tools import call_text, tool_specs
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "--title", f"tiny recipe (seed {args.seed}{', calculator' if args.tools else ''}): "
                               f"GRPO on a {sizes['model']['hidden_size']}-wide Qwen2"])
     print(format_table(results))
-    # The commands pick one thread for a model this small by themselves (grpo.runtime.choose_cpu_threads);
+    # The commands pick one thread for a model this small by themselves (grpo.machinery.runtime.choose_cpu_threads);
     # another --threads given here is passed on, so they run as the recipe did.
     threads = f" --threads {args.threads}" if args.threads != 1 else ""
     print(f"\nnext: evaluate the trained model on the held-out questions\n"

@@ -48,8 +48,8 @@ def update(config: str, out: str, aggregations: str) -> None:
     """For each aggregation: a fresh Trainer, one _update on the fixed episodes, the new full weights."""
     from grpo.batch import build_batch, micro_batches
     from grpo.config import load_config
-    from grpo.distributed import full_state_dict, init_from_env, launched_by_torchrun, shutdown
-    from grpo.run_log import PhaseTimer
+    from grpo.machinery.distributed import full_state_dict, init_from_env, launched_by_torchrun, shutdown
+    from grpo.machinery.run_log import PhaseTimer
     from grpo.trainer import Trainer
 
     dist = init_from_env("cpu") if launched_by_torchrun() else None
@@ -77,9 +77,9 @@ def downgrade(ckpt: str) -> None:
     per rank (optimizer.pt and rng.pt for one process), no optimizer/ directory."""
     import shutil
 
-    from grpo.checkpoint import read_trainer_state
+    from grpo.machinery.checkpoint import read_trainer_state
     from grpo.config import load_config
-    from grpo.distributed import init_from_env, launched_by_torchrun, shutdown
+    from grpo.machinery.distributed import init_from_env, launched_by_torchrun, shutdown
     from grpo.trainer import Trainer
 
     path = Path(ckpt)
@@ -119,7 +119,7 @@ def dump_episodes(path: str) -> None:
 
 
 if __name__ == "__main__":
-    from grpo.distributed import exit_process
+    from grpo.machinery.distributed import exit_process
 
     if os.environ.get("EPISODES"):
         dump_episodes(os.environ["EPISODES"])

@@ -3,7 +3,7 @@ second device is stood in for. Here the stand-in is torch's meta device, which D
 to exactly as it moves them to a GPU.
 
 - Offloaded optimizer state (CPU) of FSDP-sharded parameters (GPU, here meta) is saved from and
-  loaded into the optimizer's own CPU tensors (grpo/sharded_state.py), on 2 gloo ranks.
+  loaded into the optimizer's own CPU tensors (grpo/optim/sharded_state.py), on 2 gloo ranks.
 - Under torchrun the model is loaded on the CPU and sharded onto the rank's device (GPU, here meta)
   afterwards: new LoRA adapters are drawn with a generator of the CPU, where the weights are
   (grpo/policy.py).
@@ -22,8 +22,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from grpo import sharded_state
-from grpo.optim import OffloadAdamW, local
+from grpo.optim import sharded_state
+from grpo.optim.adamw import OffloadAdamW, local
 from qwen2 import load_model
 from qwen2.lora import add_lora
 from tiny_run import write_config
@@ -104,7 +104,7 @@ def mismatch_worker(rank: int, world: int, init: str, folder: str) -> None:
     finally:
         dist.destroy_process_group()
     # Passed: leave without the interpreter's teardown, which now and then aborts a gloo process
-    # (grpo.distributed.exit_process); a failure above has already written its traceback for spawn.
+    # (grpo.machinery.distributed.exit_process); a failure above has already written its traceback for spawn.
     os._exit(0)
 
 
@@ -137,7 +137,7 @@ def test_lora_under_torchrun_is_drawn_on_the_cpu_the_model_is_loaded_on(tmp_path
     those of add_lora with a CPU generator seeded with train.seed."""
     from grpo import policy
     from grpo.config import load_config
-    from grpo.distributed import Dist
+    from grpo.machinery.distributed import Dist
 
     cfg = load_config(write_config(tmp_path, tiny_model, model={"lora": {"rank": 4, "alpha": 8.0}}))
     sharded = []
@@ -158,7 +158,7 @@ def real_worker(rank: int, world: int, init: str, folder: str, configs: list[str
     saved and loaded into a fresh one: no GPU memory for the state, and the fresh optimizer's own CPU
     tensors hold what was saved. For full fine-tuning and for LoRA."""
     from grpo.config import load_config
-    from grpo.distributed import Dist
+    from grpo.machinery.distributed import Dist
     from grpo.policy import load_policy
 
     torch.set_num_threads(1)

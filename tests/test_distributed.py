@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo.checkpoint import latest_checkpoint
+from grpo.machinery.checkpoint import latest_checkpoint
 from qwen2 import load_model
 from tiny_run import metrics, without_times, write_config
 

@@ -23,9 +23,9 @@ import torch.utils.deterministic
 
 import train
 from conftest import UNTIED, hf_model, save_hf
-from grpo.checkpoint import latest_checkpoint
-from grpo.memory import optimizer_state_bytes
-from grpo.optim import OffloadAdamW
+from grpo.machinery.checkpoint import latest_checkpoint
+from grpo.plan.memory import optimizer_state_bytes
+from grpo.optim.adamw import OffloadAdamW
 from qwen2 import GREEDY, Padded, generate, load_model
 from test_model import hf_logits, ragged_batch
 from test_optim import roundtrip, set_grads

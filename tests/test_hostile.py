@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import train
-from grpo.checkpoint import latest_checkpoint
+from grpo.machinery.checkpoint import latest_checkpoint
 from grpo.config import Config
 from qwen2 import load_model
 from tiny_run import write_config
@@ -203,6 +203,6 @@ def test_sizes_the_machine_cannot_hold_are_refused_before_allocating(tmp_path, t
     config = write_config(tmp_path, tiny_model, **FAST)
     code, err = outcome(capsys, ["--config", str(config), "--set", "rollout.prompts_per_step=1000000",
                                  "--set", "rollout.group_size=1000"])
-    assert code == 2 and "GB of RAM at its peak" in err[0] and "rollout KV cache" in err[0], err
+    assert code == 2 and "GB of RAM at its peak" in err[0] and "cache" in err[0], err  # the KV cache (or compaction's copy of it) is the largest part
     code, err = outcome(capsys, ["--config", str(config), "--set", "rollout.max_new_tokens=1000000"])
     assert code == 2 and "max_position_embeddings" in err[0], err

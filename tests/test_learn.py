@@ -21,7 +21,7 @@ from grpo.batch import build_batch, micro_batches
 from grpo.config import load_config
 from grpo.logprobs import micro_batch_logprobs
 from grpo.rollout import Episode
-from grpo.run_log import PhaseTimer
+from grpo.machinery.run_log import PhaseTimer
 from grpo.trainer import Trainer
 from qwen2 import GREEDY, Padded, Qwen2, Qwen2Config, generate, load_model, pad_batch, save_model
 from tiny_run import write_config

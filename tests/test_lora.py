@@ -11,7 +11,7 @@ import torch
 
 import train
 from conftest import ROOT, UNTIED, hf_model, save_hf
-from grpo.checkpoint import latest_checkpoint
+from grpo.machinery.checkpoint import latest_checkpoint
 from grpo.config import ConfigError, load_config
 from qwen2 import load_model
 from qwen2.lora import TARGETS, adapters_disabled, add_lora, load_adapted_model, merge_lora, save_adapter

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from grpo.config import load_config
-from grpo.memory import (PLAN_NOTE, activation_bytes, advise, format_plan, out_of_memory_message, peak_gpu, peak_phase,
+from grpo.plan.memory import (PLAN_NOTE, activation_bytes, advise, format_plan, out_of_memory_message, peak_gpu, peak_phase,
                          phase_totals, plan_fits, plan_memory, with_sets)
-from grpo.optim import OffloadAdamW
-from grpo.runtime import enable_activation_checkpointing
+from grpo.optim.adamw import OffloadAdamW
+from grpo.machinery.runtime import enable_activation_checkpointing
 from qwen2 import Padded, Qwen2, Qwen2Config
 from qwen2.lora import add_lora
 
@@ -178,7 +178,7 @@ def test_planned_compaction_copy_is_what_dropping_a_row_allocates():
     """The eager cache's compaction (KVCache.select, as the sampler drops finished rows) allocates the
     surviving rows' K and V, and a gathered copy, before the old cache is freed: the plan's
     "cache copy" moment counts exactly that, traced at the dispatcher on the meta device."""
-    from grpo.trace import DeviceMemory
+    from grpo.plan.trace import DeviceMemory
     from qwen2.kv_cache import KVCache
 
     cfg = load_config(None, SMALL_ROLLOUT + ["rollout.compile=false"])
@@ -290,7 +290,7 @@ def test_a_cpu_run_is_planned_in_ram_without_a_card():
 def test_out_of_memory_message_names_the_cap_in_force(monkeypatch):
     """bench_step.py --cap-gb (a per-process memory fraction) emulates a 24 GB card on a larger one:
     the message must name the 24 GB the process may use, not the card's 80."""
-    import grpo.memory as memory
+    import grpo.plan.memory as memory
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 23.6e9)

@@ -1,4 +1,4 @@
-"""Tests for grpo.optim.OffloadAdamW: parity with torch.optim.AdamW, fp32 master
+"""Tests for grpo.optim.adamw.OffloadAdamW: parity with torch.optim.AdamW, fp32 master
 weights under bf16, exact resume, scheduler / clipping integration."""
 
 import io
@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 
-from grpo.memory import optimizer_state_bytes
-from grpo.optim import OffloadAdamW
+from grpo.plan.memory import optimizer_state_bytes
+from grpo.optim.adamw import OffloadAdamW
 
 SHAPES = [(7, 5), (13,), (3, 4, 5), (1,), (6, 6)]
 HAS_FUSED = hasattr(torch, "_fused_adamw_")

@@ -13,7 +13,7 @@ import pytest
 import train
 from data import rewards
 from data.synthetic import make_problems, write_jsonl
-from grpo.checkpoint import latest_checkpoint, list_checkpoints
+from grpo.machinery.checkpoint import latest_checkpoint, list_checkpoints
 from grpo.trainer import Trainer
 from tiny_run import metrics, without_times, write_config
 

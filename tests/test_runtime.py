@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grpo.runtime import cpu_warning, resolve_device
+from grpo.machinery.runtime import cpu_warning, resolve_device
 from grpo.schedule import DataOrder
 
 

@@ -1,5 +1,5 @@
 """`train.py --dry-run --trace`: the real code of a step's peak phases, run on the meta device,
-agrees with the planner within 10% (grpo/trace.py, grpo/memory.py)."""
+agrees with the planner within 10% (grpo/plan/trace.py, grpo/plan/memory.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 import train
 from grpo.config import load_config
-from grpo.memory import plan_memory
-from grpo.trace import against_plan, trace_memory
+from grpo.plan.memory import plan_memory
+from grpo.plan.trace import against_plan, trace_memory
 from qwen2 import Qwen2Config
 
 # Qwen2.5-0.5B's layout (24 layers, 896 wide, 14 query / 2 key-value heads) with a smaller

@@ -15,7 +15,7 @@ import torch
 import train
 from data import rewards
 from data.synthetic import make_problems, write_jsonl
-from grpo.checkpoint import latest_checkpoint
+from grpo.machinery.checkpoint import latest_checkpoint
 from grpo.config import ConfigError, load_config
 from grpo.schedule import lr_factor
 from tiny_run import metrics, without_times, write_config

@@ -12,7 +12,7 @@ from data.rewards import Score
 from grpo.batch import build_batch, micro_batches
 from grpo.config import load_config
 from grpo.rollout import Episode
-from grpo.run_log import PhaseTimer
+from grpo.machinery.run_log import PhaseTimer
 from grpo.trainer import Trainer
 from host_reads import HostReads
 from tiny_run import write_config

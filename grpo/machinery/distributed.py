@@ -17,7 +17,7 @@ too (`Dist.sum`, `Dist.gather`): the groups with spread and the extra rounds of 
 the batch reward std, the entropy quantile of the top-entropy mask. Metrics are summed over ranks
 (rank 0 writes them); rank 0 saves the model (or the LoRA adapter) whole, every rank its optimizer
 shards in PyTorch's distributed checkpoint format, so a run resumes on any number of ranks
-(grpo/sharded_state.py). NCCL on GPUs, gloo on CPUs; torchrun stops every rank when one fails.
+(grpo/optim/sharded_state.py). NCCL on GPUs, gloo on CPUs; torchrun stops every rank when one fails.
 
 Simplifications: data parallel only (no tensor or pipeline parallelism); every rank loads the full
 checkpoint on the CPU before sharding it; the compiled decode (rollout.compile) runs with one

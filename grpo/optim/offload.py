@@ -1,7 +1,7 @@
 """Where the optimizer's tensors live, and the pipelined host round trip for CUDA parameters.
 
 Placement (one rule, shared by ``OffloadAdamW`` and the memory planner
-``grpo.memory.optimizer_state_bytes``, so the plan cannot drift from what is allocated):
+``grpo.plan.memory.optimizer_state_bytes``, so the plan cannot drift from what is allocated):
     state (master, moments, step)   in CPU memory when offloading, else next to the parameter
     fp32 gradient scratch           4 B x bucket, on the state device, for the buckets whose
                                     grads do not reach the update as fp32 there already
@@ -25,7 +25,7 @@ they are the only host memory that the card reads or writes, and pinning the
 
 :class:`OffloadPipeline` knows nothing about AdamW: it moves gradients to the
 host and weights back, and calls the optimizer's ``update`` for each bucket in
-between (``grpo/optim.py`` does the maths).
+between (``grpo/optim/adamw.py`` does the maths).
 
 Simplifications: one copy stream per card and exactly two slots, each as large
 as the largest bucket (a big bucket, such as the embedding, is not chunked);

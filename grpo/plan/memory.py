@@ -16,7 +16,7 @@ one of six moments that never overlap:
     optimizer   the gradients and the optimizer's working buffers
 (the eager KV cache is freed after the rollout, the gradients after the optimizer step). The peak is
 the largest total. `train.py --dry-run --trace` checks these moments against the real code
-(grpo/trace.py). Not counted, but kept as margins (`GPU_OVERHEAD_GB`, `NCCL_OVERHEAD_GB`): the CUDA
+(grpo/plan/trace.py). Not counted, but kept as margins (`GPU_OVERHEAD_GB`, `NCCL_OVERHEAD_GB`): the CUDA
 context, allocator fragmentation, and NCCL's own buffers (several ranks).
 """
 
@@ -37,9 +37,9 @@ from qwen2.errors import InputError
 from qwen2.lora import add_lora
 from qwen2.shared_prefix import block_attention_bound
 
-from .config import Config
-from .offload import DEFAULT_BUCKET_NUMEL, is_own_master, split_into_buckets, state_device, working_buffers
-from .tools import TOOL_TURN_TOKENS
+from ..config import Config
+from ..optim.offload import DEFAULT_BUCKET_NUMEL, is_own_master, split_into_buckets, state_device, working_buffers
+from ..tools import TOOL_TURN_TOKENS
 
 GB = 1e9
 
@@ -112,7 +112,7 @@ def optimizer_state_bytes(
     ``exp_avg``, ``exp_avg_sq`` (the state: 12 B/param, 8 B/param where the parameter is its own
     master), ``scratch`` (fp32 gradient buffer, one bucket), ``staging`` (pinned double buffer,
     offloaded CUDA only), and the totals ``cpu`` and ``device`` (everything not on the CPU).
-    Placement and working buffers come from the rules the optimizer itself follows (grpo.offload).
+    Placement and working buffers come from the rules the optimizer itself follows (grpo.optim.offload).
     """
     params = [p for p in params if p.requires_grad]
     out = dict(master=0, exp_avg=0, exp_avg_sq=0, scratch=0, staging=0, cpu=0, device=0)
@@ -194,7 +194,7 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
         items.append(Item("optimizer working buffers", -(-(opt["device"] - state_on_device) // ranks),
                           -(-(opt["cpu"] - (state - state_on_device)) // ranks), ("optimizer",)))
     if ranks > 1:
-        # FSDP2 reduce-scatters each unit's gradients in fp32 (reduce_dtype, grpo/distributed.py): the
+        # FSDP2 reduce-scatters each unit's gradients in fp32 (reduce_dtype, grpo/machinery/distributed.py): the
         # unit's whole bf16 gradients and their fp32 copy, the largest unit's (the root's, when trained).
         per_unit = max((trained - trained_root) // mc.num_hidden_layers, trained_root)
         items.append(Item("FSDP gradient reduce-scatter (one unit, fp32 copy)", per_unit * (b + 4), 0, ("backward",)))

@@ -30,8 +30,8 @@ Memory, per trainable parameter
 Plus a little working memory, sized by the largest *bucket* (``bucket_numel``
 elements, or one bigger parameter): an fp32 gradient scratch and, for offloaded
 CUDA parameters, pinned staging for a pipelined host round trip that overlaps
-transfers with the CPU update. ``grpo/offload.py`` holds that pipeline and the
-placement rules, which ``grpo.memory.optimizer_state_bytes`` plans with.
+transfers with the CPU update. ``grpo/optim/offload.py`` holds that pipeline and the
+placement rules, which ``grpo.plan.memory.optimizer_state_bytes`` plans with.
 
 With ``offload=False`` the same fp32 state lives on the parameters' device (for
 cards with room) and the step is synchronous; the numerics are identical. When
@@ -72,7 +72,7 @@ from .offload import (DEFAULT_BUCKET_NUMEL, OffloadPipeline, is_own_master, spli
 
 def local(t: Tensor) -> Tensor:
     """The part of a tensor that lives in this process: an FSDP2-sharded parameter (or gradient) is a
-    DTensor, and the optimizer works on its local shard (multi-process runs, grpo/distributed.py)."""
+    DTensor, and the optimizer works on its local shard (multi-process runs, grpo/machinery/distributed.py)."""
     return t.to_local() if isinstance(t, DTensor) else t
 
 
@@ -178,7 +178,7 @@ class OffloadAdamW(torch.optim.Optimizer):
         fused: use ``torch._fused_adamw_`` (True), the ``torch._foreach_*``
             version (False), or the fused kernel where available (None).
         bucket_numel: elements per bucket (sizes the working buffers).
-        pipeline: send buckets through :class:`grpo.offload.OffloadPipeline`
+        pipeline: send buckets through :class:`grpo.optim.offload.OffloadPipeline`
             (True; on the CPU with synchronous copies, as tests do), never (False),
             or when CUDA parameters have their state in CPU memory (None).
 
@@ -330,7 +330,7 @@ class OffloadAdamW(torch.optim.Optimizer):
                 local(b.params[i]).copy_(b.state.masters[i])  # round to the model dtype
 
     def _step_staged(self, pipeline: OffloadPipeline, work: list[tuple[_Bucket, list[int]]]) -> None:
-        """Offloaded step through the staging slots (see ``grpo/offload.py``)."""
+        """Offloaded step through the staging slots (see ``grpo/optim/offload.py``)."""
 
         def update(k: int, host_grads: list[Tensor]) -> list[Tensor]:
             b, idx = work[k]
@@ -386,7 +386,7 @@ class OffloadAdamW(torch.optim.Optimizer):
     def states(self) -> list[tuple[Tensor, dict[str, Tensor]]]:
         """(parameter, its state: master, exp_avg, exp_avg_sq, step) for every trainable parameter,
         the state created if it did not exist yet: what a sharded checkpoint saves and loads into
-        (grpo/sharded_state.py)."""
+        (grpo/optim/sharded_state.py)."""
         self._prepare()
         return [(p, self.state[p]) for b in self._buckets for p in b.params]
 

@@ -43,7 +43,7 @@ from qwen2.weights import check_weight_files
 from qwen2.lora import check_adapter_files, has_lora, save_adapter
 
 from .distributed import Dist, full_state_dict
-from .sharded_state import load_optimizer, optimizer_problem, save_optimizer
+from ..optim.sharded_state import load_optimizer, optimizer_problem, save_optimizer
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 LOG_FILES = ("metrics.jsonl", "samples.jsonl")

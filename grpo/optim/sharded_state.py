@@ -18,7 +18,7 @@ so it loads anywhere; its weights are then overwritten by the loaded fp32 master
 model dtype, exactly as a same-N resume does.
 
 Simplifications: one parameter group and a one-dimensional device mesh (what the trainer and
-grpo.distributed.shard build).
+grpo.machinery.distributed.shard build).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
-from .optim import OffloadAdamW
+from .adamw import OffloadAdamW
 
 
 def _mesh_on(mesh: DeviceMesh, device_type: str) -> DeviceMesh:

@@ -50,14 +50,14 @@ from qwen2 import Qwen2, Qwen2Config
 from qwen2.lora import add_lora
 from qwen2.sampler import choose_next, decode_one_token, prefill
 
-from .batch import build_batch, micro_batches
-from .config import Config
-from .logprobs import micro_batch_logprobs
-from .loss import policy_loss
+from ..batch import build_batch, micro_batches
+from ..config import Config
+from ..logprobs import micro_batch_logprobs
+from ..loss import policy_loss
 from .memory import compiled_decode, model_config_for, phase_totals, plan_memory, update_micro_batches, with_sets
-from .optim import OffloadAdamW
-from .rollout import Episode
-from .runtime import enable_activation_checkpointing
+from ..optim.adamw import OffloadAdamW
+from ..rollout import Episode
+from ..machinery.runtime import enable_activation_checkpointing
 
 META = torch.device("meta")
 
@@ -246,7 +246,7 @@ def update_batch(cfg: Config, vocab: int):
     return build_batch(episodes, advantages, META)
 
 
-# Which of the plan's moments (grpo/memory.py) each traced phase is.
+# Which of the plan's moments (grpo/plan/memory.py) each traced phase is.
 PLANNED_AS = {"rollout": ("prefill", "decode", "cache copy"), "update": ("logprobs", "backward"),
               "optimizer": ("optimizer",)}
 

@@ -1,0 +1,10 @@
+"""What keeps a run alive and honest, below the algorithm: none of it knows what GRPO is.
+
+    checkpoint.py   atomic checkpoints, the training state of an exact resume, which run a resume writes into
+    divergence.py   the non-finite guard: no update and no checkpoint from NaN/inf, a clean stop
+    interrupt.py    Ctrl-C: finish or abandon the step in progress, never half of it
+    distributed.py  torchrun: process group, FSDP2 sharding, sums and gathers over ranks
+    run_log.py      seconds per phase, metrics.jsonl, samples.jsonl, the console line, TensorBoard / W&B
+    runtime.py      the device (checked), dtype names, CPU threads, activation checkpointing
+    typed_yaml.py   YAML and --set parsing into typed dataclasses, each key with its range
+"""
