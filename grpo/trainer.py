@@ -28,7 +28,6 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -38,10 +37,8 @@ from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from data.gsm8k import Problem, load_gsm8k
-from qwen2 import Qwen2
 from qwen2.lora import adapters_disabled
 from qwen2.streams import Streams, stream_key
-from qwen2.static_decode import STATS as COMPILE_STATS
 
 from .advantages import group_advantages
 from .batch import Batch, MicroBatch, build_batch, filler_batch, micro_batches, padded_tokens
@@ -58,38 +55,9 @@ from .optim.adamw import OffloadAdamW
 from .policy import load_policy
 from .rollout import Episode, problems_that_fit, sample_groups, score_groups
 from .machinery.run_log import PhaseTimer, RunLog
-from .metrics import rollout_metrics
+from .metrics import StepResult, UpdateResult, UpdateStats, step_metrics
 from .machinery.runtime import resolve_device
 from .schedule import DataOrder, lr_factor
-
-
-@dataclass
-class UpdateStats:
-    """What the update of one step measured; per-token numbers average over all its completion tokens."""
-
-    loss: float = 0.0  # the full-batch loss: the sum of the micro-batch losses (mean over mu passes)
-    kl: float = 0.0  # k3 KL to the reference model (beta > 0)
-    clip_frac: float = 0.0  # share of tokens whose gradient the PPO clip zeroed
-    grad_norm: float = 0.0  # gradient norm before clipping (mean over mu passes)
-
-
-@dataclass
-class UpdateResult:
-    stats: UpdateStats = field(default_factory=UpdateStats)
-    skipped: bool = False  # a non-finite loss or gradient norm: the optimizer step was not applied
-    tis: dict[str, float] = field(default_factory=dict)  # sampler/trainer ratio (grpo.old_logprobs: sampler)
-
-
-@dataclass
-class StepResult:
-    metrics: dict[str, float]  # one line of metrics.jsonl (without the step number)
-    episodes: list[Episode]  # all N x G scored completions
-    problems: list[Problem]  # the N questions, indexed by Episode.group
-
-    def samples(self) -> list[dict]:
-        """Each episode as a line of samples.jsonl."""
-        return [{"question": self.problems[e.group].question, "answer": e.answer, "completion": e.text,
-                 "reward": e.reward, "finished": e.finished} for e in self.episodes]
 
 
 class Trainer:
@@ -192,7 +160,7 @@ class Trainer:
 
     def train_step(self) -> StepResult:
         """One GRPO step, its phases in order; the helpers below each do one of them."""
-        cfg, N, G = self.cfg, self.cfg.rollout.prompts_per_step, self.cfg.rollout.group_size
+        cfg, N = self.cfg, self.cfg.rollout.prompts_per_step
         timer = PhaseTimer(self.device)
         # 1. generate: N questions x G completions each, scored. With dynamic sampling (DAPO), more
         #    rounds of N questions until N groups have reward spread (or the rounds run out).
@@ -219,8 +187,10 @@ class Trainer:
 
         tokens = ([sum(m.num_tokens for m in micros), padded_tokens(batch.episodes, cfg.grpo.micro_batch_size)]
                   if keep and trained else [0, 0])
-        return StepResult(self._metrics(episodes, problems, has_spread, keep, rounds, trained, nonfinite, update,
-                                        tokens, timer), episodes, problems)
+        metrics = step_metrics(self.cfg, self.dist.sum, episodes, problems, has_spread, keep, rounds, trained, nonfinite,
+                               update, tokens, lr=self.scheduler.get_last_lr()[0], compiled=self.compile,
+                               seconds=timer.seconds)
+        return StepResult(metrics, episodes, problems)
 
     # -- the phases' helpers ----------------------------------------------------------------------
 
@@ -258,31 +228,6 @@ class Trainer:
             # spread), which torch would flag as "scheduler.step() before optimizer.step()".
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
-
-    def _metrics(self, episodes: list[Episode], problems: list[Problem], has_spread: Tensor, keep: list[int],
-                 rounds: int, trained: int, nonfinite: int, update: UpdateResult, tokens: list[int],
-                 timer: PhaseTimer) -> dict[str, float]:
-        """The step's line of metrics.jsonl: rollout means, the update's statistics, timings (over all ranks)."""
-        cfg = self.cfg
-        metrics = rollout_metrics(episodes, has_spread, cfg.rollout.group_size, self.dist.sum, tools=bool(cfg.rollout.tools))
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
-        metrics.update(asdict(update.stats))
-        metrics["trained_episodes"] = trained
-        metrics["skipped_nonfinite"] = int(update.skipped or nonfinite > 0)
-        if trained:
-            # Tokens one forward pass over the batch pushes through the model, and what the padded
-            # layout (one [left-padded prompt | completion] row per episode) would push.
-            metrics["update_tokens"], metrics["padded_tokens"] = map(int, self.dist.sum(tokens))
-            metrics.update(update.tis)
-        if cfg.rollout.dynamic_sampling:
-            sampled, kept = self.dist.sum([len(problems), len({episodes[i].group for i in keep})])
-            metrics.update(questions_sampled=int(sampled), groups_kept=int(kept), sampling_rounds=rounds)
-        if self.compile:  # so far in this process: a count that keeps rising is a decode step that recompiles
-            metrics.update(decode_compiles=COMPILE_STATS.compiles, decode_compile_seconds=COMPILE_STATS.seconds,
-                           decode_cache_allocations=COMPILE_STATS.allocations,
-                           decode_graph_recordings=COMPILE_STATS.recordings)
-        metrics.update({f"time_{phase}": seconds for phase, seconds in timer.seconds.items()})
-        return metrics
 
     def _rollout(self, n: int, timer: PhaseTimer, round: int, first_group: int = 0) -> tuple[list[Problem], list[Episode]]:
         """The next n training questions, G samples each (phase "generate"), scored (phase "reward").
