@@ -23,9 +23,10 @@ What this file leaves out, and where the trainer does it:
     (grpo/advantages.py); mu > 1 update passes, learning-rate schedule (grpo/trainer.py, schedule.py)
   * memory: log-probs without the full (B, T, V) logits (grpo/logprobs.py), micro-batches with
     exact gradient accumulation and packed [prompt | c_1 | ... | c_G] rows (grpo/batch.py),
-    activation checkpointing, offloaded AdamW (grpo/optim.py), several GPUs (grpo/distributed.py)
+    activation checkpointing, offloaded AdamW (grpo/optim/), several GPUs (grpo/machinery/distributed.py)
   * chat prompts, GSM8K, the reward functions (data/), checkpoints and exact resume, logs,
-    evaluation, the guard against non-finite steps (grpo/checkpoint.py, run_log.py, divergence.py)
+    evaluation, the guard against non-finite steps (grpo/machinery/: checkpoint.py, run_log.py,
+    divergence.py)
 """
 
 from __future__ import annotations
