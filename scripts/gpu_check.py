@@ -971,7 +971,10 @@ def run_child_mode(argv: list[str]) -> int:
     return child_train(Path(args.work), Path(args.states), args.model, args.dtype, args.device, rest)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, started: float | None = None) -> int:
+    """`started`: when the budget's clock starts (the command's own start, STARTED, when run as a
+    script; this call's start when called in-process, as the tests do)."""
+    started = time.perf_counter() if started is None else started
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         return run_child_mode(argv)
@@ -1014,7 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_plan(limits, estimates, DEFAULT_BUDGET if budget == float("inf") else budget))
         return 0
     # The command's own start counts: the budget is from this process's start to its end.
-    deadline = STARTED + budget - END_S
+    deadline = started + budget - END_S
     out = Path(args.out)
     if args.jobs > 1 and not args.smoke:
         ap.error("--jobs is for --smoke only: on a GPU the steps run one at a time (memory caps, timings)")
@@ -1086,4 +1089,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(started=STARTED))
