@@ -1,4 +1,4 @@
-"""Qwen2.5 from scratch: model, config, checkpoint loading, tokenizer and sampler."""
+"""Qwen2.5 (and dense Qwen3) from scratch: model, config, checkpoint loading, tokenizer and sampler."""
 
 from .config import Qwen2Config
 from .kv_cache import KVCache

@@ -14,6 +14,7 @@ forward hook adds their term: the base parameter names stay Hugging Face's and q
 nothing of LoRA. They are saved as a PEFT adapter directory (adapter_config.json,
 adapter_model.safetensors) with PEFT's tensor names, e.g.
 `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`, which PEFT and vLLM load.
+Qwen3 has the same seven projections (its q_norm and k_norm are no targets, and stay frozen).
 
 Simplifications: linear layers only (no embedding or LM-head adapters), one adapter at a time, no
 rsLoRA or DoRA; adapters in the model's dtype (OffloadAdamW keeps fp32 masters of them). The

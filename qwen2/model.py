@@ -8,6 +8,7 @@ and a final RMSNorm + linear "LM head" turns every position into logits over the
 Qwen2 specifics: grouped-query attention (few key/value heads shared by many query heads) with a
 bias on q/k/v, rotary position embeddings in the "rotate half" layout, SwiGLU MLP, RMSNorm computed
 in fp32, and (for the small models) an LM head tied to the token embedding.
+Qwen3 (dense), by config: per-head query/key RMSNorm before RoPE, no q/k/v bias, its own head_dim.
 
 Parameter names are exactly Hugging Face's (`model.layers.0.self_attn.q_proj.weight`, ...), so an
 official checkpoint loads with a plain `load_state_dict` (see weights.py).
@@ -87,23 +88,33 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Grouped-query self-attention: H query heads share Hkv key/value heads (H/Hkv each)."""
+    """Grouped-query self-attention: H query heads share Hkv key/value heads (H/Hkv each).
+
+    Every layout (plain, padded, KV cache, compiled decode, shared prefix) goes through this forward:
+    projections, Qwen3's q/k norms and RoPE happen here; only `layout.attend` differs."""
 
     def __init__(self, config: Qwen2Config, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
         self.n_heads, self.n_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
         C, q_dim, kv_dim = config.hidden_size, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        self.q_proj = nn.Linear(C, q_dim, bias=True)
-        self.k_proj = nn.Linear(C, kv_dim, bias=True)
-        self.v_proj = nn.Linear(C, kv_dim, bias=True)
-        self.o_proj = nn.Linear(q_dim, C, bias=False)
+        self.q_proj = nn.Linear(C, q_dim, bias=config.attention_bias)
+        self.k_proj = nn.Linear(C, kv_dim, bias=config.attention_bias)
+        self.v_proj = nn.Linear(C, kv_dim, bias=config.attention_bias)
+        self.o_proj = nn.Linear(q_dim, C, bias=config.o_proj_bias)
+        self.qk_norm = config.qk_norm
+        if self.qk_norm:  # Qwen3: one RMSNorm (weight of head_dim) shared by all query heads, one by all key heads
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, layout: Layout) -> Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
+        if self.qk_norm:  # Qwen3: each head's query and key to unit RMS over head_dim, before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         y = layout.attend(self.layer_idx, q, k, v)  # (B, H, T, D): which keys each query sees is the layout's
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*D)
@@ -161,7 +172,7 @@ class Qwen2Model(nn.Module):
 
 
 class Qwen2(nn.Module):
-    """Qwen2ForCausalLM: hidden states -> logits over the vocabulary."""
+    """Qwen2ForCausalLM (or Qwen3ForCausalLM, by config.model_type): hidden states -> logits over the vocabulary."""
 
     def __init__(self, config: Qwen2Config):
         super().__init__()

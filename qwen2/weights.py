@@ -1,4 +1,4 @@
-"""Load and save Hugging Face format Qwen2 checkpoints (config.json + safetensors).
+"""Load and save Hugging Face format Qwen2 / Qwen2.5 and dense Qwen3 checkpoints (config.json + safetensors).
 
 Loading builds the model on the meta device (no memory), checks every tensor name and shape from
 the safetensors headers before reading any data, then fills the model shard by shard with
@@ -85,7 +85,7 @@ def check_weight_files(path: str | os.PathLike, files: list[Path] | None = None)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Qwen2:
-    """Load a Hugging Face Qwen2 checkpoint directory. dtype=None keeps the stored dtype."""
+    """Load a Hugging Face Qwen2 or Qwen3 checkpoint directory. dtype=None keeps the stored dtype."""
     path = Path(path)
     if not path.is_dir():
         raise MissingInput(f"model directory {path} not found: run python download.py "
@@ -108,9 +108,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
     missing = sorted(expected.keys() - found.keys())
     unexpected = sorted(found.keys() - expected.keys())
     if missing:
-        raise CheckpointError(f"checkpoint {path} lacks tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") + ": is it a complete Qwen2 checkpoint matching its config.json?")
+        raise CheckpointError(f"checkpoint {path} lacks tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") + ": is it a complete Qwen2/Qwen3 checkpoint matching its config.json?")
     if unexpected:
-        raise CheckpointError(f"checkpoint {path} has unexpected tensor {unexpected[0]}" + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "") + ": is it a Qwen2 checkpoint matching its config.json?")
+        raise CheckpointError(f"checkpoint {path} has unexpected tensor {unexpected[0]}" + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "") + ": is it a Qwen2/Qwen3 checkpoint matching its config.json?")
     for name, shape in expected.items():
         if found[name] != shape:
             raise CheckpointError(f"tensor {name} has shape {tuple(found[name])} in the checkpoint but the config needs {tuple(shape)}: config.json and weights do not match")
