@@ -34,7 +34,9 @@ def add_plan_arguments(ap: argparse.ArgumentParser, prefix: str = "") -> None:
 
 def report(cfg: Config, args: argparse.Namespace) -> int:
     """Print the plan (and the trace); 0 when it fits, 1 when it does not, so scripts can tell."""
-    from grpo.plan.memory import format_plan, plan_fits, plan_memory
+    from grpo.plan.machine import plan_fits
+    from grpo.plan.memory import plan_memory
+    from grpo.plan.report import format_plan
 
     if not 1 <= args.ranks <= cfg.rollout.prompts_per_step:
         raise InputError(f"--ranks {args.ranks} must be in [1, rollout.prompts_per_step={cfg.rollout.prompts_per_step}]: "

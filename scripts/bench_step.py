@@ -57,7 +57,8 @@ from data import rewards
 from data.synthetic import make_problems, write_jsonl
 from grpo.config import load_config
 from grpo.machinery.distributed import Dist
-from grpo.plan.memory import GB, format_plan, out_of_memory_message, peak_gpu, plan_memory
+from grpo.plan.memory import GB, peak_gpu, plan_memory
+from grpo.plan.report import format_plan, out_of_memory_message
 from qwen2.bpe_trainer import train_bpe_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

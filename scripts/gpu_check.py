@@ -636,7 +636,7 @@ def plan_for(name: str) -> tuple[float, float, float]:
 
 
 def step_fit_7b(ctx: Context) -> list[Row]:
-    from grpo.plan.memory import GPU_OVERHEAD_GB, HOST_OVERHEAD_GB, host_ram_gb
+    from grpo.plan.machine import GPU_OVERHEAD_GB, HOST_OVERHEAD_GB, host_ram_gb
 
     card, ram = 80.0, host_ram_gb()
     candidates = ["tiny"] if ctx.smoke else FIT_7B_CANDIDATES
@@ -878,7 +878,7 @@ def machine(smoke: bool) -> dict[str, Any]:
     """What ran the checks; the GPU's name from nvidia-smi, so this process never opens a CUDA context."""
     import torch
 
-    from grpo.plan.memory import host_ram_gb
+    from grpo.plan.machine import host_ram_gb
 
     info = dict(host=platform.node(), python=platform.python_version(), torch=torch.__version__,
                 cpus=os.cpu_count(), ram_gb=round(host_ram_gb(), 1), mode="smoke" if smoke else "gpu")

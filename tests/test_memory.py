@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from grpo.config import load_config
-from grpo.plan.memory import (PLAN_NOTE, activation_bytes, advise, format_plan, out_of_memory_message, peak_gpu, peak_phase,
-                         phase_totals, plan_fits, plan_memory, with_sets)
+from grpo.plan.advice import advise, with_sets
+from grpo.plan.machine import plan_fits
+from grpo.plan.memory import activation_bytes, peak_gpu, peak_phase, phase_totals, plan_memory
+from grpo.plan.report import PLAN_NOTE, format_plan, out_of_memory_message
 from grpo.optim.adamw import OffloadAdamW
 from grpo.machinery.runtime import enable_activation_checkpointing
 from qwen2 import Padded, Qwen2, Qwen2Config
@@ -290,7 +292,7 @@ def test_a_cpu_run_is_planned_in_ram_without_a_card():
 def test_out_of_memory_message_names_the_cap_in_force(monkeypatch):
     """bench_step.py --cap-gb (a per-process memory fraction) emulates a 24 GB card on a larger one:
     the message must name the 24 GB the process may use, not the card's 80."""
-    import grpo.plan.memory as memory
+    import grpo.plan.report as memory
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 23.6e9)

@@ -54,7 +54,8 @@ from ..batch import build_batch, micro_batches
 from ..config import Config
 from ..logprobs import micro_batch_logprobs
 from ..loss import policy_loss
-from .memory import compiled_decode, model_config_for, phase_totals, plan_memory, update_micro_batches, with_sets
+from .advice import with_sets
+from .memory import compiled_decode, model_config_for, phase_totals, plan_memory, update_micro_batches
 from ..optim.adamw import OffloadAdamW
 from ..rollout import Episode
 from ..machinery.runtime import enable_activation_checkpointing
