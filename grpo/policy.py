@@ -6,7 +6,7 @@ frozen reference, loaded the way the config and the checkpoint say.
 The policy comes from the checkpoint being resumed (`ckpt/model`), else from `model.path`; with
 LoRA it is always the base of `model.path` plus the adapters (from `ckpt/adapter`, or new ones with
 B = 0, so training starts from the base exactly). (train.py checks the memory plan against the
-machine before this runs: grpo/plan/memory.py, a run that cannot fit is one line, not an
+machine before this runs: grpo/plan/report.py check_fits, a run that cannot fit is one line, not an
 out-of-memory error minutes later.) The reference exists only for grpo.beta > 0 without LoRA (with
 LoRA the base, adapters off, is the reference). Activation checkpointing and, under torchrun,
 FSDP2 sharding are applied here.

@@ -25,7 +25,7 @@ phase ends with a device sync) and the peak GPU memory (`torch.cuda.max_memory_a
 overall: the peak against the `train.py --dry-run` plan of the same config (`grpo.plan.memory`), and the
 process's peak RSS against the plan's CPU RAM. `--cap-gb` emulates a smaller card with
 `torch.cuda.set_per_process_memory_fraction`, set before anything is allocated. A CUDA
-out-of-memory error prints train.py's one-line message (`grpo.plan.memory.out_of_memory_message`) and
+out-of-memory error prints train.py's one-line message (`grpo.plan.report.out_of_memory_message`) and
 exits with 3, as train.py does. `--fake-oom` raises that error at the first optimizer step, so the
 path can be smoke-tested on a CPU.
 
