@@ -71,8 +71,15 @@ def test_lora_plan_equals_real_tensor_bytes(offload):
     assert moments.gpu + moments.cpu == tensor_bytes([s["exp_avg"] for s in state] + [s["exp_avg_sq"] for s in state])
 
 
+# A Qwen3 shape whose query side (6 heads x 32) is wider than hidden, with q/k norms.
+TINY_QWEN3 = Qwen2Config(vocab_size=500, hidden_size=128, intermediate_size=352, num_hidden_layers=3,
+                         num_attention_heads=6, num_key_value_heads=2, head_dim=32, model_type="qwen3",
+                         attention_bias=False)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_activation_estimate_tracks_what_autograd_saves(dtype):
+@pytest.mark.parametrize("TINY", [TINY, TINY_QWEN3], ids=["qwen2", "qwen3"])
+def test_activation_estimate_tracks_what_autograd_saves(dtype, TINY):
     ids = torch.randint(0, 500, (2, 64))
     mask = torch.ones_like(ids)
     mask[1, :10] = 0

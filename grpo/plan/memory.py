@@ -78,11 +78,14 @@ def block_activation_bytes(mc: Qwen2Config, tokens: int, dtype_bytes: int) -> in
 
     Per token: two RMSNorms (fp32 input and normalised copy + output), q/k/v before and after RoPE,
     k/v repeated to every query head (masked attention on CUDA, qwen2/attention.py), attention
-    output, and the MLP's gate, up, silu and product (F wide each).
+    output, and the MLP's gate, up, silu and product (F wide each). The query side is heads x
+    head_dim wide (Qwen2: = hidden; Qwen3 may differ). Qwen3's q/k norms add next to nothing: their
+    input is the projection already counted, their output what RoPE keeps (measured: tests/test_memory.py).
     """
-    C, F, kv, b = mc.hidden_size, mc.intermediate_size, mc.num_key_value_heads * mc.head_dim, dtype_bytes
+    C, F, b = mc.hidden_size, mc.intermediate_size, dtype_bytes
+    Q, kv = mc.num_attention_heads * mc.head_dim, mc.num_key_value_heads * mc.head_dim
     norms = 2 * (4 * C + 4 * C + b * C)
-    attn = b * (2 * (C + kv) + 2 * kv + 2 * C + 2 * C)
+    attn = b * (2 * (Q + kv) + 2 * kv + 2 * Q + 2 * Q)
     mlp = 4 * b * F
     return tokens * (norms + attn + mlp)
 
