@@ -49,6 +49,7 @@ from .machinery.distributed import Dist, check_distributed, full_weights, in_loc
 from .machinery.divergence import NonfiniteGuard, nonfinite_tensors
 from .evaluate import evaluate_on_ranks
 from .machinery.interrupt import Interrupt
+from .machinery.run_lock import RunLock, refuse_if_in_use
 from .logprobs import micro_batch_logprobs
 from .loss import policy_loss, top_entropy_mask, truncated_importance_weights
 from .optim.adamw import OffloadAdamW
@@ -73,6 +74,7 @@ class Trainer:
         if dist.launched:
             check_distributed(cfg, dist)
         torch.manual_seed(cfg.train.seed)
+        refuse_if_in_use(self.out_dir, dist)  # one process per run directory (grpo/machinery/run_lock.py)
         # Inputs are read before the output directory is judged, so a wrong file is the first error.
         train_rows = load_gsm8k(cfg.data.train_file)
         self.eval_set = load_gsm8k(cfg.data.test_file)[:cfg.train.eval_size] if cfg.train.eval_every else []
@@ -80,8 +82,7 @@ class Trainer:
         # Only the run being resumed is written into: trimming its logs and pruning its checkpoints
         # would destroy another run's (a checkpoint standing alone starts a new run from it).
         continuing = restart or (ckpt is not None and _same_dir(run_of(ckpt), self.out_dir))
-        if not continuing:
-            refuse_to_overwrite(self.out_dir)
+        self.lock = RunLock(self.out_dir, dist, check=None if continuing else refuse_to_overwrite)  # before any write
 
         self.model, self.ref_model, self.tokenizer = load_policy(cfg, ckpt, dist)
         self.train_set = problems_that_fit(train_rows, self.tokenizer, cfg.data, cfg.rollout.tools)
@@ -157,6 +158,7 @@ class Trainer:
         finally:
             interrupt.restore()
             self.log.close()
+            self.lock.release()
 
     def train_step(self) -> StepResult:
         """One GRPO step, its phases in order; the helpers below each do one of them."""
