@@ -84,8 +84,11 @@ def train(trainer, stop_after: int | None) -> int:
     """Run the trainer; the exit code and, where it stops early, the line that continues it."""
     from grpo.machinery.checkpoint import list_checkpoints
     from grpo.machinery.divergence import Diverged
+    from grpo.machinery.interrupt import EX_PREEMPTED, clear_preempted, mark_preempted
 
     try:
+        if trainer.dist.main:
+            clear_preempted(trainer.out_dir)  # this run is under way again
         trainer.run(stop_after=stop_after)
         if trainer.step < trainer.cfg.train.steps and trainer.dist.main:  # --stop-after: the rest is one command away
             print(f"stopped after step {trainer.step} (--stop-after {stop_after}); "
@@ -100,14 +103,17 @@ def train(trainer, stop_after: int | None) -> int:
 
         print(f"error: {out_of_memory_message(trainer.cfg, trainer.step)}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C (130), or a stop signal or a dead launcher (75): grpo/machinery/interrupt.py
+        code = getattr(e, "code", 130)
         if trainer.dist.main:
             if list_checkpoints(trainer.out_dir):
                 print(f"stopped after step {trainer.step}; continue with: {continue_command(trainer)}", file=sys.stderr)
             else:  # nothing saved yet: --resume starts the run again from step 0, with its config
                 print(f"stopped before the first checkpoint; start it again with: {continue_command(trainer)}",
                       file=sys.stderr)
-        return 130
+            if code == EX_PREEMPTED:  # what a job script tests under torchrun, whose own exit code is 1
+                mark_preempted(trainer.out_dir, trainer.step, str(e), continue_command(trainer))
+        return code
     return 0
 
 

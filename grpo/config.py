@@ -30,6 +30,7 @@ from qwen2.lora import TARGETS
 from .advantages import SCALE_REWARDS
 from .loss import AGGREGATIONS, OBJECTIVES, RATIO_LEVELS, PolicyLoss
 from .tools import TOOLS
+from .machinery.interrupt import STOP_SIGNALS
 from .machinery.typed_yaml import (Check, ConfigError, above, at_least, between, build, key, non_empty, one_of, parse_override,
                          parse_yaml, subset_of)
 
@@ -198,6 +199,14 @@ class TrainConfig:
     # Steps whose loss or gradient norm is not finite are not applied (logged as skipped_nonfinite);
     # after this many in a row the run stops: it has diverged (too high a learning rate, an overflow).
     max_nonfinite_steps: int = key(3, at_least(1, 10**6))
+    # Signals that stop the run like Ctrl-C, for a job scheduler (SLURM: --signal=USR1@120 ahead of the
+    # time limit, which like scancel sends SIGTERM): the last completed step is saved, exit code 75
+    # (grpo/machinery/interrupt.py, docs/preemption.md). [] = none: such a signal ends the run at once.
+    stop_signals: list[str] = key(check=subset_of(lambda: STOP_SIGNALS, allow_empty=True),
+                                  factory=lambda: ["SIGTERM", "SIGUSR1"])
+    # The scheduler's seconds from its signal to SIGKILL. Under torchrun (at most its shutdown timeout)
+    # a step that would not finish and save within them is abandoned at its first update instead.
+    grace_seconds: float = key(60.0, at_least(0, 10**6))
     progress: bool = True  # tqdm bars for rollout and update
     tensorboard: bool = False  # log to TensorBoard when installed
     wandb: bool = False  # log to Weights & Biases when installed

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 import warnings
 from functools import partial
@@ -48,7 +47,7 @@ from .config import Config
 from .machinery.distributed import Dist, check_distributed, full_weights, in_lockstep
 from .machinery.divergence import NonfiniteGuard, nonfinite_tensors
 from .evaluate import evaluate_on_ranks
-from .machinery.interrupt import Interrupt
+from .machinery.interrupt import Interrupt, Stopped
 from .machinery.run_lock import RunLock, refuse_if_in_use
 from .logprobs import micro_batch_logprobs
 from .loss import policy_loss, top_entropy_mask, truncated_importance_weights
@@ -114,43 +113,45 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self, stop_after: int | None = None) -> None:
-        """Train until train.steps (or `stop_after` more steps), evaluating and saving on schedule."""
+        """Train until train.steps (or `stop_after` more steps), evaluating and saving on schedule. Ctrl-C or a
+        stop signal saves the last completed step, then raises Stopped (grpo/machinery/interrupt.py)."""
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.dist.main:
             (self.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
             self.log.open()
-        self.interrupt = interrupt = Interrupt(hold=not self.dist.launched)
+        self.interrupt = interrupt = Interrupt(self.dist, cfg.train.stop_signals, cfg.train.grace_seconds)
         last_saved = self.step
         snapshot = self._capture()  # the state after the last completed step
         steps_this_run = 0
-        if cfg.train.eval_every and cfg.train.eval_at_start and self.step == 0:
-            self._evaluate()  # step 0: where the run starts from
         try:
+            if cfg.train.eval_every and cfg.train.eval_at_start and self.step == 0:
+                self._evaluate()  # step 0: where the run starts from
             while self.step < cfg.train.steps and (stop_after is None or steps_this_run < stop_after):
                 t0 = time.perf_counter()
                 result = self.train_step()
-                interrupt.defer()  # a Ctrl-C now waits until the step is on the books
+                interrupt.commit()  # a signal now waits until the step is on the books
                 self.step += 1
                 steps_this_run += 1
                 if self.dist.main:
                     self.log.step(self.step, result.metrics, result.samples(), time.perf_counter() - t0)
                 snapshot = self._capture()
-                interrupt.release()
                 self.guard.record(self.step, bool(result.metrics["skipped_nonfinite"]))  # grpo/machinery/divergence.py
+                interrupt.at_boundary()  # one tiny all-reduce: a stop asked of any rank stops every rank here
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
                     self._evaluate()
-                if (self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps) and self._save(snapshot):
-                    last_saved = self.step
-            if last_saved != self.step:
-                self._save(snapshot)
-        except KeyboardInterrupt:
-            if self.dist.launched:  # every rank stops at once (see Interrupt); saving would need them all
+                with interrupt.saving():
+                    if (self.step % cfg.train.save_every == 0 or self.step == cfg.train.steps) and self._save(snapshot):
+                        last_saved = self.step
+            with interrupt.saving():
+                if last_saved != self.step:
+                    self._save(snapshot)
+        except KeyboardInterrupt as e:
+            if self.dist.launched and not isinstance(e, Stopped):  # not a stop the ranks agreed on: none can save alone
                 self._say(f"\ninterrupted at step {self.step}; the last saved checkpoint is step {last_saved}")
                 raise
-            # Either the step in progress was abandoned before its first update, or it was
-            # completed first (see Interrupt): the weights match `snapshot` either way.
-            print(f"\ninterrupted: saving the checkpoint of step {self.step}", file=sys.stderr)
+            # The step in progress was abandoned before its first update, or completed: the weights are `snapshot`'s.
+            self._say(f"\n{getattr(e, 'reason', 'interrupted')}: saving the checkpoint of step {self.step}")
             self.optimizer.zero_grad(set_to_none=True)
             if last_saved != self.step:
                 self._save(snapshot)
@@ -225,6 +226,8 @@ class Trainer:
         return (0 if nonfinite else int(trained)), int(nonfinite)
 
     def _schedule_step(self) -> None:
+        if self.interrupt is not None:
+            self.interrupt.commit()  # the schedule moves on: from here the step completes
         with warnings.catch_warnings():
             # The schedule follows training steps, also those with no update (all groups had zero
             # spread), which torch would flag as "scheduler.step() before optimizer.step()".
@@ -355,13 +358,15 @@ class Trainer:
         """Clip the gradient norm, AdamW step, clear the gradients. Returns the norm before clipping
         and whether the update was applied: a non-finite loss or gradient norm (a too-high learning
         rate, an fp16 overflow, a bad batch) skips it, so non-finite numbers never reach the weights."""
-        if self.interrupt is not None:
-            self.interrupt.defer()  # from the first update on, this step must complete
+        votes = self.interrupt.first_update() if self.interrupt else []  # from the first update on, the step completes
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         if isinstance(grad_norm, DTensor):
             grad_norm = grad_norm.full_tensor()  # sharded: the norm over all ranks
         norm, total = torch.stack([grad_norm.float(), self.dist.world * loss.float()]).tolist()  # one read per pass
-        finite = math.isfinite(self.dist.sum([total])[0]) and math.isfinite(norm)  # every rank decides alike
+        total, *votes = self.dist.sum([total, *votes])  # with every rank's stop votes (grpo/machinery/interrupt.py)
+        if self.interrupt:
+            self.interrupt.abandon_if(votes)  # too late to finish a stop: every rank abandons the step, before any update
+        finite = math.isfinite(total) and math.isfinite(norm)  # every rank decides alike
         if finite:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

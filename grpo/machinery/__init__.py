@@ -2,7 +2,7 @@
 
     checkpoint.py   atomic checkpoints, the training state of an exact resume, which run a resume writes into
     divergence.py   the non-finite guard: no update and no checkpoint from NaN/inf, a clean stop
-    interrupt.py    Ctrl-C: finish or abandon the step in progress, never half of it
+    interrupt.py    Ctrl-C, a scheduler's signal, a dead launcher: finish or abandon the step, save, exit 130/75
     distributed.py  torchrun: process group, FSDP2 sharding, sums and gathers over ranks
     run_log.py      seconds per phase, metrics.jsonl, samples.jsonl, the console line, TensorBoard / W&B
     runtime.py      the device (checked), dtype names, CPU threads, activation checkpointing
