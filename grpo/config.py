@@ -6,7 +6,7 @@ unknown keys, values of the wrong type and values out of range are rejected with
 the key, the value and what is valid, so a typo never silently falls back to a default and a
 meaningless value (nan, a negative clip range, 0 for a period) never reaches training. Rules that
 tie several keys together are each section's `check()`. Sizes that only the machine bounds (a KV
-cache larger than its memory) are checked when training starts, by the planner (grpo/plan/memory.py).
+cache larger than its memory) are checked when training starts, by the planner (grpo/plan/report.py check_fits).
 """
 
 from __future__ import annotations
