@@ -224,8 +224,8 @@ def test_a_rank_that_dies_stops_the_run(tmp_path, tiny_model):
 
 
 def test_ctrl_c_stops_every_rank_and_names_the_resume_command(tmp_path, tiny_model):
-    """torchrun forwards SIGINT to every rank: they stop at once (no rank can finish a step alone),
-    rank 0 says once how to continue, and the last periodic checkpoint loads."""
+    """torchrun forwards SIGINT to every rank: they agree to finish or abandon the step together,
+    save the last completed step (not only the last periodic one), rank 0 says once how to continue."""
     cfg = write_config(tmp_path, tiny_model, train={"steps": 1000, "eval_every": 0, "save_every": 2})
     proc = subprocess.Popen(torchrun_cmd("tests/dist_worker.py", "train", "--config", str(cfg)), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
@@ -238,7 +238,10 @@ def test_ctrl_c_stops_every_rank_and_names_the_resume_command(tmp_path, tiny_mod
     _, err = proc.communicate(timeout=90)
     assert proc.returncode != 0 and time.time() - t0 < 30
     assert err.count(f"continue with: torchrun --nproc_per_node=2 train.py --resume {tmp_path / 'run'}") == 1
-    load_model(latest_checkpoint(tmp_path / "run") / "model")
+    ckpt = latest_checkpoint(tmp_path / "run")
+    load_model(ckpt / "model")
+    logged = max(json.loads(line)["step"] for line in log.read_text().splitlines())
+    assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == logged
 
 
 def test_a_setup_error_is_one_line_and_torchrun_reports_one_failure(tmp_path, tiny_model):
