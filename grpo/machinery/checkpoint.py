@@ -6,12 +6,16 @@ A checkpoint is a directory `RUN/checkpoints/step_000025/` holding
     optimizer/           optimizer state (fp32 master weights, moments) as a torch.distributed.checkpoint
                          directory: written by every rank, loadable by any number (sharded_state.py)
     rng.pt               LR-scheduler state and torch's CPU RNG state
-    trainer_state.json   step, data position, and the config it was made with (written last)
-Checkpoints of earlier versions (optimizer.pt, or optimizer_rank{r}.pt and rng_rank{r}.pt per rank)
-still load, with the number of ranks that wrote them.
+    trainer_state.json   step, data position, and the config it was made with (next to last)
+    manifest.json        every other file's size and checksum (written last: manifest.py)
+Checkpoints of earlier versions (no manifest; optimizer.pt, or optimizer_rank{r}.pt and
+rng_rank{r}.pt per rank) still load, with the number of ranks that wrote them.
 Everything is written into `step_000025.tmp-<pid>/` and renamed into place at the end, so a run
-killed mid-save leaves only a `.tmp-` directory, which resume ignores. Tensors are read back with
-`torch.load(weights_only=True)`: no pickled code is ever executed.
+killed mid-save leaves only a `.tmp-` directory, which resume ignores; a save the disk refuses
+stops the run with one line and leaves no such directory (save_errors.py). `--resume RUN` takes
+the newest checkpoint whose files match its manifest, saying in one line why each newer one is
+skipped. Tensors are read back with `torch.load(weights_only=True)`: no pickled code is ever
+executed. docs/checkpoints.md says what is checked and what it costs.
 
 An exact resume needs more than weights: `TrainingState` is the rest (step, data position, RNG
 state); `save_checkpoint` writes it with the model and optimizer, `restore_checkpoint` puts all of
@@ -43,6 +47,9 @@ from qwen2.weights import check_weight_files
 from qwen2.lora import check_adapter_files, has_lora, save_adapter
 
 from .distributed import Dist, full_state_dict
+from .save_errors import SaveFailed, agree, attempt, first_line, save_failure
+from .manifest import (MANIFEST, file_entries, files_under, gather, manifest_problem,
+                       optimizer_files_of, write_manifest)
 from ..optim.sharded_state import load_optimizer, optimizer_problem, save_optimizer
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
@@ -72,35 +79,70 @@ def save_checkpoint(run_dir: str | Path, state: TrainingState, model: Qwen2, tok
     """Write the checkpoint of `state.step` atomically and delete all but the newest `keep`.
 
     Under torchrun every rank calls it: the model is gathered and written whole by rank 0, every
-    rank writes its optimizer shards, and rank 0 marks the checkpoint complete and renames it once
-    all have written (with one plain process the barriers are no-ops)."""
+    rank writes its optimizer shards and hashes them, and rank 0 writes the manifest and renames the
+    checkpoint into place once all have succeeded (with one plain process the collectives are
+    no-ops). A write that fails on any rank (a full disk, a read-only or forbidden directory) is
+    SaveFailed on every rank, agreed before anything is renamed: the .tmp- directory is removed and
+    the checkpoints already saved stay as they were."""
     root = checkpoint_dir(run_dir)
     final = root / f"step_{state.step:06d}"
-    tmp = root / f"step_{state.step:06d}.tmp-{dist.token}"
+    tmp = root / f"{final.name}.tmp-{dist.token}"
     weights = full_state_dict(model) if dist.launched else None  # collective: every rank takes part
-    if dist.main:
+    entries: dict[str, Any] = {}
+
+    def write_model() -> None:  # rank 0: the model (or adapter) with the tokenizer, and rng.pt
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         if has_lora(model):  # only the adapters changed: save them, for the base model.path
             save_adapter(model, tmp / "adapter", base_model=config["model"]["path"], state_dict=weights)
             tokenizer.save_pretrained(tmp / "adapter")
+            check_adapter_files(tmp / "adapter")  # a writer that cut a file short without saying so
         else:
             save_model(model, tmp / "model", state_dict=weights)
             tokenizer.save_pretrained(tmp / "model")
+            check_weight_files(tmp / "model")
         torch.save({"scheduler": scheduler.state_dict(), "torch": state.rng}, tmp / "rng.pt")
-    dist.barrier()  # the directory exists before the other ranks write into it
-    save_optimizer(optimizer, model, tmp / "optimizer")  # every rank its shards
-    dist.barrier()  # every rank's files are written
+        entries.update(file_entries(tmp, files_under(tmp)))  # hashed now, while the pages are in memory
+
+    def write_optimizer() -> None:  # every rank its shards (DCP shares a failure with every rank)
+        save_optimizer(optimizer, model, tmp / "optimizer")
+        entries.update(file_entries(tmp, optimizer_files_of(tmp / "optimizer", dist.rank)))
+
+    def finish() -> None:  # rank 0, once every rank's files are written and hashed
+        trainer_state = {"step": state.step, "data": state.data, "config": config, "ranks": dist.world,
+                         "manifest": MANIFEST}
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
+        entries.update(file_entries(tmp, [tmp / "trainer_state.json"]))
+        write_manifest(tmp, state.step, entries)  # last: its presence means every file above is whole
+        old = root / f"{final.name}.tmp-old-{dist.token}"  # re-saving the same step (Ctrl-C right after a save)
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if old.exists():
+                os.replace(old, final)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        for ckpt in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(ckpt, ignore_errors=True)
+
+    failure = agree(attempt(write_model) if dist.main else None, dist)
+    if failure is None:  # (a full disk stops before the optimizer's far larger share is written)
+        error = attempt(write_optimizer)
+        parts = gather((entries, error), dist)  # every rank's hashes and outcome, on every rank
+        failure = next((e for _, e in parts if e), None)
+        if failure is None:
+            if dist.main:
+                for part, _ in parts:
+                    entries.update(part)
+            failure = agree(attempt(finish) if dist.main else None, dist)
+            if failure is None:
+                return final
     if dist.main:
-        trainer_state = {"step": state.step, "data": state.data, "config": config, "ranks": dist.world}
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")  # last: marks it complete
-        if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
-    return final
+        shutil.rmtree(tmp, ignore_errors=True)  # never taken for a checkpoint, even where this fails (read-only)
+    raise SaveFailed(save_failure(root, state.step, failure, list_checkpoints(run_dir), model, optimizer, dist))
 
 
 def _per_rank(name: str, ranks: int, rank: int) -> str:
@@ -123,12 +165,16 @@ def restore_checkpoint(ckpt: Path, run_dir: str | Path, optimizer: torch.optim.O
         except (RuntimeError, ValueError, KeyError, CheckpointException) as e:
             # A key or shape the checkpoint does not have, or a damaged file (DCP reports both as a
             # CheckpointException, a BaseException, collected from every rank).
-            earlier = ([c for c in list_checkpoints(ckpt.parent.parent)
-                        if _step(c) < _step(ckpt) and not checkpoint_problem(c)]
-                       if STEP_DIR.match(ckpt.name) else [])  # a checkpoint named directly may sit anywhere
-            raise InputError(f"{ckpt / 'optimizer'} cannot be loaded into this run ({_first_line(e)}): if it was "
-                             "trained with other settings (model.lora ...), resume with those; if it is damaged, "
-                             f"resume from {f'the one before (--resume {earlier[-1]})' if earlier else 'an earlier one'}"
+            if saved.get("manifest") and manifest_problem(ckpt) is None:  # its files are as saved
+                damaged = ""
+            else:  # an earlier version's checkpoint, without checksums: it may be damaged inside
+                earlier = ([c for c in list_checkpoints(ckpt.parent.parent)
+                            if _step(c) < _step(ckpt) and not checkpoint_problem(c)]
+                           if STEP_DIR.match(ckpt.name) else [])  # a checkpoint named directly may sit anywhere
+                damaged = (f"; if it is damaged, resume from "
+                           f"{f'the one before (--resume {earlier[-1]})' if earlier else 'an earlier one'}")
+            raise InputError(f"{ckpt / 'optimizer'} cannot be loaded into this run ({first_line(e)}): if it was "
+                             f"trained with other settings (model.lora ...), resume with those{damaged}"
                              "; or start a new run from its model/ folder") from None
         extra = _load(ckpt / "rng.pt")
         scheduler_state, rng = extra["scheduler"], extra["torch"]
@@ -198,15 +244,6 @@ def _step(ckpt: Path) -> int:
     return int(STEP_DIR.match(ckpt.name).group(1))
 
 
-def _first_line(e: BaseException) -> str:
-    """`e` in a few words; a CheckpointException holds each rank's own (exception, traceback)."""
-    if isinstance(e, CheckpointException) and e.failures:
-        failure = next(iter(e.failures.values()))
-        e = failure[0] if isinstance(failure, tuple) else failure
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:160] if text else ''}"
-
-
 def _count(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
@@ -224,12 +261,20 @@ def _load(file: Path) -> Any:
 
 
 def checkpoint_problem(ckpt: Path) -> str | None:
-    """Why `ckpt` cannot be resumed (a missing or truncated file, a damaged trainer_state.json), or
-    None when every file is there whole. Cheap: it reads headers and zip directories, not tensors."""
+    """Why `ckpt` cannot be resumed (a missing, truncated or changed file, a damaged
+    trainer_state.json or manifest), or None when every file is there whole. A checkpoint with a
+    manifest (this version's: trainer_state.json says so) is checked against it first (sizes and
+    checksums: manifest.py); then, as for earlier versions', the headers and zip directories."""
     try:
         state = read_trainer_state(ckpt)
     except InputError:
-        return "trainer_state.json is damaged"
+        state = None
+    if (ckpt / MANIFEST).is_file() or (state and state.get("manifest")):
+        problem = manifest_problem(ckpt)
+        if problem:
+            return problem
+    if state is None:
+        return f"trainer_state.json is {'damaged' if (ckpt / 'trainer_state.json').is_file() else 'missing'}"
     try:
         check_adapter_files(ckpt / "adapter") if (ckpt / "adapter").is_dir() else check_weight_files(ckpt / "model")
     except InputError as e:
@@ -258,12 +303,19 @@ def checkpoint_problem(ckpt: Path) -> str | None:
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first; `.tmp-` leftovers and dirs without trainer_state.json are skipped."""
+    """Finished checkpoints, oldest first (whole or damaged since: `checkpoint_problem` tells). `.tmp-`
+    leftovers and directories with neither trainer_state.json nor a manifest (never finished) are skipped."""
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
-    found = [d for d in root.iterdir() if STEP_DIR.match(d.name) and (d / "trainer_state.json").is_file()]
-    return sorted(found, key=_step)
+    return sorted((d for d in root.iterdir() if STEP_DIR.match(d.name) and _finished(d)), key=_step)
+
+
+def _finished(ckpt: Path) -> bool:
+    """Written to the end: trainer_state.json and the manifest (this version) or trainer_state.json
+    (earlier ones) are its last files, and the directory gets its name only after they are written.
+    Either one present counts, so that a checkpoint which lost the other is reported, not ignored."""
+    return (ckpt / "trainer_state.json").is_file() or (ckpt / MANIFEST).is_file()
 
 
 def run_of(ckpt: Path) -> Path | None:
@@ -298,7 +350,7 @@ def resume_point(path: str | Path) -> ResumePoint:
     stopped before its first checkpoint, a fresh start of that run with the config it was started
     with: nothing of it was saved, so starting again from step 0 is exactly continuing it."""
     path = Path(path)
-    if path.is_dir() and not (path / "trainer_state.json").is_file() and not list_checkpoints(path):
+    if path.is_dir() and not _finished(path) and not list_checkpoints(path):
         config = started_config(path)
         if config is not None:
             return ResumePoint(None, path, config)
@@ -308,11 +360,12 @@ def resume_point(path: str | Path) -> ResumePoint:
 
 def latest_checkpoint(path: str | Path) -> Path:
     """`path` may be a run directory or one checkpoint directory; returns the checkpoint to resume:
-    the newest whose files are all there and whole. Damaged newer ones are skipped, saying why."""
+    the newest whose files are all there and whole. Damaged newer ones are skipped, one line each
+    saying why (a checkpoint named directly is not: that is an error)."""
     path = Path(path)
     if not path.exists():
         raise MissingInput(f"{path} does not exist: pass the run directory (train.out_dir) of the run to continue")
-    if (path / "trainer_state.json").is_file():
+    if _finished(path):
         problem = checkpoint_problem(path)
         if problem:
             raise InputError(f"checkpoint {path} cannot be resumed: {problem}; pass its run directory to resume from "
