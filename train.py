@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from grpo.config import Config, add_config_arguments, read_run_config
+from grpo.machinery.run_lock import refuse_if_in_use
 from plan import add_plan_arguments, report
 from qwen2.errors import InputError
 
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg, point = read_run_config(args.config, args.overrides, args.resume)
             if args.dry_run:
                 return report(cfg, args)  # plan.py: does it fit? (nothing is trained)
+            refuse_if_in_use(cfg.train.out_dir)  # before reading a run another process may still be changing
             trainer = start(cfg, point, args.threads)
         except InputError as e:
             return input_error(e)
