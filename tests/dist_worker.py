@@ -75,6 +75,7 @@ def update(config: str, out: str, aggregations: str) -> None:
 def downgrade(ckpt: str) -> None:
     """Rewrite a checkpoint in the format of earlier versions: optimizer_rank<r>.pt and rng_rank<r>.pt
     per rank (optimizer.pt and rng.pt for one process), no optimizer/ directory."""
+    import json
     import shutil
 
     from grpo.machinery.checkpoint import read_trainer_state
@@ -94,6 +95,11 @@ def downgrade(ckpt: str) -> None:
         shutil.rmtree(path / "optimizer")
         if suffix:
             (path / "rng.pt").unlink()
+        # Earlier versions wrote no manifest: trainer_state.json alone marks the checkpoint complete.
+        (path / "manifest.json").unlink()
+        state = read_trainer_state(path)
+        del state["manifest"]
+        (path / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
     shutdown()
 
 
