@@ -250,3 +250,27 @@ def test_from_name_qwen3_shapes(name, billions, non_embedding):
     if name == "Qwen3-0.6B":
         assert n == 596_049_920
     assert cfg.max_position_embeddings == (32768 if name.endswith("-Base") else 262144 if "2507" in name else 40960)
+
+
+def test_a_qwen3_shaped_tiny_model_trains_grpo_steps_through_train_py(tmp_path):
+    """q/k norms, no q/k/v bias and a head_dim that is not hidden / heads, through the whole trainer:
+    rollouts, the shared-prefix update, checkpoints (a Qwen3 config.json) and an exact resume."""
+    import json
+
+    import train
+    from grpo.machinery.checkpoint import latest_checkpoint
+    from tiny_run import build_tiny_model, metrics, without_times, write_config
+
+    model_dir = build_tiny_model(tmp_path / "qwen3", model_type="qwen3", attention_bias=False, head_dim=16)
+    full = write_config(tmp_path, model_dir, out="full", train={"save_every": 100, "eval_every": 0})
+    split = write_config(tmp_path, model_dir, out="split", train={"save_every": 100, "eval_every": 0})
+    assert train.main(["--config", str(full)]) == 0
+    assert train.main(["--config", str(split), "--stop-after", "2"]) == 0
+    assert train.main(["--resume", str(tmp_path / "split")]) == 0
+    rows = without_times(metrics(tmp_path / "full"))
+    assert rows == without_times(metrics(tmp_path / "split")) and any(r["trained_episodes"] for r in rows)
+    saved = json.loads((latest_checkpoint(tmp_path / "full") / "model" / "config.json").read_text())
+    assert saved["model_type"] == "qwen3" and saved["head_dim"] == 16
+    trained = load_model(latest_checkpoint(tmp_path / "full") / "model")
+    assert not torch.equal(trained.model.layers[0].self_attn.q_norm.weight,
+                           load_model(model_dir).model.layers[0].self_attn.q_norm.weight), "q_norm never trained"

@@ -20,10 +20,11 @@ def odd_length(completion: str, answer: str, tags=None) -> float:
     return float(len(completion) % 2)
 
 
-def build_tiny_model(path: Path) -> Path:
+def build_tiny_model(path: Path, **shape) -> Path:
+    """The tiny random model (`shape` overrides its config: e.g. a Qwen3 with model_type="qwen3")."""
     tok = build_tiny_tokenizer(path, vocab_size=400)
-    cfg = Qwen2Config(vocab_size=tok.vocab_size, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, torch_dtype="float32")
+    cfg = Qwen2Config(**{**dict(vocab_size=tok.vocab_size, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, torch_dtype="float32"), **shape})
     model = Qwen2(cfg)
     model.init_weights(std=0.1, generator=torch.Generator().manual_seed(0))
     save_model(model, path)
