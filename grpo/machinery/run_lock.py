@@ -77,16 +77,11 @@ class RunLock:
     def __init__(self, run_dir: str | Path, dist: Any = None, check: Callable[[Path], None] | None = None):
         self.run_dir = Path(run_dir)
         self._held: _Held | None = None
-        problem = None
-        if dist is None or dist.main:
-            try:
-                self._held = _take(self.run_dir)
-            except InputError as e:
-                problem = str(e)
-        if dist is not None and dist.launched:
-            problem = _from_rank0(problem)
-        if problem:
-            raise InputError(problem)
+
+        def take() -> None:
+            self._held = _take(self.run_dir)
+
+        _on_rank0(take, dist)
         self._finalizer = weakref.finalize(self, _let_go, self._held)
         if check is not None:
             try:
@@ -112,10 +107,15 @@ def refuse_if_in_use(run_dir: str | Path, dist: Any = None) -> None:
     shared flock taken and dropped at once): for the start of a process, before it reads a run that
     another may be changing under it (a --resume of a run still training would find its checkpoints
     pruned as it reads them). Under torchrun rank 0 looks and tells the others (a collective)."""
+    _on_rank0(lambda: _look(Path(run_dir)), dist)
+
+
+def _on_rank0(action: Callable[[], None], dist: Any) -> None:
+    """Run `action` on rank 0 (or the one process); its InputError, if any, is raised on every rank."""
     problem = None
     if dist is None or dist.main:
         try:
-            _look(Path(run_dir))
+            action()
         except InputError as e:
             problem = str(e)
     if dist is not None and dist.launched:
