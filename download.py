@@ -1,9 +1,10 @@
-"""Download the Qwen2.5 weights and the GSM8K data into the repository.
+"""Download Qwen2.5 (or Qwen3 dense) weights and the GSM8K data into the repository.
 
     python download.py                          # Qwen2.5-3B-Instruct + GSM8K
     python download.py --dataset gsm8k_zh       # Chinese GSM8K instead
     python download.py --skip-model             # data only
     python download.py --model Qwen/Qwen2.5-0.5B-Instruct
+    python download.py --model Qwen/Qwen3-1.7B  # any Qwen3 dense repo: the same files
 
 Layout (under --dest, default: the repository root):
 
@@ -245,7 +246,7 @@ def manual_steps(step: str, model: str, target: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Download Qwen2.5 weights and GSM8K data.")
+    parser = argparse.ArgumentParser(description="Download Qwen2.5 or Qwen3 (dense) weights and GSM8K data.")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub model id (default {DEFAULT_MODEL})")
     parser.add_argument("--dataset", default="gsm8k", choices=DATASETS, help="which GSM8K to fetch")
     parser.add_argument("--dest", type=Path, default=REPO_ROOT,
