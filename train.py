@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 def start(cfg: Config, point, threads: int | None):
     """The trainer of this config (resuming `point`, if any): the memory plan checked against the
     machine before any weight is read, CPU threads chosen, the torchrun rank joined."""
-    from grpo.machinery.distributed import init_from_env, launched_by_torchrun
+    from grpo.machinery.distributed import Dist, init_from_env, launched_by_torchrun
     from grpo.machinery.runtime import choose_cpu_threads, model_size, resolve_device
     from grpo.plan.report import check_fits
     from grpo.policy import policy_dir
@@ -75,10 +75,10 @@ def start(cfg: Config, point, threads: int | None):
 
     device = resolve_device(cfg.model.device)
     choose_cpu_threads(device, model_size(cfg.model.path), threads)
-    dist = init_from_env(cfg.model.device) if launched_by_torchrun() else None  # torchrun: one rank of several
+    dist = init_from_env(cfg.model.device) if launched_by_torchrun() else Dist.single(device)  # torchrun: one rank of several
     ckpt = point and point.checkpoint
     # A run that cannot fit is one line now, not an out-of-memory error minutes later.
-    check_fits(cfg, Qwen2Config.from_json(policy_dir(cfg, ckpt)), dist.device if dist else device, dist.world if dist else 1)
+    check_fits(cfg, Qwen2Config.from_json(policy_dir(cfg, ckpt)), dist.device, dist.world)
     return Trainer(cfg, resume=ckpt, dist=dist, restart=point is not None and point.checkpoint is None)
 
 
@@ -137,8 +137,7 @@ def input_error(e: InputError) -> int:
 
 def continue_command(trainer) -> str:
     """The command that continues this run, to paste."""
-    launcher = f"torchrun --nproc_per_node={trainer.dist.world}" if trainer.dist.launched else "python"
-    return f"{launcher} train.py --resume {shlex.quote(str(trainer.out_dir))}"
+    return f"{trainer.dist.train_command} --resume {shlex.quote(str(trainer.out_dir))}"
 
 
 if __name__ == "__main__":

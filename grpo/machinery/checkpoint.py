@@ -46,9 +46,9 @@ from qwen2.errors import InputError, MissingInput
 from qwen2.weights import check_weight_files
 from qwen2.lora import check_adapter_files, has_lora, save_adapter
 
-from .distributed import Dist, full_state_dict
+from .distributed import Dist, full_state_dict, train_command
 from .save_errors import SaveFailed, agree, attempt, first_line, save_failure
-from .manifest import (MANIFEST, file_entries, files_under, gather, manifest_problem,
+from .manifest import (MANIFEST, file_entries, files_under, manifest_problem,
                        optimizer_files_of, write_manifest)
 from ..optim.sharded_state import load_optimizer, optimizer_problem, save_optimizer
 
@@ -131,7 +131,7 @@ def save_checkpoint(run_dir: str | Path, state: TrainingState, model: Qwen2, tok
     failure = agree(attempt(write_model) if dist.main else None, dist)
     if failure is None:  # (a full disk stops before the optimizer's far larger share is written)
         error = attempt(write_optimizer)
-        parts = gather((entries, error), dist)  # every rank's hashes and outcome, on every rank
+        parts = dist.gather_objects((entries, error))  # every rank's hashes and outcome, on every rank
         failure = next((e for _, e in parts if e), None)
         if failure is None:
             if dist.main:
@@ -180,7 +180,7 @@ def restore_checkpoint(ckpt: Path, run_dir: str | Path, optimizer: torch.optim.O
         scheduler_state, rng = extra["scheduler"], extra["torch"]
     else:  # an earlier version's per-rank files: only the same number of ranks can read them
         if ranks != dist.world:
-            launcher = f"torchrun --nproc_per_node={ranks} train.py" if ranks > 1 else "python train.py"
+            launcher = train_command(ranks, launched=ranks > 1)
             raise InputError(f"{ckpt} was written by {ranks} process(es) in an earlier format; resume it with the same "
                              f"number ({launcher} --resume ...), or start a new run from its model/ folder")
         opt_state = _load(ckpt / _per_rank("optimizer", ranks, dist.rank))

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 import torch.distributed as torch_dist
@@ -95,9 +95,23 @@ class Dist:
         torch_dist.all_gather(parts, padded)
         return torch.cat([part[:int(n)] for part, n in zip(parts, all_sizes)]).to(values.device)
 
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's picklable `obj`, in rank order, on every rank (a collective under torchrun):
+        what the ranks agree on a save's outcome or a lock's holder with."""
+        if not self.launched:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch_dist.all_gather_object(out, obj)
+        return out
+
     def barrier(self) -> None:
         if self.launched:
             torch_dist.barrier()
+
+    @property
+    def train_command(self) -> str:
+        """How this run is started again: `python train.py`, or torchrun with as many processes."""
+        return train_command(self.world, self.launched)
 
     def bounds(self, n: int, rank: int | None = None) -> tuple[int, int]:
         """[start, end) of `rank`'s (this rank's) share of n items, in rank order: n / world each,
@@ -111,6 +125,11 @@ class Dist:
         """This rank's slice of `items` (all of them for one process)."""
         start, end = self.bounds(len(items))
         return list(items[start:end])
+
+
+def train_command(world: int, launched: bool) -> str:
+    """The command that starts train.py as `world` processes (torchrun) or as one plain process."""
+    return f"torchrun --nproc_per_node={world} train.py" if launched else "python train.py"
 
 
 def in_lockstep(micros: Sequence[T], dist: Dist) -> list[tuple[T, float]]:

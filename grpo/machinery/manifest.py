@@ -31,9 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as torch_dist
-
-from .distributed import Dist
 
 MANIFEST = "manifest.json"
 CHUNK = 64 << 20
@@ -196,12 +193,3 @@ def checkpoint_bytes(ckpt: Path) -> int:
         return int(read_manifest(ckpt)["total_bytes"])
     except (OSError, ValueError, KeyError, TypeError):
         return sum(p.stat().st_size for p in files_under(ckpt))
-
-
-def gather(obj: Any, dist: Dist) -> list[Any]:
-    """Every rank's `obj`, in rank order, on every rank (collective under torchrun)."""
-    if not dist.launched:
-        return [obj]
-    out: list[Any] = [None] * dist.world
-    torch_dist.all_gather_object(out, obj)
-    return out

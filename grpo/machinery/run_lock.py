@@ -119,7 +119,7 @@ def _on_rank0(action: Callable[[], None], dist: Any) -> None:
         except InputError as e:
             problem = str(e)
     if dist is not None and dist.launched:
-        problem = _from_rank0(problem)
+        problem = dist.gather_objects(problem)[0]  # rank 0's outcome, on every rank
     if problem:
         raise InputError(problem)
 
@@ -254,12 +254,3 @@ def _alive(pid: Any) -> bool:
     except PermissionError:  # someone else's
         pass
     return True
-
-
-def _from_rank0(problem: str | None) -> str | None:
-    """Rank 0's outcome on every rank (torchrun; a collective)."""
-    import torch.distributed as torch_dist
-
-    box = [problem]
-    torch_dist.broadcast_object_list(box, src=0)
-    return box[0]

@@ -27,7 +27,7 @@ from qwen2.errors import InputError
 from qwen2.lora import has_lora
 
 from .distributed import Dist
-from .manifest import checkpoint_bytes, gather
+from .manifest import checkpoint_bytes
 
 
 class SaveFailed(InputError):
@@ -60,7 +60,7 @@ def attempt(write: Any) -> str | None:
 def agree(error: str | None, dist: Dist) -> str | None:
     """The first rank's error, on every rank: all stop or all go on (none waits at a barrier for
     a rank that has failed)."""
-    return next((e for e in gather(error, dist) if e), None)
+    return next((e for e in dist.gather_objects(error) if e), None)
 
 
 def save_failure(root: Path, step: int, reason: str, saved: list[Path], model: Any, optimizer: Any,
@@ -81,10 +81,9 @@ def save_failure(root: Path, step: int, reason: str, saved: list[Path], model: A
         reason = f"out of space ({reason})"
     kept = (f"the checkpoints saved before are untouched (the newest: {saved[-1]})" if saved
             else "no checkpoint of this run exists yet")
-    launcher = f"torchrun --nproc_per_node={dist.world} train.py" if dist.launched else "python train.py"
     return (f"cannot save the checkpoint of step {step} in {root}: {reason}; a checkpoint needs about "
             f"{_size(need)} ({basis}), {'only ' if free < need else ''}{_size(free)} is free there. Training stops; "
-            f"{kept}: make room (or make the directory writable) and continue with {launcher} --resume "
+            f"{kept}: make room (or make the directory writable) and continue with {dist.train_command} --resume "
             f"{shlex.quote(str(root.parent))}")
 
 
