@@ -33,13 +33,17 @@ def hf_model(seed: int = 0, **overrides):
     kw.update(overrides)
     cfg = transformers.Qwen2Config(**kw)
     torch.manual_seed(seed)
-    model = transformers.Qwen2ForCausalLM(cfg).float().eval()
-    with torch.no_grad():  # HF inits norms to 1 and biases to 0: perturb so they are tested
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
-            else:
-                p.normal_(0, 0.05)
+    return perturbed(transformers.Qwen2ForCausalLM(cfg).float().eval())
+
+
+@torch.no_grad()
+def perturbed(model):
+    """`model` with random weights whose norms and biases are not 1 and 0 (HF's init), so they are tested."""
+    for name, p in model.named_parameters():
+        if "norm" in name or name.endswith("bias"):
+            p.add_(torch.randn_like(p) * 0.1)
+        else:
+            p.normal_(0, 0.05)
     return model
 
 

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from conftest import save_hf
+from conftest import perturbed, save_hf
 from qwen2 import GREEDY, Causal, Padded, Qwen2, Qwen2Config, SamplingParams, generate, load_model, save_model
 from qwen2.errors import InputError
 from qwen2.lora import TARGETS, add_lora, load_adapter, merge_lora, save_adapter
@@ -40,14 +40,7 @@ def hf_qwen3(seed: int = 0, **shape):
 
     cfg = transformers.Qwen3Config(**shape, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(seed)
-    model = transformers.Qwen3ForCausalLM(cfg).float().eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
-            else:
-                p.normal_(0, 0.05)
-    return model
+    return perturbed(transformers.Qwen3ForCausalLM(cfg).float().eval())
 
 
 @pytest.fixture(scope="module")
