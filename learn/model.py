@@ -23,7 +23,7 @@ What this file leaves out, and where the trainer does it:
     fused kernel (SDPA) and shares key/value heads without copying them
   * packed training rows [prompt | c_1 | ... | c_G], one prompt for its G completions:
     qwen2/shared_prefix.py, qwen2/layout.py (here: one left-padded row per sequence)
-  * RoPE tables computed once (qwen2/model.py `Rotary`); a preallocated KV cache (qwen2/kv_cache.py)
+  * frequencies computed once (qwen2/model.py `Rotary`); a preallocated KV cache (qwen2/kv_cache.py)
   * careful loading: names and shapes checked before reading, sharded saving (qwen2/weights.py);
     LoRA (qwen2/lora.py); activation checkpointing and FSDP (grpo/machinery/runtime.py, distributed.py)
   * config checks (rope scaling, sliding window: qwen2/config.py); the tokenizer (qwen2/tokenizer.py)

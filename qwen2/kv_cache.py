@@ -14,7 +14,8 @@ values into the cache and attends over everything cached so far; after the last 
 moves its write position past the new tokens.
 
 Simplification: all rows share one write position (left padding keeps them aligned), and the
-length grows with every token; `select` reallocates (the sampler drops finished rows with it).
+length grows with every token. Dropping finished rows (`select` with fewer rows) moves the kept
+ones to the front of the same buffers, so the memory of a rollout stays that of its first step.
 """
 
 from __future__ import annotations
@@ -94,15 +95,29 @@ class KVCache:
     def select(self, rows: Tensor) -> None:
         """Keep only `rows` (a LongTensor of batch indices, repeats allowed), in that order.
 
-        Used to drop finished rows and to fan one prefilled prompt out to G samples.
+        Used to drop finished rows (fewer rows: in place) and to fan one prefilled prompt out to G
+        samples (more rows: new buffers).
         """
-        # Copy only the filled part into a fresh buffer, so memory follows the live rows. The rest
-        # stays uninitialised: positions past `length` are written before they are ever read.
-        k, v = self.k, self.v
-        self.k = torch.empty((k.shape[0], len(rows), *k.shape[2:]), dtype=k.dtype, device=k.device)
-        self.v = torch.empty_like(self.k)
-        self.k[:, :, :, :self.length] = k[:, rows, :, :self.length]
-        self.v[:, :, :, :self.length] = v[:, rows, :, :self.length]
+        n, length = len(rows), self.length
+        if n <= self.batch_size:
+            # In place, one layer at a time: that layer's kept rows are gathered (a copy of 1/layers
+            # of the cache, the only temporary) and written to the front of the same buffers, which
+            # are then viewed as their first n rows. Gathering first makes any order safe. New
+            # buffers would hold the old and new caches at once (1.5x the cache, with the gather),
+            # at the rollout's fullest; the view keeps the batch stride, so attention reads the
+            # same strided tensors as from a fresh buffer.
+            for layer in range(self.k.shape[0]):
+                self.k[layer, :n, :, :length] = self.k[layer, rows, :, :length]
+                self.v[layer, :n, :, :length] = self.v[layer, rows, :, :length]
+            self.k, self.v = self.k[:, :n], self.v[:, :n]
+        else:
+            # Copy only the filled part into fresh buffers. The rest stays uninitialised: positions
+            # past `length` are written before they are ever read.
+            k, v = self.k, self.v
+            self.k = torch.empty((k.shape[0], n, *k.shape[2:]), dtype=k.dtype, device=k.device)
+            self.v = torch.empty_like(self.k)
+            self.k[:, :, :, :length] = k[:, rows, :, :length]
+            self.v[:, :, :, :length] = v[:, rows, :, :length]
         self.key_mask = self.key_mask[rows]
         self.num_real = self.num_real[rows]
 

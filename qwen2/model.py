@@ -49,32 +49,36 @@ class RMSNorm(nn.Module):
 
 
 class Rotary:
-    """Rotary position embeddings: cos/sin tables built once (per device), read by position.
+    """Rotary position embeddings: cos/sin of each position's angles, computed for the positions read.
 
     Pair i of a head rotates by angle position * theta^(-2i/head_dim): low dimensions spin fast,
-    high ones slowly. The tables cover every position the model supports (max_position_embeddings)
-    and are computed in fp32 (positions up to 32k lose precision in bf16), then cast on reading.
-    They are built on first use on each device rather than registered as buffers, so a model built
-    on the meta device and then loaded (weights.py), moved or sharded needs nothing re-initialised.
+    high ones slowly. The angles are computed in fp32 (positions up to 32k lose precision in bf16),
+    then their cos/sin cast to the activations' dtype. Only the frequencies theta^(-2i/head_dim)
+    (head_dim / 2 numbers) are kept, built on first use on each device, so a model built on the meta
+    device and then loaded (weights.py), moved or sharded needs nothing re-initialised.
+    Why not a table of every position: max_position_embeddings is 262144 for Qwen3-4B-2507, and
+    fp32 cos and sin tables of 262144 x 128 are 268 MB per device, of which a GRPO step reads a few
+    thousand rows. position * frequency is the same fp32 product either way, so the values are
+    those a full table holds (tests/test_qwen3_plans.py), for every layout: padded, KV cache,
+    compiled static decode (where the few elementwise ops fuse into the step), shared prefix.
     """
 
     def __init__(self, head_dim: int, theta: float, max_positions: int):
         self.head_dim, self.theta, self.max_positions = head_dim, theta, max_positions
-        self._tables: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        self._inv_freq: dict[torch.device, Tensor] = {}
 
-    def tables(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """(cos, sin), each (max_positions, head_dim) fp32."""
-        if device not in self._tables:
-            inv_freq = 1.0 / self.theta ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim)
-            angles = torch.arange(self.max_positions, device=device).float()[:, None] * inv_freq  # (P, D/2)
-            angles = torch.cat([angles, angles], dim=-1)  # (P, D): "rotate half" layout, as in HF
-            self._tables[device] = angles.cos(), angles.sin()
-        return self._tables[device]
+    def inv_freq(self, device: torch.device) -> Tensor:
+        """theta^(-2i/head_dim) for i < head_dim / 2, fp32 (head_dim / 2,)."""
+        if device not in self._inv_freq:
+            self._inv_freq[device] = 1.0 / self.theta ** (
+                torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim)
+        return self._inv_freq[device]
 
     def __call__(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """cos/sin at `positions` (B, T), each (B, T, head_dim) in `dtype`."""
-        cos, sin = self.tables(positions.device)
-        return cos[positions].to(dtype), sin[positions].to(dtype)
+        angles = positions.float()[..., None] * self.inv_freq(positions.device)  # (B, T, D/2), fp32
+        angles = torch.cat([angles, angles], dim=-1)  # (B, T, D): "rotate half" layout, as in HF
+        return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def rotate_half(x: Tensor) -> Tensor:

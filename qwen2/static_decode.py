@@ -17,8 +17,8 @@ three of them at every token; this module fixes each:
   new buffers, a new batch size)                then every 8) and moved to the front of the same
                                                 buffers: the shape changes only when the bucket
                                                 shrinks, a few times per rollout
-RoPE was already read from tables built once (model.py). The window grows in steps of `WINDOW_STEP`
-positions, so early tokens do not read the whole cache.
+RoPE needs no state: cos/sin are computed from the positions (model.py). The window grows in steps
+of `WINDOW_STEP` positions, so early tokens do not read the whole cache.
 
 One cache for the process, and what it costs. A CUDA graph records the addresses of the buffers it
 reads and writes: a buffer at a new address is a new recording (and torch counts re-recordings

@@ -7,9 +7,10 @@ adapters; with the compiled decode, its static KV cache, which the process keeps
 one of six moments that never overlap:
     prefill     the KV cache of all rows, the distinct prompts' own cache, one block's activations
     decode      the KV cache, a step's logits, their sampling copies and the entropies
-    cache copy  the KV cache and its largest temporary copy: compaction's (eager: the surviving rows'
-                K and V, allocated before the old ones are freed) or, compiled, the copy inductor
-                makes of the cache buffer it autotunes a kernel on (the first decode step)
+    cache copy  the KV cache and its largest temporary copy: compaction's (eager or compiled: one
+                layer's surviving rows, gathered before they move to the front of the same buffers)
+                or, compiled, the copy inductor makes of the cache buffer it autotunes a kernel on
+                (the first decode step)
     logprobs    the activations kept for backward, the attention masks, one chunk of full-vocabulary
                 logits, and from the second micro-batch on the gradients accumulated so far
     backward    the same activations and masks, the gradients, one block recomputed (checkpointing)
@@ -182,8 +183,9 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
     # From the second micro-batch on, the gradients of the earlier ones are there while the next one's
     # forward pass (and its log-prob chunk) runs: a step of several micro-batches holds them from then on.
     several = update_micro_batches(cfg, ranks) > 1
+    # No RoPE tables: cos/sin are computed for the positions a forward reads (qwen2/model.py, Rotary),
+    # (tokens, head_dim) each, ~4 MB at 8192 tokens: within the activations' estimate.
     items += [
-        Item("RoPE cos/sin tables", 2 * mc.max_position_embeddings * mc.head_dim * 4, 0),
         Item("gradients" + (" (from micro-batch 2 on in logprobs)" if several else ""), -(-trained * b // ranks), 0,
              ("logprobs", "backward", "optimizer") if several else ("backward", "optimizer")),
         Item("fp32 master weights", *split(opt["master"], cfg.optim.offload)),
@@ -236,13 +238,11 @@ def rollout_items(mc: Qwen2Config, questions: int, G: int, P: int, C: int, b: in
             # block's activations over their tokens.
             Item(f"prefill ({questions} prompts' own cache, one block)",
                  kv_cache_bytes(mc, questions, seq, b) + block_activation_bytes(mc, questions * P, b), 0, ("prefill",)),
-            # KVCache.select, when finished rows are dropped: new K and V for the surviving rows are
-            # allocated before the old ones are freed, and each is filled from a gathered copy of the
-            # old one's rows (the K copy's peak: new K and V + gathered K); at worst all rows but one
-            # survive, late in the rollout.
-            Item(f"compaction's copy of the cache ({rows - 1} rows: new K, V, gathered K)",
-                 kv_cache_bytes(mc, rows - 1, seq, b) + kv_cache_bytes(mc, rows - 1, seq, b) // 2 if rows > 1 else 0,
-                 0, ("cache copy",)),
+            # KVCache.select, when finished rows are dropped: in place, one layer at a time, each
+            # layer's surviving rows gathered into a temporary copy (one layer's K or V) and written
+            # to the front of the same buffers; at worst all rows but one survive, late in the rollout.
+            Item(f"compaction's copy of the cache ({rows - 1} rows of one layer's K)",
+                 (rows - 1) * mc.num_key_value_heads * seq * mc.head_dim * b, 0, ("cache copy",)),
         ]
         return items
     from qwen2 import static_decode

@@ -48,6 +48,7 @@ import qwen2.attention
 from data.rewards import Score
 from qwen2 import Qwen2, Qwen2Config
 from qwen2.lora import add_lora
+from qwen2.nf4 import quantize_model
 from qwen2.sampler import choose_next, decode_one_token, prefill
 
 from ..batch import build_batch, micro_batches
@@ -158,6 +159,8 @@ def trace_memory(cfg: Config, model_config: Qwen2Config | None = None) -> list[P
         model = Qwen2(mc).to(dtype)
         ref = Qwen2(mc).to(dtype).requires_grad_(False) if cfg.grpo.beta > 0 and not cfg.model.lora.rank else None
     lora = cfg.model.lora
+    if cfg.model.quantize == "nf4":  # the block projections as NF4Linear: codes and scales, dequantised per call
+        quantize_model(model)
     if lora.rank:
         add_lora(model, lora.rank, lora.alpha, lora.targets)
     if cfg.model.activation_checkpointing:
@@ -197,8 +200,8 @@ def trace_memory(cfg: Config, model_config: Qwen2Config | None = None) -> list[P
         for _ in range(2):
             tok, _, _ = choose_next(logits, cfg.rollout.sampling, scored=True)  # rollouts keep the entropies
             logits = decode_one_token(model, cache, tok)
-        # A compaction as early as it can be costly: one row finished, the others' K and V copied
-        # while the step's logits are still held (sampler.generate).
+        # A compaction late in the rollout, where it moves the most: one row finished, the others'
+        # K and V moved to the front of the cache while the step's logits are still held (sampler.generate).
         if rows > 1:
             cache.select(torch.arange(rows - 1, device=META))
 
