@@ -186,6 +186,31 @@ class OptimConfig:
 
 
 @dataclass
+class StuckConfig:
+    # Warnings when the last steps show the run cannot learn (grpo/stuck.py, docs/logs.md): one line per
+    # cause, at most once every `every` steps, also marked in metrics.jsonl (stuck_<cause>: 1). A
+    # threshold of 1 (0 for entropy and flat_range) turns that one cause off; enabled: false, all.
+    enabled: bool = True
+    window: int = key(5, at_least(1, 10**4))  # steps each cause is judged over: one odd step is not a stuck run
+    every: int = key(25, at_least(1, BIG))  # steps between two warnings of one cause (the default save_every)
+    # Share of completions that hit rollout.max_new_tokens. Above half, most answers are cut off before
+    # they are given: they all score alike (TRL #5697, #6263).
+    truncated: float = key(0.5, between(0, 1))
+    # Share of groups whose G samples all got one reward (advantage 0, no gradient). The tiny recipe, still
+    # learning at step 350, has 10 of 16 (docs/logs.md); above 3 in 4 a step trains on under a quarter.
+    no_spread: float = key(0.75, between(0, 1))
+    # Nats per sampled token. At 0.05 only ~1% of a token's probability is off its top choice, so the G
+    # samples of a short answer are nearly the same text (the tiny recipe: ~0.12 early, ~0.02 after the
+    # collapse docs/tiny_recipe.md describes).
+    entropy: float = key(0.05, at_least(0, 100))
+    # The step's mean reward staying within flat_range for flat_steps steps: with 128 episodes a step, one
+    # episode more right moves the mean by 1/128 = 0.008, so a range below 0.01 over 20 steps is a reward
+    # that does not move at all (a constant reward, or no group ever with spread).
+    flat_steps: int = key(20, at_least(2, 10**4))
+    flat_range: float = key(0.01, at_least(0, 10**6))
+
+
+@dataclass
 class TrainConfig:
     steps: int = key(200, at_least(1, BIG))  # training steps (each: rollout + update + optimizer step); the LR schedule spans them
     seed: int = key(0, at_least(0, 2**62))  # model init (LoRA), data order and sampling: the same seed repeats a run on one machine
@@ -210,6 +235,7 @@ class TrainConfig:
     progress: bool = True  # tqdm bars for rollout and update
     tensorboard: bool = False  # log to TensorBoard when installed
     wandb: bool = False  # log to Weights & Biases when installed
+    stuck: StuckConfig = field(default_factory=StuckConfig)  # warnings when the run cannot learn (grpo/stuck.py)
 
 
 @dataclass

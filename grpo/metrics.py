@@ -14,6 +14,9 @@ from data.gsm8k import Problem
 from qwen2.static_decode import STATS as COMPILE_STATS
 
 from .rollout import Episode
+from .stuck import same_reward_groups
+
+SAME_REWARD = ("zero_spread_right", "zero_spread_wrong", "zero_spread_mixed")
 
 
 def rollout_metrics(episodes: list[Episode], has_spread: Tensor, group_size: int,
@@ -28,13 +31,16 @@ def rollout_metrics(episodes: list[Episode], has_spread: Tensor, group_size: int
             "length": sum(sum(e.actions) for e in episodes),
             "truncated": sum(not e.finished for e in episodes),
             "entropy": sum(sum(e.entropies) for e in episodes),
-            "zero_spread_groups": int((~has_spread).sum()) // group_size}
+            "zero_spread_groups": int((~has_spread).sum()) // group_size,
+            # of the groups with one reward for all G samples: all right, all wrong, both (grpo/stuck.py)
+            **dict(zip(SAME_REWARD, same_reward_groups(episodes, group_size)))}
     if tools:
         sums |= {"tool_calls": sum(e.tool_calls for e in episodes), "tool_errors": sum(e.tool_errors for e in episodes)}
     *totals, n = total([*sums.values(), len(episodes)])
     metrics = {k: v / n for k, v in zip(sums, totals)}
     metrics["entropy"] = metrics["entropy"] / max(metrics["length"], 1e-9)  # per token, not per episode
-    metrics["zero_spread_groups"] = int(round(metrics["zero_spread_groups"] * n))
+    for count in ("zero_spread_groups", *SAME_REWARD):  # counts over the step, not means
+        metrics[count] = int(round(metrics[count] * n))
     metrics["groups"] = int(n) // group_size
     if tools:  # the share of calls that the tool answered with an error
         metrics["tool_errors"] = metrics["tool_errors"] / max(metrics["tool_calls"], 1e-9)

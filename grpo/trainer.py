@@ -58,6 +58,7 @@ from .machinery.run_log import PhaseTimer, RunLog
 from .metrics import StepResult, UpdateResult, UpdateStats, step_metrics
 from .machinery.runtime import resolve_device
 from .schedule import DataOrder, lr_factor
+from .stuck import StuckDetector, warn
 
 
 class Trainer:
@@ -107,6 +108,7 @@ class Trainer:
             self._say(f"{self.out_dir} saved no checkpoint before it stopped: starting it again from step 0")
         self.interrupt: Interrupt | None = None
         self.guard = NonfiniteGuard(cfg.train.max_nonfinite_steps, self.out_dir, cfg.optim.lr, self._say)
+        self.stuck = StuckDetector.of_run(cfg, self.out_dir) if dist.main else None  # replays the (cut) metrics.jsonl
         self.log = RunLog(self.out_dir, cfg.to_dict(), cfg.train.steps, cfg.train.samples_per_step,
                           tensorboard=cfg.train.tensorboard, wandb=cfg.train.wandb)
 
@@ -133,8 +135,10 @@ class Trainer:
                 interrupt.commit()  # a signal now waits until the step is on the books
                 self.step += 1
                 steps_this_run += 1
-                if self.dist.main:
+                if self.dist.main:  # a stuck run's warnings (grpo/stuck.py) are marked in its row, said after it
+                    stuck = self.stuck.check(self.step, result.metrics)
                     self.log.step(self.step, result.metrics, result.samples(), time.perf_counter() - t0)
+                    warn(stuck)
                 snapshot = self._capture()
                 self.guard.record(self.step, bool(result.metrics["skipped_nonfinite"]))  # grpo/machinery/divergence.py
                 interrupt.at_boundary()  # one tiny all-reduce: a stop asked of any rank stops every rank here
