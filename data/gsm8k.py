@@ -1,4 +1,4 @@
-"""Load GSM8K word problems from JSONL into small `Problem` records.
+"""Load word problems from JSONL into small `Problem` records: GSM8K, or any task of your own.
 
 Each GSM8K line is `{"question": ..., "answer": ...}` where `answer` is the
 worked solution followed by `#### <number>`, e.g.
@@ -10,6 +10,11 @@ We split that into the reasoning text (`solution`) and the gold number
 translation written by `download.py --dataset gsm8k_zh` uses the same two
 fields, so the same loader reads it.
 
+Any other JSONL works too (`load_problems(path, question_key, answer_key)`, config keys
+`data.question_key` / `data.answer_key`): an answer that holds `####` is split as above, any
+other answer (a word, a LaTeX expression, a number) is the gold answer as written, and the row's
+other fields travel along in `Problem.fields`, to the reward functions and into samples.jsonl.
+
 Simplifications: the whole file is read into memory (GSM8K is ~5 MB), and
 the `<<48/2=24>>` calculator annotations are kept in `solution`; call
 `strip_calculator_annotations` if you want them gone.
@@ -19,8 +24,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from qwen2.errors import InputError, MissingInput
 
@@ -37,8 +43,12 @@ class Problem:
     """One word problem: the question, its gold number and the worked solution."""
 
     question: str
-    answer: str  # normalised gold number, e.g. "1080" or "-7"
-    solution: str  # reasoning text that came before "####"
+    answer: str  # gold answer: GSM8K's normalised number ("1080", "-7"), else the row's answer as written
+    solution: str  # reasoning text that came before "####" ("" for answers without it)
+    # The row's other fields (e.g. {"subject": "Algebra", "level": 3}): reward functions receive them
+    # as keyword arguments. Not hashed: the values may be lists or dicts.
+    fields: dict[str, Any] = field(default_factory=dict, hash=False)
+    where: str = field(default="", compare=False)  # "train.jsonl:12": names the row in errors
 
 
 def split_solution(answer_field: str) -> tuple[str, str]:
@@ -56,8 +66,10 @@ def split_solution(answer_field: str) -> tuple[str, str]:
     return solution.strip(), gold
 
 
-def parse_line(line: str, where: str = "<string>") -> Problem:
-    """Parse one JSONL line; `where` (e.g. "train.jsonl:12") prefixes errors."""
+def parse_line(line: str, where: str = "<string>", question_key: str = "question",
+               answer_key: str = "answer", gsm8k: bool = True) -> Problem:
+    """Parse one JSONL line; `where` (e.g. "train.jsonl:12") prefixes errors. The answer is split at
+    GSM8K's `####` (required with `gsm8k`), else taken as written (a JSON number becomes its text)."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError as err:
@@ -65,19 +77,32 @@ def parse_line(line: str, where: str = "<string>") -> Problem:
         reason = err.msg.removesuffix(" at").removesuffix(" starting")
         raise InputError(f"{where}:{err.colno}: not valid JSON ({reason}); fix or delete the line") from None
     if not isinstance(row, dict):
-        raise InputError(f"{where}: expected a JSON object with 'question' and 'answer'")
-    for key in ("question", "answer"):
-        if not isinstance(row.get(key), str) or not row[key].strip():
-            raise InputError(f"{where}: missing or empty string field {key!r}")
-    try:
-        solution, gold = split_solution(row["answer"])
-    except ValueError as err:
-        raise InputError(f"{where}: {err}") from None
-    return Problem(question=row["question"].strip(), answer=gold, solution=solution)
+        raise InputError(f"{where}: expected a JSON object with {question_key!r} and {answer_key!r}")
+    for key, setting in ((question_key, "question_key"), (answer_key, "answer_key")):
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key == answer_key and not gsm8k:
+            row[key] = value = json.dumps(value)  # {"answer": 42}: the number's text
+        if not isinstance(value, str) or not value.strip():
+            has = f" (the row has: {', '.join(map(str, list(row)[:8]))})" if key not in row else ""
+            raise InputError(f"{where}: missing or empty string field {key!r}{has}; name the row's field with "
+                             f"data.{setting}")
+    answer = row[answer_key]
+    if "####" in answer or gsm8k:
+        try:
+            solution, gold = split_solution(answer)
+        except ValueError as err:
+            raise InputError(f"{where}: {err}") from None
+    else:
+        solution, gold = "", answer.strip()
+    fields = {k: v for k, v in row.items() if k not in (question_key, answer_key)}
+    return Problem(question=row[question_key].strip(), answer=gold, solution=solution, fields=fields, where=where)
 
 
-def load_gsm8k(path: str | Path) -> list[Problem]:
-    """Read every problem of a GSM8K-format JSONL file (blank lines are skipped)."""
+def load_problems(path: str | Path, question_key: str = "question", answer_key: str = "answer",
+                  gsm8k: bool = False) -> list[Problem]:
+    """Read every problem of a JSONL file (blank lines are skipped); the keys name the question's and
+    the answer's fields (data.question_key, data.answer_key); `gsm8k` requires every answer to end in
+    `#### N`."""
     path = Path(path)
     if not path.is_file():
         if path.parent.name in ("gsm8k", "gsm8k_zh") and path.name in ("train.jsonl", "test.jsonl"):
@@ -96,10 +121,15 @@ def load_gsm8k(path: str | Path) -> list[Problem]:
                 raise InputError(f"{path}:{number}: not UTF-8 text (byte {err.start} of the line); "
                                  "save the file as UTF-8") from None
             if line.strip():
-                problems.append(parse_line(line.rstrip("\r\n"), where=f"{path}:{number}"))
+                problems.append(parse_line(line.rstrip("\r\n"), f"{path}:{number}", question_key, answer_key, gsm8k))
     if not problems:
         raise InputError(f"{path}: file has no problems; re-download it with python download.py")
     return problems
+
+
+def load_gsm8k(path: str | Path) -> list[Problem]:
+    """Read a GSM8K-format JSONL file: fields `question` and `answer`, every answer ending in `#### N`."""
+    return load_problems(path, gsm8k=True)
 
 
 def calculations(solution: str) -> list[str]:

@@ -9,8 +9,12 @@ so `data.rewards` can check the same format the prompt asked for:
         {"role": "user", "content": "Tom has 3 apples..."}]
 
 The messages are then rendered with the model's chat template by the
-tokenizer code. Simplification: one fixed system prompt per template, no
-few-shot examples.
+tokenizer code. Your own task brings its own template through the config
+(data.system_prompt, data.tags, data.user_prompt: `custom_template`), used
+by training, evaluation and resume alike. `enable_thinking` is handed to the
+chat template (Qwen3's switch; None = the template's default, which for
+Qwen3 is thinking on).
+Simplification: one system prompt per template, no few-shot examples.
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ class PromptTemplate:
 
     system: str
     tags: tuple[str, str]
+    user: str = "{question}"  # the user's turn; "{question}" stands for the question
+    enable_thinking: bool | None = None  # Qwen3's chat-template switch; None: not passed (template default)
+
+    def chat_kwargs(self) -> dict:
+        """Extra variables for the chat template (only those set)."""
+        return {} if self.enable_thinking is None else {"enable_thinking": self.enable_thinking}
 
 
 THINK_SYSTEM = (
@@ -53,21 +63,32 @@ TEMPLATES: dict[str, PromptTemplate] = {
 }
 
 
-def get_template(template: str) -> PromptTemplate:
-    """Look a template up by name, with a one-line error listing valid names."""
+def custom_template(name: str, system: str | None = None, tags: list[str] | None = None,
+                    user: str = "{question}", enable_thinking: bool | None = None) -> PromptTemplate:
+    """Template `name` with the config's own system prompt, tags, user turn and thinking switch."""
+    base = get_template(name)
+    return PromptTemplate(system=base.system if system is None else system,
+                          tags=base.tags if tags is None else (tags[0], tags[1]), user=user,
+                          enable_thinking=enable_thinking)
+
+
+def get_template(template: str | PromptTemplate) -> PromptTemplate:
+    """Look a template up by name (a PromptTemplate is itself), with a one-line error listing valid names."""
+    if isinstance(template, PromptTemplate):
+        return template
     if template not in TEMPLATES:
         raise ValueError(f"unknown prompt template {template!r}: choose one of {', '.join(TEMPLATES)}")
     return TEMPLATES[template]
 
 
-def template_tags(template: str) -> tuple[str, str]:
+def template_tags(template: str | PromptTemplate) -> tuple[str, str]:
     """The (reasoning, answer) tag names the rewards must look for with `template`."""
     return get_template(template).tags
 
 
-def build_messages(question: str, template: str = "think") -> list[dict]:
-    """Turn a question into [system, user] chat messages for `template`."""
-    return [
-        {"role": "system", "content": get_template(template).system},
-        {"role": "user", "content": question},
-    ]
+def build_messages(question: str, template: str | PromptTemplate = "think") -> list[dict]:
+    """Turn a question into [system, user] chat messages for `template` (no system message when its
+    system prompt is empty)."""
+    t = get_template(template)
+    user = {"role": "user", "content": t.user.replace("{question}", question)}  # not str.format: braces in
+    return [{"role": "system", "content": t.system}, user] if t.system else [user]  # questions stay as written

@@ -1,10 +1,12 @@
 """Rule-based rewards that score a GSM8K completion against the gold number.
 
 GRPO needs no learned reward model here: a completion is scored by rules.
-Each reward is a pure function `(completion, answer) -> float`, called as
-`fn(completion, answer, tags=("think", "answer"))` when it takes a `tags`
-keyword (the prompt template's two tag names; the built-ins do) and as
-`fn(completion, answer)` when it does not (`call_reward`):
+Each reward is a pure function of the completion text, called as
+`fn(completion, answer=..., ...)` with the keyword arguments it names, out of:
+`answer` (the gold answer), `question`, `tags` (the prompt template's two tag
+names, e.g. ("think", "answer")) and every other field of the dataset row; a
+function with `**kwargs` gets them all (`call_reward`). Your own functions
+(reward.functions, data/reward_functions.py) are called the same way.
 
     format       1.0 if the text is exactly <think>...</think> <answer>...</answer>
     tag_count    0.25 for each of the four tags that appears exactly once
@@ -13,7 +15,9 @@ keyword (the prompt template's two tag names; the built-ins do) and as
     correctness  1.0 if the <answer> content equals the gold number
     (overlong    DAPO's soft length penalty, in tokens: `overlong_penalty`, added by the trainer)
 
-`combined_reward` weights and sums them into a `Score`; GSM8K_WEIGHTS is the
+`Rewards` weights and sums them into a `Score`, and one of them decides
+whether the answer counts as correct (reward.correct: the accuracy the log
+reports); `combined_reward` is that for the built-ins. GSM8K_WEIGHTS is the
 default recipe (format 0.1 + correctness 1.0, so a perfect completion scores
 1.1). Tag names are a parameter so the "reasoning" prompt template
 (<reasoning>/<answer>) works.
@@ -31,11 +35,14 @@ Simplifications: no partial credit for "almost right" numbers, no units
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from fractions import Fraction
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
+
+from qwen2.errors import InputError
 
 DEFAULT_TAGS: tuple[str, str] = ("think", "answer")
 GSM8K_WEIGHTS: dict[str, float] = {"format": 0.1, "correctness": 1.0}
@@ -151,18 +158,35 @@ def correctness_reward(completion: str, answer: str, tags: Sequence[str] = DEFAU
 RewardFn = Callable[..., float]
 
 
-def call_reward(fn: RewardFn, completion: str, answer: str, tags: Sequence[str]) -> float:
-    """`fn(completion, answer)`, plus `tags=` when `fn` takes it (as the built-ins do)."""
-    return fn(completion, answer, tags=tags) if _takes_tags(fn) else fn(completion, answer)
+def call_reward(fn: RewardFn, completion: str, available: dict[str, Any]) -> float:
+    """`fn(completion, **kwargs)` with the keyword arguments `fn` names out of `available` (all of them
+    when it takes **kwargs): a reward reads only what it asks for, so rows may carry any fields."""
+    names = _keywords(fn)
+    return fn(completion, **(available if names is None else {k: available[k] for k in names if k in available}))
 
 
 @lru_cache(maxsize=None)
-def _takes_tags(fn: RewardFn) -> bool:
+def _keywords(fn: RewardFn) -> tuple[str, ...] | None:
+    """The names `fn` takes after the completion; None when it takes **kwargs (or has no signature)."""
     try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # a builtin without a signature: call it plainly
-        return False
-    return any(p.name == "tags" and p.kind != p.POSITIONAL_ONLY or p.kind == p.VAR_KEYWORD for p in params)
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature
+        return None
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in params[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def missing_arguments(fn: RewardFn, available: set[str]) -> list[str]:
+    """The parameters `fn` requires (no default) that `available` keywords cannot fill, and
+    "completion" when it cannot take the completion as its first positional argument."""
+    params = list(inspect.signature(fn).parameters.values())
+    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        if not any(p.kind == p.VAR_POSITIONAL for p in params):
+            return ["completion"]
+    rest = params[1:] if params and params[0].kind != params[0].VAR_POSITIONAL else params
+    return [p.name for p in rest if p.default is p.empty and (p.kind == p.POSITIONAL_ONLY or (
+        p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in available))]
 
 
 REWARD_FUNCTIONS: dict[str, RewardFn] = {
@@ -198,17 +222,68 @@ class Score:
         return Score({**self.parts, name: value}, self.total + value, self.correct)
 
 
+class Rewards:
+    """The reward of a task: named functions (the built-ins plus your own), their weights, and the one
+    that decides "correct" (a value >= 1 counts as right: accuracy in the log and the evaluation)."""
+
+    def __init__(self, weights: dict[str, float], functions: dict[str, RewardFn] | None = None,
+                 correct: str = "auto") -> None:
+        self.functions = {**REWARD_FUNCTIONS, **(functions or {})}
+        unknown = sorted(set(weights) - set(self.functions))
+        if unknown:
+            names = ", ".join(map(repr, unknown))
+            raise ValueError(f"unknown reward {names}: valid names are {', '.join(self.functions)}")
+        self.weights = dict(weights)
+        self.correct = correct_reward_name(weights, list(functions or {})) if correct == "auto" else correct
+        if self.correct not in self.functions:
+            raise ValueError(f"reward.correct = {self.correct!r} is no reward function: valid are "
+                             f"{', '.join(self.functions)}")
+
+    def score(self, completion: str, answer: str, tags: Sequence[str] = DEFAULT_TAGS, *, question: str = "",
+              fields: dict[str, Any] | None = None, where: str = "") -> Score:
+        """Each weighted part, their sum and the verdict for one completion; `fields` are the row's
+        other fields and `where` names the row ("train.jsonl:12") in errors."""
+        available = {**(fields or {}), "question": question, "answer": answer, "tags": tuple(tags)}
+        raw = {name: self._call(name, completion, available, where) for name in self.weights}
+        if self.correct not in raw:
+            raw[self.correct] = self._call(self.correct, completion, available, where)
+        parts = {name: weight * raw[name] for name, weight in self.weights.items()}
+        return Score(parts, sum(parts.values()), raw[self.correct] >= 1.0)
+
+    def _call(self, name: str, completion: str, available: dict[str, Any], where: str) -> float:
+        fn = self.functions[name]
+        try:
+            value = call_reward(fn, completion, available)
+        except Exception as err:  # the function's own bug: its traceback stays, this says where it struck
+            if fn is not REWARD_FUNCTIONS.get(name):
+                err.add_note(f"raised by reward function {name!r} on row {where or '?'} (completion: "
+                             f"{completion[:60]!r}...)")
+            raise
+        if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+            raise InputError(f"reward function {name!r} returned {str(value)[:40]!r} ({type(value).__name__}) "
+                             f"on row {where or '?'}: it must return a number (e.g. 1.0 for right, 0.0 for wrong)")
+        value = float(value)
+        if not math.isfinite(value):
+            raise InputError(f"reward function {name!r} returned {value} on row {where or '?'}: it must return "
+                             "a finite number")
+        return value
+
+
+def correct_reward_name(weights: dict[str, float], own: list[str]) -> str:
+    """reward.correct: auto = correctness or math, whichever is weighted, else the first weighted
+    function of your own, else correctness."""
+    for name in ("correctness", "math", *own):
+        if name in weights:
+            return name
+    return "correctness"
+
+
 def combined_reward(
     completion: str,
     answer: str,
     weights: dict[str, float],
     tags: Sequence[str] = DEFAULT_TAGS,
 ) -> Score:
-    """Weighted sum of the named rewards, e.g. weights={"format": 0.1, "correctness": 1.0}."""
-    unknown = sorted(set(weights) - set(REWARD_FUNCTIONS))
-    if unknown:
-        names = ", ".join(map(repr, unknown))
-        raise ValueError(f"unknown reward {names}: valid names are {', '.join(REWARD_FUNCTIONS)}")
-    parts = {name: weight * call_reward(REWARD_FUNCTIONS[name], completion, answer, tags) for name, weight in weights.items()}
-    correct = correctness_reward(completion, answer, tags=tags) == 1.0
-    return Score(parts, sum(parts.values()), correct)
+    """Weighted sum of the named built-in rewards, e.g. weights={"format": 0.1, "correctness": 1.0};
+    correct = the gold number's (correctness)."""
+    return Rewards(weights, correct="correctness").score(completion, answer, tags)

@@ -72,7 +72,8 @@ class StepResult:
 
     def samples(self) -> list[dict]:
         """Each episode as a line of samples.jsonl."""
-        return [{"question": self.problems[e.group].question, "answer": e.answer, "completion": e.text,
+        return [{**self.problems[e.group].fields,  # the row's other fields (your own task's), then ours
+                 "question": self.problems[e.group].question, "answer": e.answer, "completion": e.text,
                  "reward": e.reward, "finished": e.finished} for e in self.episodes]
 
 

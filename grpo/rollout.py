@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from data.gsm8k import Problem
-from data.prompts import build_messages, template_tags
-from data.rewards import Score, combined_reward, overlong_penalty
+from data.prompts import PromptTemplate, build_messages, get_template
+from data.rewards import Rewards, Score, overlong_penalty
 from qwen2 import GenerationOutput, Qwen2, SamplingParams, Tokenizer, generate
 from qwen2.streams import Streams
 
@@ -56,17 +56,35 @@ class Episode:
         return self.score.total
 
 
-def encode_prompt(tokenizer: Tokenizer, question: str, template: str, tools: list[str] = ()) -> list[int]:
+def encode_prompt(tokenizer: Tokenizer, question: str, template: str | PromptTemplate,
+                  tools: list[str] = ()) -> list[int]:
     """The chat prompt of a question, offering `tools` (grpo/tools.py) through the template."""
-    return tokenizer.encode(tokenizer.apply_chat_template(build_messages(question, template), add_generation_prompt=True,
-                                                          tools=tool_specs(list(tools))))
+    return tokenizer.encode(prompt_text(tokenizer, question, template, tools))
+
+
+def prompt_text(tokenizer: Tokenizer, question: str, template: str | PromptTemplate, tools: list[str] = ()) -> str:
+    """The rendered chat prompt: the checkpoint's chat template over the template's messages, with its
+    variables (Qwen3's enable_thinking) when the template sets them."""
+    return tokenizer.apply_chat_template(build_messages(question, template), add_generation_prompt=True,
+                                         tools=tool_specs(list(tools)), **get_template(template).chat_kwargs())
+
+
+ASSISTANT_HEADER = "<|im_start|>assistant\n"  # where the assistant's turn starts in Qwen's chat format
+
+
+def prefill(tokenizer: Tokenizer, template: str | PromptTemplate) -> str:
+    """What the chat template itself writes into the assistant's turn before the model does: Qwen3
+    with enable_thinking false pre-fills "<think>\n\n</think>\n\n". The rewards read the whole turn
+    (this + the completion), so a format reward sees the reasoning block the template wrote."""
+    text = prompt_text(tokenizer, "?", template)
+    return text.rpartition(ASSISTANT_HEADER)[2] if ASSISTANT_HEADER in text else ""
 
 
 def problems_that_fit(problems: list[Problem], tokenizer: Tokenizer, data: DataConfig,
                       tools: list[str] = ()) -> list[Problem]:
     """The training problems whose chat prompt has at most data.max_prompt_tokens tokens."""
     limit = data.max_prompt_tokens
-    kept = [p for p in problems if len(encode_prompt(tokenizer, p.question, data.template, tools)) <= limit]
+    kept = [p for p in problems if len(encode_prompt(tokenizer, p.question, data.prompt, tools)) <= limit]
     if len(kept) < len(problems):
         print(f"skipping {len(problems) - len(kept)} of {len(problems)} training problems longer than "
               f"data.max_prompt_tokens={limit}")
@@ -83,7 +101,7 @@ def final_turn(tokens: list[int], action: list[int]) -> list[int]:
 
 @torch.no_grad()
 def sample_groups(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], group_size: int, *,
-                  max_new_tokens: int, template: str, sampling: SamplingParams,
+                  max_new_tokens: int, template: str | PromptTemplate, sampling: SamplingParams,
                   streams: Streams | None = None, generator: torch.Generator | None = None, progress: bool = False,
                   return_logprobs: bool = False, return_entropies: bool = True, compile: bool = False,
                   tools: list[str] = (), max_tool_calls: int = 0,
@@ -99,7 +117,8 @@ def sample_groups(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], g
     runner = None
     if tools:
         messages = [build_messages(p.question, template) for p in problems for _ in range(group_size)]
-        runner = ToolRunner(tokenizer, messages, tool_specs(list(tools)), max_tool_calls)
+        runner = ToolRunner(tokenizer, messages, tool_specs(list(tools)), max_tool_calls,
+                            get_template(template).chat_kwargs())
     out = generate(model, rows, max_new_tokens, sampling, stop_token_ids=tokenizer.stop_token_ids,
                    streams=streams, generator=generator, pad_token_id=tokenizer.pad_token_id, progress=progress,
                    return_entropies=return_entropies,
@@ -109,9 +128,11 @@ def sample_groups(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], g
 
 
 def score_groups(tokenizer: Tokenizer, problems: list[Problem], rows: list[list[int]], out: GenerationOutput, *,
-                 template: str, reward_weights: dict[str, float], overlong: tuple[int, int] | None = None,
+                 template: str | PromptTemplate, rewards: Rewards, overlong: tuple[int, int] | None = None,
                  first_group: int = 0, runner: ToolRunner | None = None) -> list[Episode]:
-    """Phase 2, reward: decode and score every completion of `sample_groups`.
+    """Phase 2, reward: decode and score every completion of `sample_groups` with `rewards` (the
+    task's functions; the reward reads the assistant's whole turn: the template's pre-fill, if any,
+    then the completion).
 
     `overlong` = (max_tokens, buffer) adds DAPO's soft length penalty as the reward part "overlong";
     groups are numbered from `first_group` (a step that samples in several rounds). With tools the
@@ -119,7 +140,7 @@ def score_groups(tokenizer: Tokenizer, problems: list[Problem], rows: list[list[
     whole exchange, and `length` (and the overlong penalty) counts the model's own tokens.
     """
     group_size = len(rows) // len(problems)
-    tags = template_tags(template)
+    tags, head = get_template(template).tags, prefill(tokenizer, template)
     episodes = []
     entropies = out.entropies or [[] for _ in rows]
     for i, (ids, toks, fin, ent) in enumerate(zip(rows, out.tokens, out.finished, entropies)):
@@ -127,7 +148,8 @@ def score_groups(tokenizer: Tokenizer, problems: list[Problem], rows: list[list[
         action = out.action_mask[i] if out.action_mask is not None else []
         text = tokenizer.decode(toks, skip_special_tokens=not action)  # a tool exchange keeps its markers
         final = tokenizer.decode(final_turn(toks, action), skip_special_tokens=True) if action else text
-        score = combined_reward(final, problem.answer, reward_weights, tags)
+        score = rewards.score(final if action else head + final, problem.answer, tags, question=problem.question,
+                              fields=problem.fields, where=problem.where)
         if overlong is not None:
             score = score.plus("overlong", overlong_penalty(sum(action) if action else len(toks), *overlong))
         episodes.append(Episode(first_group + i // group_size, ids, toks, fin, text, problem.answer, score, ent,

@@ -98,6 +98,7 @@ class ToolRunner:
     messages: list[list[dict[str, Any]]]  # each row's prompt messages (system + user)
     tools: list[dict[str, Any]]
     max_calls: int
+    chat_kwargs: dict[str, Any] = field(default_factory=dict)  # the template's variables (enable_thinking)
     calls: dict[int, int] = field(default_factory=dict)  # row -> calls run
     errors: dict[int, int] = field(default_factory=dict)  # row -> calls answered with an error
 
@@ -124,23 +125,24 @@ class ToolRunner:
         TOOL_TURN_TOKENS of them: the answer is made ASCII and cut until its turn fits."""
         answer = answer.encode("ascii", "replace").decode()[:MAX_RESPONSE_CHARS]
         while True:
-            tokens = self.tokenizer.encode(continuation(self.tokenizer, self.messages[row], answer, self.tools))
+            tokens = self.tokenizer.encode(continuation(self.tokenizer, self.messages[row], answer, self.tools,
+                                                        **self.chat_kwargs))
             if len(tokens) <= TOOL_TURN_TOKENS or not answer:
                 return tokens
             answer = answer[:max(0, len(answer) - (len(tokens) - TOOL_TURN_TOKENS))]
 
 
 def continuation(tokenizer: Tokenizer, messages: list[dict[str, Any]], answer: str,
-                 tools: list[dict[str, Any]] | None) -> str:
+                 tools: list[dict[str, Any]] | None, **chat_kwargs: Any) -> str:
     """What the chat template puts after an assistant turn that called a tool (after its stop
     token): the rest of the turn's end, the tool's answer as a `tool` message, and the next
     assistant header. Rendered by the checkpoint's own template, so the model sees its own format."""
     marker = "\x00TURN\x00"  # stands for the turn's text, so that the template's text around it is found
     turn_end = tokenizer.decode([tokenizer.eos_token_id])
     assistant = {"role": "assistant", "content": marker}
-    head = tokenizer.apply_chat_template([*messages, assistant], add_generation_prompt=False, tools=tools)
+    head = tokenizer.apply_chat_template([*messages, assistant], add_generation_prompt=False, tools=tools, **chat_kwargs)
     full = tokenizer.apply_chat_template([*messages, assistant, {"role": "tool", "content": answer}],
-                                         add_generation_prompt=True, tools=tools)
+                                         add_generation_prompt=True, tools=tools, **chat_kwargs)
     at = head.index(marker) + len(marker)
     if not full.startswith(head) or not head[at:].startswith(turn_end):
         raise InputError(f"{tokenizer.name}: its chat template does not render a tool message after an assistant "

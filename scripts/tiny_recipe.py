@@ -184,9 +184,9 @@ def held_out_eval(model_dir: Path, test_file: Path, cfg, out_file: Path, seed: i
     expected reward GRPO maximises; seeded, so before and after see the same random numbers)."""
     model = load_adapted_model(model_dir, dtype=torch.float32)  # a LoRA run's checkpoint is an adapter
     tokenizer = Tokenizer.from_pretrained(model_dir)
-    problems = load_gsm8k(test_file)
-    common = dict(max_new_tokens=cfg.rollout.max_new_tokens, template=cfg.data.template,
-                  reward_weights=cfg.reward.weights)
+    task = cfg.task()
+    problems = task.load(test_file)
+    common = dict(max_new_tokens=cfg.rollout.max_new_tokens, template=task.prompt, rewards=task.rewards)
     common |= dict(tools=cfg.rollout.tools, max_tool_calls=cfg.rollout.max_tool_calls)
     summary, results = evaluate(model, tokenizer, problems, batch_size=256, **common)
     tags = template_tags(cfg.data.template)

@@ -14,6 +14,7 @@ from grpo.rollout import encode_prompt, final_turn, sample_groups, score_groups
 from grpo.tools import CALCULATOR, ToolRunner, call_text, continuation, run_tool_call
 from data.gsm8k import Problem
 from data.prompts import build_messages
+from data.rewards import Rewards
 from qwen2 import GREEDY, generate, load_model
 
 # --- the calculator ----------------------------------------------------------------------------------
@@ -125,7 +126,7 @@ def test_a_tool_round_trip_is_the_templates_own_token_sequence(policy, compact_e
     assert len(out.entropies[0]) == len(out.tokens[0])
     # The reward reads the final turn; the episode keeps the whole exchange.
     (episode,) = score_groups(tok, problems, [prompt], out, template="think",
-                              reward_weights={"correctness": 1.0}, runner=runner)
+                              rewards=Rewards({"correctness": 1.0}), runner=runner)
     assert episode.score.correct and episode.tool_calls == 1 and "<tool_response>" in episode.text
     assert final_turn(episode.completion_ids, episode.action_mask) == turn2
 

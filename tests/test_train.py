@@ -196,7 +196,7 @@ def test_out_of_gpu_memory_is_one_line_that_points_to_offload(tmp_path, tiny_mod
     ("nope.x=1", "unknown config key 'nope'; valid keys: model, data, rollout"),
     ("rollout.group_size=eight", "rollout.group_size = 'eight' has the wrong type (expected int)"),
     ("grpo.aggregation=mean", "grpo.aggregation must be one of token_mean, seq_mean_token_mean, seq_mean_token_sum_norm"),
-    ("reward.weights={answer: 1}", "reward.weights must be a non-empty selection of format, tag_count, integer, correctness"),
+    ("reward.weights={answer: 1}", "reward.weights names answer: valid are format, tag_count, integer, correctness"),
     ("rollout.group_size=1", "rollout.group_size must be in [2, "),
 ])
 def test_bad_config_values_are_rejected_with_the_choices(override, message, capsys):
@@ -278,7 +278,7 @@ def test_evaluate_greedy_and_seeded_mean_at_k(tiny_model):
 
     model, tok = load_model(tiny_model), Tokenizer.from_pretrained(tiny_model)
     problems = make_problems(5, seed=2, split="test")
-    kw = dict(max_new_tokens=6, template="think", reward_weights={"format": 0.1, "correctness": 1.0, "odd_length": 1.0},
+    kw = dict(max_new_tokens=6, template="think", rewards=rewards.Rewards({"format": 0.1, "correctness": 1.0, "odd_length": 1.0}),
               batch_size=2)
     greedy, rows = evaluate(model, tok, problems, **kw)
     assert greedy["n"] == greedy["questions"] == len(rows) == 5
