@@ -22,8 +22,10 @@ from typing import Any
 
 import torch
 
-from data.prompts import TEMPLATES
-from data.rewards import REWARD_FUNCTIONS
+from data.prompts import TEMPLATES, PromptTemplate, custom_template
+from data.reward_functions import load_reward_functions
+from data.rewards import REWARD_FUNCTIONS, Rewards
+from data.task import Task
 from qwen2 import SamplingParams
 from qwen2.lora import TARGETS
 
@@ -60,15 +62,40 @@ class ModelConfig:
         "to 0 unnoticed; use bfloat16, which has float32's range)" if d == "float16" else "")))
     device: str = key("auto", Check(lambda d: re.fullmatch(DEVICE, d) is not None, "auto, cpu, mps, cuda or cuda:N"))
     activation_checkpointing: bool = True  # recompute each block in backward: far less activation memory
+    # nf4: the frozen base's block projections stored in 4 bits (QLoRA, qwen2/nf4.py), dequantised in
+    # each forward; needs LoRA (only the adapters train). Embeddings, norms, LM head keep model.dtype.
+    quantize: str = key("none", one_of("none", "nf4"))
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+TAG = r"[^<>/\s]+"  # a bare tag name: "think", not "<think>"
 
 
 @dataclass
 class DataConfig:
-    train_file: str = key("datasets/gsm8k/train.jsonl", non_empty())  # GSM8K-format JSONL (question, answer "#### N")
+    train_file: str = key("datasets/gsm8k/train.jsonl", non_empty())  # JSONL: GSM8K's (question, answer "#### N") or your own
     test_file: str = key("datasets/gsm8k/test.jsonl", non_empty())  # held out: the eval questions come from here
-    template: str = key("think", one_of(*TEMPLATES))  # prompt format: think | reasoning | chinese (data/prompts.py)
+    # The fields of a row holding the question and the gold answer. An answer with "####" is split
+    # GSM8K's way; any other is the gold answer as written. The other fields go to the reward functions.
+    question_key: str = key("question", non_empty())
+    answer_key: str = key("answer", non_empty())
+    template: str = key("think", one_of(*TEMPLATES))  # prompt format: think | reasoning | chinese | ... (data/prompts.py)
+    # Your own prompt, over the template's: its system prompt ("" = no system message), the two tags
+    # it asks for (reasoning, answer: what the format rewards check), and the user's turn.
+    system_prompt: str | None = None
+    tags: list[str] | None = key(None, Check(lambda t: len(t) == 2 and all(re.fullmatch(TAG, x) for x in t),
+                                             "two bare tag names, e.g. [think, answer]"))
+    user_prompt: str = key("{question}", Check(lambda u: "{question}" in u, "text holding {question}"))
+    # Qwen3's chat-template switch (null: the template's default, thinking on). With thinking, the
+    # model's own <think> block is the reasoning the "think" prompt asks for; false pre-fills an empty
+    # one, and the rewards read the whole assistant turn, pre-fill included (docs/own_task.md).
+    enable_thinking: bool | None = None
     max_prompt_tokens: int = key(320, at_least(1, 10**6))  # longer prompts are skipped; GSM8K's are ~150-250
+
+    @property
+    def prompt(self) -> PromptTemplate:
+        """The prompt these settings ask for: the template with your own parts over it."""
+        return custom_template(self.template, self.system_prompt, self.tags, self.user_prompt, self.enable_thinking)
 
 
 @dataclass
@@ -127,10 +154,35 @@ class OverlongConfig:
 
 @dataclass
 class RewardConfig:
-    # Weighted reward functions from data/rewards.py; each part is logged on its own.
-    weights: dict[str, float] = key(check=subset_of(lambda: REWARD_FUNCTIONS),
+    # Your own reward functions by name: path/to/file.py:function or package.module:function
+    # (data/reward_functions.py), weighted below like the built-ins.
+    functions: dict[str, str] = key(check=Check(lambda f: all(isinstance(v, str) and ":" in v for v in f.values()),
+                                                "name: path/to/file.py:function or package.module:function"),
+                                    factory=dict)
+    # Weighted reward functions (data/rewards.py's built-ins and yours); each part is logged on its own.
+    weights: dict[str, float] = key(check=Check(bool, "a non-empty mapping of reward names to weights"),
                                     factory=lambda: {"format": 0.1, "correctness": 1.0})
+    # The function that decides "correct" (acc, eval_accuracy): a value >= 1 is right. auto =
+    # correctness or math, whichever is weighted, else the first weighted function of your own.
+    correct: str = key("auto", non_empty())
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
+
+    def check(self) -> None:
+        names = [*REWARD_FUNCTIONS, *self.functions]
+        unknown = sorted(set(self.weights) - set(names))
+        if unknown:
+            raise ConfigError(f"reward.weights names {', '.join(unknown)}: valid are {', '.join(names)} (add your own "
+                              "with reward.functions)")
+        if self.correct not in ("auto", *names):
+            raise ConfigError(f"reward.correct = {self.correct!r}: valid are auto, {', '.join(names)}")
+        taken = sorted(set(self.functions) & set(REWARD_FUNCTIONS))
+        if taken:
+            raise ConfigError(f"reward.functions.{taken[0]}: {taken[0]!r} is a built-in reward's name; "
+                              "give your function another name")
+
+    def rewards(self) -> Rewards:
+        """The weighted functions, yours imported (data/reward_functions.py)."""
+        return Rewards(self.weights, load_reward_functions(self.functions), self.correct)
 
 
 @dataclass
@@ -215,9 +267,21 @@ class TrainConfig:
     steps: int = key(200, at_least(1, BIG))  # training steps (each: rollout + update + optimizer step); the LR schedule spans them
     seed: int = key(0, at_least(0, 2**62))  # model init (LoRA), data order and sampling: the same seed repeats a run on one machine
     out_dir: str = key("runs/gsm8k", non_empty())  # metrics.jsonl, samples.jsonl, config.json and checkpoints/
-    eval_every: int = key(25, at_least(0, BIG))  # greedy pass@1 on a fixed test subset (0 = never)
+    eval_every: int = key(25, at_least(0, BIG))  # accuracy on a fixed test subset (0 = never); greedy pass@1 by default
     eval_size: int = key(200, at_least(1, BIG))  # the first N questions of data.test_file
     eval_at_start: bool = True  # with eval_every > 0, also evaluate before the first step: the curve's baseline
+    # Sampled evaluation, mean@k (verl's val_kwargs): eval_samples completions per question at this
+    # temperature / top_p / top_k, eval_accuracy is their mean (with pass@k). temperature 0 = greedy, one
+    # sample. Qwen3's cards advise T 0.6, top_p 0.95, top_k 20 and warn against greedy decoding.
+    eval_samples: int = key(1, at_least(1, 1024))
+    eval_temperature: float = key(0.0, Check(lambda t: t == 0 or 0.01 <= t <= 10, "0 (greedy) or 0.01 to 10"))
+    eval_top_p: float = key(1.0, above(0, 1))
+    eval_top_k: int = key(0, at_least(0, 10**7))  # 0 = off
+
+    @property
+    def eval_sampling(self) -> SamplingParams:
+        """How evaluation decodes: greedy, or sampled with the eval_* settings."""
+        return SamplingParams(self.eval_temperature, self.eval_top_p, self.eval_top_k)
     save_every: int = key(25, at_least(1, BIG))  # checkpoint every N steps (and at the last step)
     keep_checkpoints: int = key(2, at_least(1, 10**4))  # keep the last K checkpoints
     samples_per_step: int = key(4, at_least(0, 10**6))  # completions written to samples.jsonl each step
@@ -260,15 +324,26 @@ class Config:
                           aggregation=g.aggregation, beta=g.beta, objective=g.loss, ratio_level=g.ratio_level,
                           delta=g.delta, max_tokens=self.rollout.max_new_tokens)
 
+    def task(self) -> Task:
+        """What the run trains on: rows, prompt and rewards (data/task.py); imports your reward functions."""
+        return Task(self.data.prompt, self.reward.rewards(), self.data.question_key, self.data.answer_key)
+
     def check(self) -> None:
         """The rules that tie several keys together (each key's own range is checked as it is read)."""
         self.grpo.check()
+        self.reward.check()
+        if self.train.eval_samples > 1 and self.train.eval_temperature == 0:
+            raise ConfigError("train.eval_samples > 1 needs train.eval_temperature > 0: greedy decoding gives one "
+                              "answer per question (Qwen3's cards advise 0.6, with eval_top_p 0.95, eval_top_k 20)")
         self.reward.overlong.check()
         if self.model.lora.rank and self.model.lora.dropout > 0 and self.grpo.updates_per_batch > 1:
             raise ConfigError("model.lora.dropout > 0 cannot serve grpo.updates_per_batch > 1: pi_old comes from the "
                               "first training pass, which dropout would perturb; set model.lora.dropout=0")
         if not any(self.reward.weights.values()):
             raise ConfigError("reward.weights are all 0: give at least one reward function a weight")
+        if self.model.quantize != "none" and not self.model.lora.rank:
+            raise ConfigError(f"model.quantize={self.model.quantize} keeps the base frozen in 4 bits: it trains only "
+                              "LoRA adapters; set model.lora.rank (e.g. 16) or model.quantize=none")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict[str, Any] | None = None) -> Config:

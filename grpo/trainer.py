@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
-from data.gsm8k import Problem, load_gsm8k
+from data.gsm8k import Problem
 from qwen2.lora import adapters_disabled
 from qwen2.streams import Streams, stream_key
 
@@ -76,8 +76,9 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         refuse_if_in_use(self.out_dir, dist)  # one process per run directory (grpo/machinery/run_lock.py)
         # Inputs are read before the output directory is judged, so a wrong file is the first error.
-        train_rows = load_gsm8k(cfg.data.train_file)
-        self.eval_set = load_gsm8k(cfg.data.test_file)[:cfg.train.eval_size] if cfg.train.eval_every else []
+        self.task = cfg.task()  # rows, prompt and rewards (data/task.py): your reward functions are imported here
+        train_rows = self.task.load(cfg.data.train_file)
+        self.eval_set = self.task.load(cfg.data.test_file)[:cfg.train.eval_size] if cfg.train.eval_every else []
         ckpt = latest_checkpoint(resume) if resume else None
         # Only the run being resumed is written into: trimming its logs and pruning its checkpoints
         # would destroy another run's (a checkpoint standing alone starts a new run from it).
@@ -250,15 +251,15 @@ class Trainer:
         keys = [stream_key(cfg.train.seed, self.step, first + q, j) for q in range(len(problems)) for j in range(G)]
         with timer("generate"), full_weights(self.model):
             rows, out, tools = sample_groups(self.model, self.tokenizer, problems, cfg.rollout.group_size,
-                                             max_new_tokens=cfg.rollout.max_new_tokens, template=cfg.data.template,
+                                             max_new_tokens=cfg.rollout.max_new_tokens, template=self.task.prompt,
                                              sampling=cfg.rollout.sampling, streams=Streams.of(keys, self.device),
                                              progress=cfg.train.progress and self.dist.main,
                                              return_logprobs=cfg.grpo.old_logprobs == "sampler", compile=self.compile,
                                              tools=cfg.rollout.tools, max_tool_calls=cfg.rollout.max_tool_calls)
         overlong = cfg.reward.overlong
         with timer("reward"):
-            episodes = score_groups(self.tokenizer, problems, rows, out, template=cfg.data.template,
-                                    reward_weights=cfg.reward.weights, first_group=first_group, runner=tools,
+            episodes = score_groups(self.tokenizer, problems, rows, out, template=self.task.prompt,
+                                    rewards=self.task.rewards, first_group=first_group, runner=tools,
                                     overlong=(overlong.max_tokens, overlong.buffer) if overlong.max_tokens else None)
         return problems, episodes
 
@@ -394,14 +395,18 @@ class Trainer:
         return True
 
     def _evaluate(self) -> None:
-        """Greedy accuracy on the eval questions, logged as eval_* (over all ranks)."""
+        """Accuracy on the eval questions (greedy, or mean@k: train.eval_*), logged as eval_* (over all ranks)."""
         cfg = self.cfg
         summary = evaluate_on_ranks(self.model, self.tokenizer, self.eval_set, self.dist, max_new_tokens=cfg.rollout.max_new_tokens,
-                                    template=cfg.data.template, reward_weights=cfg.reward.weights,
+                                    template=self.task.prompt, rewards=self.task.rewards, seed=cfg.train.seed,
+                                    sampling=cfg.train.eval_sampling, samples=cfg.train.eval_samples,
                                     batch_size=cfg.rollout.prompts_per_step * cfg.rollout.group_size,
                                     progress=cfg.train.progress and self.dist.main, compile=self.compile,
                                     tools=cfg.rollout.tools, max_tool_calls=cfg.rollout.max_tool_calls)
-        self._say(f"eval step {self.step}: accuracy {summary['accuracy']:.3f} on {summary['n']} test questions "
+        k = cfg.train.eval_samples
+        kind = f"mean@{k} {summary['accuracy']:.3f}, pass@{k} {summary['pass_at_k']:.3f}" if k > 1 else \
+            f"accuracy {summary['accuracy']:.3f}"
+        self._say(f"eval step {self.step}: {kind} on {summary['questions']} test questions "
                   f"(mean length {summary['length']:.0f}, truncated {summary['truncated']:.2f})")
         if self.dist.main:
             self.log.append("metrics.jsonl", {"step": self.step, **{f"eval_{k}": v for k, v in summary.items()}})

@@ -26,7 +26,7 @@ import torch
 
 from data.gsm8k import load_gsm8k
 from data.prompts import TEMPLATES
-from data.rewards import GSM8K_WEIGHTS
+from data.rewards import GSM8K_WEIGHTS, Rewards
 from grpo.evaluate import evaluate
 from grpo.machinery.runtime import DTYPES, choose_cpu_threads, model_size, resolve_device
 from qwen2 import SamplingParams, Tokenizer
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = Tokenizer.from_pretrained(args.model)
     t0 = time.perf_counter()
     summary, results = evaluate(model, tokenizer, problems, max_new_tokens=args.max_new_tokens, template=args.template,
-                                reward_weights=GSM8K_WEIGHTS, batch_size=args.batch_size, progress=True,
+                                rewards=Rewards(GSM8K_WEIGHTS), batch_size=args.batch_size, progress=True,
                                 sampling=sampling, samples=args.samples, seed=args.seed,
                                 compile=device.type == "cuda" if args.compile == "auto" else args.compile == "true",
                                 tools=args.tools, max_tool_calls=args.max_tool_calls)

@@ -57,7 +57,7 @@ import torch
 
 from data.gsm8k import Problem, calculations, load_gsm8k, strip_calculator_annotations
 from data.prompts import TEMPLATES, build_messages, template_tags
-from data.rewards import GSM8K_WEIGHTS
+from data.rewards import GSM8K_WEIGHTS, Rewards
 from data.synthetic import format_completion
 from grpo.evaluate import evaluate
 from grpo.logprobs import token_logprobs
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.stop_at_accuracy is not None and step % args.check_every == 0 and step < args.steps:
             model.eval()
             check, _ = evaluate(model, tokenizer, check_set, max_new_tokens=args.max_new_tokens,
-                                template=args.template, reward_weights=GSM8K_WEIGHTS, batch_size=128,
+                                template=args.template, rewards=Rewards(GSM8K_WEIGHTS), batch_size=128,
                                 tools=args.tools, max_tool_calls=args.max_tool_calls)
             model.train()
             with open(log_path, "a") as f:
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = Tokenizer.from_pretrained(out)  # what train.py will load, eos included
         test = load_gsm8k(args.eval_file)[:args.eval_size]
         result, _ = evaluate(model, tokenizer, test, max_new_tokens=args.max_new_tokens, template=args.template,
-                             reward_weights=GSM8K_WEIGHTS, batch_size=128,
+                             rewards=Rewards(GSM8K_WEIGHTS), batch_size=128,
                              tools=args.tools, max_tool_calls=args.max_tool_calls)
         print(f"held-out greedy accuracy {result['accuracy']:.3f} on {result['n']} questions of {args.eval_file} "
               f"(mean reward {result['reward']:.3f}, truncated {result['truncated']:.2f})")
