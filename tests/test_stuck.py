@@ -6,7 +6,12 @@ warns exactly as the uninterrupted one)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -202,3 +207,23 @@ def test_a_resumed_run_warns_as_the_uninterrupted_one(tmp_path, tiny_model, caps
     assert a == b
     assert [r["step"] for r in a if r.get("stuck_truncated")] == [2, 5, 8]
     assert len(resumed) == 2 and "steps 4-5" in resumed[0] and "steps 7-8" in resumed[1]
+
+
+def test_under_torchrun_only_rank_0_warns(tmp_path, tiny_model):
+    """Two gloo ranks: the step's metrics are summed over both, the warning is said once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = write_config(tmp_path, tiny_model, rollout={"max_new_tokens": 4}, reward={"weights": {"correctness": 1.0}},
+                       grpo={"updates_per_batch": 1, "beta": 0.0},  # (the test reward is not registered there)
+                       train={"steps": 2, "eval_every": 0, "save_every": 100, "stuck": {"window": 2}})
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                          "train.py", "--config", str(cfg)], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [line for line in res.stderr.splitlines() if "rollout.max_new_tokens=4 " in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: "), res.stderr[-3000:]
+    assert [r["step"] for r in metrics(tmp_path / "run") if r.get("stuck_truncated")] == [2]
+    # 4 tokens answer nothing: every group all wrong, said once too, with its advice
+    (line,) = [line for line in res.stderr.splitlines() if "got one reward" in line]
+    assert "too hard" in line and "4 of the 4 groups" in line and "4 all wrong" in line
