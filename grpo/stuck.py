@@ -107,8 +107,8 @@ class StuckDetector:
             if truncated > cfg.truncated:
                 found["truncated"] = (
                     f"{truncated:.0%} of the completions of {steps} hit rollout.max_new_tokens={self.max_new_tokens} "
-                    f"(mean length {_mean(r['length'] for r in last):.0f} tokens): cut off before their answer, "
-                    f"they score alike and teach nothing; raise it (e.g. --set rollout.max_new_tokens="
+                    f"(mean length {_mean(r['length'] for r in last):.0f} tokens): cut off before they answer, "
+                    f"they cannot earn an answer's reward; raise it (e.g. --set rollout.max_new_tokens="
                     f"{2 * self.max_new_tokens})")
             groups = sum(r["groups"] for r in last)
             right, wrong, mixed = (sum(r[f"zero_spread_{k}"] for r in last) for k in ("right", "wrong", "mixed"))
