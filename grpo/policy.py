@@ -9,7 +9,8 @@ B = 0, so training starts from the base exactly). (train.py checks the memory pl
 machine before this runs: grpo/plan/report.py check_fits, a run that cannot fit is one line, not an
 out-of-memory error minutes later.) The reference exists only for grpo.beta > 0 without LoRA (with
 LoRA the base, adapters off, is the reference). Activation checkpointing and, under torchrun,
-FSDP2 sharding are applied here.
+FSDP2 sharding are applied here. With model.quantize nf4 the base's block projections are quantised
+to 4 bits as they load (qwen2/nf4.py); one process only (`refuse_sharded_nf4`).
 """
 
 from __future__ import annotations
@@ -43,12 +44,21 @@ def policy_dir(cfg: Config, ckpt: Path | None) -> Path:
     return model_dir
 
 
+def refuse_sharded_nf4(cfg: Config, ranks: int) -> None:
+    """One line for a 4-bit base under torchrun: FSDP2 would have to shard and all-gather the codes
+    and scales of NF4Linear (torchao's NF4Tensor does it with a tensor subclass), not done here."""
+    if cfg.model.quantize != "none" and ranks > 1:
+        raise InputError(f"model.quantize={cfg.model.quantize} runs in one process: sharding 4-bit weights with FSDP2 "
+                         "is not supported; run train.py without torchrun, or set model.quantize=none")
+
+
 def load_policy(cfg: Config, ckpt: Path | None, dist: Dist) -> tuple[Qwen2, Qwen2 | None, Tokenizer]:
     """(policy, reference or None, tokenizer), on `dist.device` (sharded under torchrun)."""
     lora, dtype = cfg.model.lora, getattr(torch, cfg.model.dtype)
+    refuse_sharded_nf4(cfg, dist.world)
     model_dir = policy_dir(cfg, ckpt)
     load_to = "cpu" if dist.launched else dist.device  # torchrun: each rank shards the CPU copy onto its device
-    model = load_model(model_dir, device=load_to, dtype=dtype)
+    model = load_model(model_dir, device=load_to, dtype=dtype, quantize=cfg.model.quantize)
     if ckpt and lora.rank:
         load_adapter(model, ckpt / "adapter")
     elif lora.rank:  # B = 0: training starts from the base model exactly
@@ -59,7 +69,7 @@ def load_policy(cfg: Config, ckpt: Path | None, dist: Dist) -> tuple[Qwen2, Qwen
         weights_on = next(model.parameters()).device
         add_lora(model, lora.rank, lora.alpha, lora.targets, lora.dropout,
                  generator=torch.Generator(device=weights_on).manual_seed(cfg.train.seed))
-    warning = cpu_warning(dist.device, dtype, sum(p.numel() for p in model.parameters()))
+    warning = cpu_warning(dist.device, dtype, model.config.num_params)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     tokenizer = Tokenizer.from_pretrained(model_dir)

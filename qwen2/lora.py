@@ -16,6 +16,10 @@ adapter_model.safetensors) with PEFT's tensor names, e.g.
 `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`, which PEFT and vLLM load.
 Qwen3 has the same seven projections (its q_norm and k_norm are no targets, and stay frozen).
 
+On a 4-bit base (qwen2/nf4.py, model.quantize nf4: QLoRA) the adapters hang on the NF4Linear that
+replaced each projection under its name, in the dtype it dequantises to; the saved adapter is the
+same PEFT directory, for the unquantised base. Merging into 4 bits is refused (merge_lora).
+
 Simplifications: linear layers only (no embedding or LM-head adapters), one adapter at a time, no
 rsLoRA or DoRA; adapters in the model's dtype (OffloadAdamW keeps fp32 masters of them). The
 sampler runs the adapters unmerged: merging into bf16 weights and back is not exact, and the two
@@ -38,6 +42,7 @@ from torch import Tensor, nn
 from .errors import InputError
 
 from .model import Qwen2
+from .nf4 import NF4Linear
 from .weights import check_weight_files, load_model
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -62,9 +67,9 @@ def add_lora(model: Qwen2, rank: int, alpha: float, targets: Sequence[str] = TAR
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
     model.requires_grad_(False)
     for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] not in targets or not isinstance(module, nn.Linear):
+        if name.rsplit(".", 1)[-1] not in targets or not isinstance(module, (nn.Linear, NF4Linear)):
             continue
-        w = module.weight
+        w = module if isinstance(module, NF4Linear) else module.weight  # a 4-bit base: the dtype it dequantises to
         module.lora_A = nn.Linear(module.in_features, rank, bias=False, device=w.device, dtype=w.dtype)
         module.lora_B = nn.Linear(rank, module.out_features, bias=False, device=w.device, dtype=w.dtype)
         with torch.no_grad():  # PEFT's initialisation: A as nn.Linear's default, B zero
@@ -100,7 +105,12 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def merge_lora(model: Qwen2) -> None:
-    """Fold every adapter into its weight, W += (alpha / r) B A (computed in fp32), and remove the adapters."""
+    """Fold every adapter into its weight, W += (alpha / r) B A (computed in fp32), and remove the adapters.
+    Refused on a 4-bit base (qwen2/nf4.py): W + (alpha / r) B A re-quantised would lose most of the
+    update, which is far smaller than the NF4 steps; merge the saved adapter into the unquantised base."""
+    if any(isinstance(m, NF4Linear) for m in lora_layers(model)):
+        raise InputError("cannot merge LoRA into a 4-bit (NF4) base: re-quantising W + BA would lose the update; "
+                         "merge the saved adapter into the unquantised base: python scripts/merge_lora.py ADAPTER OUT")
     for m in lora_layers(model):
         delta = m.lora_B.weight.float() @ m.lora_A.weight.float() * m.lora_scaling
         m.weight.copy_((m.weight.float() + delta).to(m.weight.dtype))

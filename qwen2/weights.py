@@ -21,6 +21,8 @@ from safetensors.torch import save_file
 from .config import Qwen2Config
 from .errors import InputError, MissingInput
 from .model import Qwen2
+from .nf4 import NF4Linear, is_quantized, quantizable
+from .nf4 import quantize as quantize_nf4
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -84,8 +86,13 @@ def check_weight_files(path: str | os.PathLike, files: list[Path] | None = None)
             raise CheckpointError(f"{tokenizer} is damaged ({e})") from None
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Qwen2:
-    """Load a Hugging Face Qwen2 or Qwen3 checkpoint directory. dtype=None keeps the stored dtype."""
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+               quantize: str = "none") -> Qwen2:
+    """Load a Hugging Face Qwen2 or Qwen3 checkpoint directory. dtype=None keeps the stored dtype.
+    quantize="nf4": every block projection is quantised (qwen2/nf4.py) as it is read, on `device`,
+    so only one of them is ever there in full precision: a 14B loads into 8 GB instead of 29 GB."""
+    if quantize not in ("none", "nf4"):
+        raise ValueError(f"quantize must be none or nf4, got {quantize!r}")
     path = Path(path)
     if not path.is_dir():
         raise MissingInput(f"model directory {path} not found: run python download.py "
@@ -115,12 +122,16 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
         if found[name] != shape:
             raise CheckpointError(f"tensor {name} has shape {tuple(found[name])} in the checkpoint but the config needs {tuple(shape)}: config.json and weights do not match")
 
+    to_quantize = {f"{n}.weight" for n, m in model.named_modules() if quantizable(n, m) and quantize == "nf4"}
+    quantized: dict[str, dict[str, torch.Tensor]] = {}  # weight name -> its NF4 codes and scales
     for f in files:
         try:
             with safe_open(f, framework="pt", device="cpu") as st:
                 shard = {}
                 for name in st.keys():
-                    if name in expected:
+                    if name in to_quantize:  # this weight alone in full precision on the device, then 4 bits
+                        quantized[name] = quantize_nf4(st.get_tensor(name).to(device=device, dtype=dtype or None))
+                    elif name in expected:
                         shard[name] = st.get_tensor(name).to(device=device, dtype=dtype or None)
         except SafetensorError as e:
             raise CheckpointError(f"{f} is corrupt ({e}): delete it and re-run python download.py") from None
@@ -128,6 +139,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
         del shard
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
+    for name, q in quantized.items():  # each projection (its weight still on meta) becomes its NF4Linear
+        parent, _, child = name.removesuffix(".weight").rpartition(".")
+        linear = model.get_submodule(name.removesuffix(".weight"))
+        setattr(model.get_submodule(parent), child, NF4Linear(linear.in_features, linear.out_features, linear.bias, q))
     if dtype is not None:
         model.config.torch_dtype = str(dtype).removeprefix("torch.")
     return model
@@ -147,7 +162,12 @@ def _parse_size(size: int | str) -> int:
 def save_model(model: Qwen2, path: str | os.PathLike, max_shard_size: int | str = "5GB",
                state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """Write `model` as a Hugging Face checkpoint directory (config.json + safetensors).
-    `state_dict` replaces model.state_dict() (a sharded model's weights, gathered)."""
+    `state_dict` replaces model.state_dict() (a sharded model's weights, gathered). A model with a
+    4-bit base is refused: its codes are no Hugging Face weights, and dequantised they would be a
+    lossy copy of the base; save its LoRA adapter instead (for the unquantised base)."""
+    if is_quantized(model):
+        raise InputError("a model with a 4-bit (NF4) base cannot be saved as a full model: save its LoRA adapter "
+                         "(qwen2.lora.save_adapter) and merge that into the unquantised base with scripts/merge_lora.py")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in (state_dict or model.state_dict()).items()}

@@ -35,10 +35,12 @@ import torch
 from torch import Tensor
 
 from qwen2 import Qwen2, Qwen2Config
+from qwen2 import nf4
 from qwen2.lora import add_lora
 from qwen2.shared_prefix import block_attention_bound
 
 from ..config import Config
+from ..policy import refuse_sharded_nf4
 from ..optim.offload import DEFAULT_BUCKET_NUMEL, is_own_master, split_into_buckets, state_device, working_buffers
 from ..tools import TOOL_TURN_TOKENS
 
@@ -170,6 +172,9 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
 
     shard = -(-n * b // ranks)
     items = [Item("weights" + (f" (1/{ranks} each)" if ranks > 1 else ""), shard, 0)]
+    if cfg.model.quantize == "nf4":
+        refuse_sharded_nf4(cfg, ranks)  # one process: `ranks` is 1 from here on
+        items = nf4_items(mc, b)
     if ranks > 1:
         root = mc.vocab_size * mc.hidden_size * (1 if mc.tie_word_embeddings else 2) + mc.hidden_size
         unit = (n - root) // mc.num_hidden_layers
@@ -221,6 +226,21 @@ def plan_memory(cfg: Config, model_config: Qwen2Config | None = None, device: st
     for i in items:
         i.device = device
     return items
+
+
+def nf4_items(mc: Qwen2Config, b: int) -> list[Item]:
+    """A 4-bit base (qwen2/nf4.py): the block projections in NF4 (codes, int8 scales, factors and
+    the 256-entry byte table), the rest (embedding, head, norms, biases) in the model's dtype; and
+    the largest projection dequantised, with the int32 index its gather reads, while a forward or
+    a backward pass runs through it (nothing of it is kept between layers)."""
+    C, F, Q, kv = mc.hidden_size, mc.intermediate_size, mc.num_attention_heads * mc.head_dim, \
+        mc.num_key_value_heads * mc.head_dim
+    projections = (C * Q, C * kv, C * kv, Q * C, C * F, C * F, F * C)  # q, k, v, o, gate, up, down
+    stored = sum(nf4.storage_bytes(k, b) + 512 * b for k in projections)
+    kept = mc.num_params - mc.num_hidden_layers * sum(projections)
+    return [Item("weights (4-bit NF4 block projections)", kept * b + mc.num_hidden_layers * stored, 0),
+            Item("one projection dequantised (its weight + int32 gather index)", max(projections) * (b + 2), 0,
+                 PHASES[:-1])]
 
 
 def rollout_items(mc: Qwen2Config, questions: int, G: int, P: int, C: int, b: int, compiled: bool) -> list[Item]:
