@@ -4,6 +4,7 @@
     prompts.py    prompt templates and `build_messages(question, template)`
     rewards.py    rule-based rewards (format, tag_count, integer, correctness) -> Score
     synthetic.py  tiny arithmetic word problems for the offline CPU recipe
+    math_answer.py  math answers (\\boxed{}, LaTeX) and math_equal: the reward `math`; math_expr.py its evaluator
 
 Downloading the real files is `download.py` at the repository root.
 """

@@ -56,10 +56,18 @@ CHINESE_SYSTEM = (
     "<think>\n...\n</think>\n<answer>\n42\n</answer>"
 )
 
+MATH_SYSTEM = (
+    "You are a helpful assistant that solves competition math problems. "
+    "First think step by step inside <think> </think> tags, then give the final answer in LaTeX as "
+    "\\boxed{...} inside <answer> </answer> tags, like this:\n"
+    "<think>\n...\n</think>\n<answer>\n\\boxed{\\frac{1}{2}}\n</answer>"
+)
+
 TEMPLATES: dict[str, PromptTemplate] = {
     "think": PromptTemplate(system=THINK_SYSTEM, tags=("think", "answer")),
     "reasoning": PromptTemplate(system=REASONING_SYSTEM, tags=("reasoning", "answer")),
     "chinese": PromptTemplate(system=CHINESE_SYSTEM, tags=("think", "answer")),
+    "math": PromptTemplate(system=MATH_SYSTEM, tags=("think", "answer")),  # LaTeX answers, data/math_answer.py
 }
 
 

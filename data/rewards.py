@@ -44,6 +44,8 @@ from typing import Any, Callable, Sequence
 
 from qwen2.errors import InputError
 
+from .math_answer import math_reward
+
 DEFAULT_TAGS: tuple[str, str] = ("think", "answer")
 GSM8K_WEIGHTS: dict[str, float] = {"format": 0.1, "correctness": 1.0}
 # Longest answer content we try to read as a number. "-1,234,567.89" is 13
@@ -194,6 +196,7 @@ REWARD_FUNCTIONS: dict[str, RewardFn] = {
     "tag_count": tag_count_reward,
     "integer": integer_reward,
     "correctness": correctness_reward,
+    "math": math_reward,
 }
 
 
