@@ -9,6 +9,7 @@ one file, tested equal to this code):
     loss.py           4. the clipped policy loss (token-level, DAPO's clip-higher; CISPO, GSPO), k3 KL
     optim/            5. AdamW with fp32 masters, its state on the GPU or in CPU memory (offload)
     metrics.py        the step's line of metrics.jsonl
+    stuck.py          warnings when the last steps show the run cannot learn (truncated, no spread, ...)
     schedule.py     LR schedule and data order: pure functions of the step
     evaluate.py     held-out accuracy through the sampler (greedy, or seeded mean@k)
     policy.py       the models a run trains and scores with, loaded as the config and checkpoint say
