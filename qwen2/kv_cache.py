@@ -99,25 +99,20 @@ class KVCache:
         samples (more rows: new buffers).
         """
         n, length = len(rows), self.length
-        if n <= self.batch_size:
-            # In place, one layer at a time: that layer's kept rows are gathered (a copy of 1/layers
-            # of the cache, the only temporary) and written to the front of the same buffers, which
-            # are then viewed as their first n rows. Gathering first makes any order safe. New
-            # buffers would hold the old and new caches at once (1.5x the cache, with the gather),
-            # at the rollout's fullest; the view keeps the batch stride, so attention reads the
-            # same strided tensors as from a fresh buffer.
-            for layer in range(self.k.shape[0]):
-                self.k[layer, :n, :, :length] = self.k[layer, rows, :, :length]
-                self.v[layer, :n, :, :length] = self.v[layer, rows, :, :length]
-            self.k, self.v = self.k[:, :n], self.v[:, :n]
-        else:
-            # Copy only the filled part into fresh buffers. The rest stays uninitialised: positions
-            # past `length` are written before they are ever read.
-            k, v = self.k, self.v
+        k, v = self.k, self.v
+        if n > self.batch_size:  # fan-out: new buffers (past `length`, written before they are ever read)
             self.k = torch.empty((k.shape[0], n, *k.shape[2:]), dtype=k.dtype, device=k.device)
             self.v = torch.empty_like(self.k)
-            self.k[:, :, :, :length] = k[:, rows, :, :length]
-            self.v[:, :, :, :length] = v[:, rows, :, :length]
+        # One layer at a time: that layer's kept rows are gathered (a copy of 1/layers of the cache,
+        # the only temporary) and written to the first n rows of the buffers. Dropping rows, those
+        # are the same buffers, then viewed as their first n rows: gathering first makes any order
+        # safe, and new buffers would hold the old and new caches at once (1.5x the cache, with a
+        # whole gathered copy) at the rollout's fullest. The view keeps the batch stride, so
+        # attention reads the same strided tensors as from a fresh buffer.
+        for layer in range(k.shape[0]):
+            self.k[layer, :n, :, :length] = k[layer, rows, :, :length]
+            self.v[layer, :n, :, :length] = v[layer, rows, :, :length]
+        self.k, self.v = self.k[:, :n], self.v[:, :n]
         self.key_mask = self.key_mask[rows]
         self.num_real = self.num_real[rows]
 

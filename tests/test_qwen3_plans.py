@@ -70,3 +70,28 @@ def test_dropping_rows_moves_them_in_place_and_fanning_out_reallocates():
     cache.select(torch.zeros(4, dtype=torch.long))  # fan-out: 1 row -> 4
     assert cache.batch_size == 4 and cache.k.data_ptr() != address
     assert torch.equal(cache.k[:, :, :, :7], before[:, [0] * 4, :, :7])
+
+
+@pytest.mark.parametrize("name", ["Qwen3-4B", "Qwen3-0.6B"])
+def test_block_activation_estimate_at_real_qwen3_widths(name):
+    """What one block keeps for backward at a real Qwen3 shape (2 x 4096 tokens, masked attention as
+    on CUDA, on the meta device): the planner's estimate, q/k norms' extra copies included, within 6%."""
+    from grpo.plan.memory import block_activation_bytes
+    from grpo.plan.trace import DeviceMemory, meta_as_gpu
+    from qwen2.layout import Padded
+    from qwen2.model import Block
+
+    mc = Qwen2Config.from_name(name)
+    with torch.device("meta"):
+        block = Block(mc, 0).to(torch.bfloat16)
+        x = torch.zeros(2, 4096, mc.hidden_size, dtype=torch.bfloat16, requires_grad=True)
+        layout = Padded.of(torch.ones(2, 4096, dtype=torch.long))
+    with meta_as_gpu():
+        cos, sin = Rotary(mc.head_dim, mc.rope_theta, mc.max_position_embeddings)(layout.positions, torch.bfloat16)
+        memory = DeviceMemory()
+        memory.add(x, cos, sin, *block.parameters())
+        before = memory.current
+        with memory:
+            y = block(x, cos, sin, layout)
+        kept = memory.current - before - y.numel() * 2
+    assert block_activation_bytes(mc, 8192, 2) == pytest.approx(kept, rel=0.06)

@@ -190,7 +190,8 @@ def trace_memory(cfg: Config, model_config: Qwen2Config | None = None) -> list[P
             optimizer.step()
 
     rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size
-    prompts = [[1 + (i % 7)] * cfg.data.max_prompt_tokens for i in range(cfg.rollout.prompts_per_step)]
+    # Distinct prompts (the sampler prefills each distinct one once: the plan counts prompts_per_step).
+    prompts = [[1 + i % (mc.vocab_size - 1)] * cfg.data.max_prompt_tokens for i in range(cfg.rollout.prompts_per_step)]
 
     @torch.no_grad()
     def rollout() -> None:
