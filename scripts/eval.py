@@ -1,16 +1,29 @@
-"""Evaluate a checkpoint on GSM8K, batched through our KV-cache sampler: greedy pass@1 by default.
+"""Evaluate a checkpoint on GSM8K or a math benchmark, batched through our KV-cache sampler: greedy
+pass@1 by default, or mean@k and pass@k with k seeded samples per question.
 
     python scripts/eval.py --model runs/gsm8k/checkpoints/step_000200/model
     python scripts/eval.py --model checkpoints/Qwen2.5-3B-Instruct --limit 200 --out eval.jsonl
     python scripts/eval.py --model ... --samples 8 --temperature 1.0     # mean@8 and pass@8, seeded
+    python scripts/eval.py --model checkpoints/Qwen3-1.7B --data datasets/math500/test.jsonl \\
+        --samples 4 --sampling qwen3 --max-new-tokens 4096                # MATH-500 the way Qwen3's card asks
     python scripts/eval.py --model runs/tiny/grpo/checkpoints/step_000400/model --data runs/tiny/data/test.jsonl
 
-Writes one JSON line per completion (question, gold answer, completion, correct, reward parts) and
-prints accuracy. The results go next to the model folder (`<folder>_eval_<data>.jsonl`), never
-inside it: a checkpoint's model/ folder stays a clean Hugging Face directory to share. With
---samples K > 1 each question is sampled K times (seeded by --seed, with --temperature/--top-p/
---top-k as in the rollout): accuracy is then mean@K (the policy's expected accuracy) and pass@K
-(share of questions with at least one right answer) is printed too.
+Writes one JSON line per completion (question, gold answer, completion, correct, reward parts and the
+row's own fields such as subject and level) and prints accuracy. The results go next to the model
+folder (`<folder>_eval_<data>.jsonl`), never inside it: a checkpoint's model/ folder stays a clean
+Hugging Face directory to share.
+
+What is scored, and how: a checkpoint of one of our runs is evaluated on that run's task (its test
+file, prompt, reward functions and answer check: data/task.py) unless --data, --reward or --template
+say otherwise. Otherwise --reward math scores LaTeX answers with data/math_answer.py (format 0.1 + math
+1.0, prompt template "math") and --reward gsm8k the GSM8K number (format 0.1 + correctness 1.0,
+template "think"); the default, auto, takes math as soon as one gold answer is not a plain number.
+
+With --samples K > 1 each question is sampled K times (seeded by --seed, with --temperature/--top-p/
+--top-k as in the rollout, or --sampling qwen3 for Qwen3's card: T 0.6, top-p 0.95, top-k 20): it
+prints mean@K (the policy's expected accuracy) and the unbiased pass@k for k = 2, 4, ..., K, each with
+a 95% interval over questions (grpo/eval_stats.py: normal, questions as the unit), and the same by
+subject and by level when the rows have them (MATH-500, OlympiadBench).
 Simplifications: one device, no majority voting.
 """
 
@@ -24,10 +37,14 @@ from pathlib import Path
 
 import torch
 
-from data.gsm8k import load_gsm8k
-from data.prompts import TEMPLATES
-from data.rewards import GSM8K_WEIGHTS, Rewards
+from data.gsm8k import load_problems
+from data.prompts import TEMPLATES, get_template
+from data.rewards import GSM8K_WEIGHTS, Rewards, parse_number
+from data.task import Task
+from grpo.config import Config, load_config
+from grpo.eval_stats import breakdown, by_question, format_breakdown, format_report, report
 from grpo.evaluate import evaluate
+from grpo.machinery.checkpoint import run_of, started_config
 from grpo.machinery.runtime import DTYPES, choose_cpu_threads, model_size, resolve_device
 from qwen2 import SamplingParams, Tokenizer
 from qwen2.lora import load_adapted_model, read_adapter_config
@@ -36,6 +53,49 @@ from qwen2.errors import MissingInput, run_command
 ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA = "datasets/gsm8k/test.jsonl"
+MATH_WEIGHTS = {"format": 0.1, "math": 1.0}
+REWARDS = {"gsm8k": (GSM8K_WEIGHTS, "think"), "math": (MATH_WEIGHTS, "math")}  # weights, their prompt template
+SAMPLING = {"qwen3": (0.6, 0.95, 20)}  # Qwen3's model card (thinking mode): temperature, top-p, top-k
+BREAKDOWN_KEYS = ("subject", "level")
+
+
+def run_config(model: Path) -> Config | None:
+    """The config of the run whose checkpoint holds `model` (RUN/checkpoints/step_N/model or adapter/),
+    or None for a model folder of its own."""
+    run_dir = run_of(model.resolve().parent)
+    started = started_config(run_dir) if run_dir is not None else None
+    return load_config(base=started) if started is not None else None
+
+
+def choose_task(args: argparse.Namespace, data: Path, run: Config | None) -> tuple[Task, str]:
+    """(the task that prompts and scores, a one-line description of it) for these arguments."""
+    if run is not None and args.reward == "auto" and args.template is None:
+        task = run.task()
+        return task, f"the run's task (reward {_weights(task.rewards.weights)}, correct = {task.rewards.correct})"
+    reward = args.reward
+    if reward == "auto":  # a gold answer that is no plain number: LaTeX, a word, a tuple -> the math checker
+        reward = "math" if any(parse_number(p.answer) is None for p in load_problems(data)) else "gsm8k"
+    weights, template = REWARDS[reward]
+    prompt = get_template(args.template or template)
+    return Task(prompt, Rewards(weights)), f"reward {reward} ({_weights(weights)}), template {args.template or template}"
+
+
+def _weights(weights: dict[str, float]) -> str:
+    return " + ".join(f"{name} {w:g}" for name, w in weights.items())
+
+
+def print_statistics(results: list[dict], samples: int) -> None:
+    """mean@k and pass@k with 95% intervals, then by subject and level where the rows have them."""
+    groups = by_question(results, samples)
+    per_question = [[r["correct"] for r in g] for g in groups]
+    stats = report(per_question)
+    q = len(groups)
+    print(format_report(stats) + f"  (95% intervals: normal over {q} questions)")
+    if samples > 1:
+        solved = sum(any(s) for s in per_question)
+        print(f"pass@{samples} {solved / q:.4f} ({solved}/{q} questions) | mean@{samples} is the accuracy below")
+    for line in format_breakdown(breakdown(per_question, [g[0] for g in groups], BREAKDOWN_KEYS)):
+        print(line)
 
 
 def default_out(model: Path, data: Path) -> Path:
@@ -47,20 +107,27 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="HF-format model directory (a checkpoint's model/ folder), or a "
                                                    "LoRA checkpoint's adapter/ folder (its base is loaded first)")
-    ap.add_argument("--data", default=DEFAULT_DATA, help=f"GSM8K-format JSONL (default: {DEFAULT_DATA})")
+    ap.add_argument("--data", default=None, help="JSONL with question and answer fields (default: the run's test "
+                                                 f"file for a checkpoint of one of our runs, else {DEFAULT_DATA})")
     ap.add_argument("--out", default=None, help="per-question results JSONL (default: <model>_eval_<data name>.jsonl "
                                                 "next to the model folder)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N questions")
-    ap.add_argument("--template", default="think", choices=sorted(TEMPLATES), help="prompt template (default think)")
+    ap.add_argument("--template", default=None, choices=sorted(TEMPLATES),
+                    help="prompt template (default: the run's, else think for --reward gsm8k and math for math)")
+    ap.add_argument("--reward", default="auto", choices=["auto", *REWARDS],
+                    help="how answers are scored: gsm8k (the number), math (LaTeX answers, data/math_answer.py); "
+                         "auto: the run's task, else math when a gold answer is not a plain number")
     ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=64, help="questions per batch")
     ap.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
     ap.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                     help="auto = bfloat16 on a GPU, float32 on a CPU (bf16 matmuls are slow on CPUs)")
     ap.add_argument("--samples", type=int, default=1, help="completions per question (> 1 needs --temperature > 0)")
-    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--sampling", choices=sorted(SAMPLING), default=None,
+                    help="a model card's settings: qwen3 = temperature 0.6, top-p 0.95, top-k 20 (flags below win)")
+    ap.add_argument("--temperature", type=float, default=None, help="0 = greedy (default)")
+    ap.add_argument("--top-p", type=float, default=None, help="default 1.0 (off)")
+    ap.add_argument("--top-k", type=int, default=None, help="default 0 (off)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (with --temperature > 0)")
     ap.add_argument("--tools", nargs="*", default=[], choices=["calculator"],
                     help="offer these tools through the chat template (rollout.tools); results keep the whole exchange")
@@ -70,13 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, metavar="N",
                     help="torch CPU threads (default: 1 for a CPU run of a model under 100M parameters, else torch's)")
     args = ap.parse_args(argv)
-    sampling = SamplingParams(args.temperature, args.top_p, args.top_k)  # checks the ranges
+    preset = SAMPLING.get(args.sampling, (0.0, 1.0, 0))
+    sampling = SamplingParams(*(given if given is not None else default for given, default in  # checks the ranges
+                                zip((args.temperature, args.top_p, args.top_k), preset)))
 
-    data = Path(args.data)
-    if not data.is_file() and args.data == DEFAULT_DATA:
+    run = run_config(Path(args.model))
+    data = Path(args.data or (run.data.test_file if run is not None else DEFAULT_DATA))
+    if not data.is_file() and args.data is None and run is None:
         raise MissingInput(f"{DEFAULT_DATA} not found: run python download.py, or pass --data FILE "
                                 "(the tiny recipe's held-out set is runs/tiny/data/test.jsonl)")
-    problems = load_gsm8k(data)[: args.limit]
+    task, scoring = choose_task(args, data, run)
+    problems = task.load(data)[: args.limit]
     device = resolve_device(args.device)
     adapter = (Path(args.model) / "adapter_config.json").is_file()  # then the size is its base model's
     base = read_adapter_config(args.model).get("base_model_name_or_path") if adapter else args.model
@@ -85,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     model = load_adapted_model(args.model, device=device, dtype=dtype)  # a model, or a LoRA adapter on its base
     tokenizer = Tokenizer.from_pretrained(args.model)
     t0 = time.perf_counter()
-    summary, results = evaluate(model, tokenizer, problems, max_new_tokens=args.max_new_tokens, template=args.template,
-                                rewards=Rewards(GSM8K_WEIGHTS), batch_size=args.batch_size, progress=True,
+    print(f"{data}: {len(problems)} questions, {scoring}, {args.samples} sample(s) each at temperature "
+          f"{sampling.temperature:g}, top-p {sampling.top_p:g}, top-k {sampling.top_k}")
+    summary, results = evaluate(model, tokenizer, problems, max_new_tokens=args.max_new_tokens, template=task.prompt,
+                                rewards=task.rewards, batch_size=args.batch_size, progress=True,
                                 sampling=sampling, samples=args.samples, seed=args.seed,
                                 compile=device.type == "cuda" if args.compile == "auto" else args.compile == "true",
                                 tools=args.tools, max_tool_calls=args.max_tool_calls)
@@ -95,11 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(out, "w") as f:
         for r in results:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    if args.samples > 1:
-        k = args.samples
-        solved = sum(any(r["correct"] for r in results[i:i + k]) for i in range(0, len(results), k))
-        print(f"pass@{k} {solved / summary['questions']:.4f} ({solved}/{summary['questions']} questions) | "
-              f"mean@{k} is the accuracy below")
+    print_statistics(results, args.samples)
     if args.tools:
         print(f"tool calls {summary['tool_calls']:.2f} per completion")
     print(f"accuracy {summary['accuracy']:.4f} ({sum(r['correct'] for r in results)}/{summary['n']}) | "
