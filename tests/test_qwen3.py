@@ -267,3 +267,42 @@ def test_a_qwen3_shaped_tiny_model_trains_grpo_steps_through_train_py(tmp_path):
     trained = load_model(latest_checkpoint(tmp_path / "full") / "model")
     assert not torch.equal(trained.model.layers[0].self_attn.q_norm.weight,
                            load_model(model_dir).model.layers[0].self_attn.q_norm.weight), "q_norm never trained"
+
+
+def test_a_tiny_qwen3_base_model_starts_through_sft(tmp_path):
+    """A base Qwen3 (q/k norms, no q/k/v bias, head_dim 16 != 48 / 4; eos <|endoftext|> as Qwen3-*-Base)
+    goes through scripts/sft.py as Qwen2.5 base models do: the loss falls, the result is a Qwen3
+    checkpoint whose tokenizer ends turns with <|im_end|>, and train.py's loader reads it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from data.synthetic import make_problems, write_jsonl
+    from qwen2 import Tokenizer
+    from tiny_run import build_tiny_model
+
+    base = build_tiny_model(tmp_path / "base", model_type="qwen3", attention_bias=False, head_dim=16)
+    tok_cfg = json.loads((base / "tokenizer_config.json").read_text())
+    (base / "tokenizer_config.json").write_text(json.dumps({**tok_cfg, "eos_token": "<|endoftext|>"}))
+    cfg = json.loads((base / "config.json").read_text())
+    cfg["eos_token_id"] = Tokenizer.from_pretrained(base).token_to_id("<|endoftext|>")
+    (base / "config.json").write_text(json.dumps(cfg))
+    assert Tokenizer.from_pretrained(base).eos_token_id == cfg["eos_token_id"]
+
+    data = write_jsonl(make_problems(8, seed=3), tmp_path / "train.jsonl")
+    out = tmp_path / "sft"
+    res = subprocess.run([sys.executable, "scripts/sft.py", "--model", str(base), "--data", str(data), "--out", str(out),
+                          "--steps", "8", "--batch-size", "8", "--lr", "3e-3", "--device", "cpu", "--dtype", "float32",
+                          "--log-every", "1"], cwd=Path(__file__).parent.parent, capture_output=True, text=True,
+                         timeout=180)
+    assert res.returncode == 0, res.stderr
+    assert "setting eos_token to <|im_end|>" in res.stdout
+    losses = [float(line.split("| loss ")[1].split()[0]) for line in res.stdout.splitlines() if "| loss " in line]
+    assert len(losses) == 8 and losses[-1] < 0.8 * losses[0], losses
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model_type"] == "qwen3" and saved["head_dim"] == 16 and not saved["attention_bias"]
+    tuned = load_model(out)
+    assert tuned.config.qk_norm and not torch.equal(tuned.model.layers[0].self_attn.q_norm.weight,
+                                                    load_model(base).model.layers[0].self_attn.q_norm.weight)
+    tokenizer = Tokenizer.from_pretrained(out)
+    assert tokenizer.eos_token_id == tokenizer.token_to_id("<|im_end|>") in tokenizer.stop_token_ids
