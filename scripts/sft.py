@@ -1,7 +1,9 @@
-"""Supervised fine-tuning (SFT): teach a Qwen2 checkpoint the <think>...</think><answer>...</answer> format.
+"""Supervised fine-tuning (SFT): teach a Qwen2.5 or Qwen3 checkpoint the <think>...</think><answer>...</answer>
+format.
 
     python scripts/sft.py --model checkpoints/Qwen2.5-Math-1.5B --data datasets/gsm8k/train.jsonl \\
         --out checkpoints/Qwen2.5-Math-1.5B-sft --steps 200 --lr 1e-5 --batch-size 32 --dtype bfloat16
+    python scripts/sft.py --model checkpoints/Qwen3-1.7B-Base ...     # a Qwen3 base model, the same way
     python scripts/sft.py --model runs/tiny/init --data runs/tiny/data/train.jsonl --out runs/tiny/sft \\
         --eval-file runs/tiny/data/test.jsonl      # what scripts/tiny_recipe.py runs
 
@@ -31,7 +33,7 @@ log-probs come from the trainer's own `grpo.logprobs.token_logprobs`; the optimi
 `OffloadAdamW` with linear warmup and cosine decay. The result is saved as a Hugging Face checkpoint
 (weights + tokenizer) that train.py reads as model.path.
 
-The turn ends with <|im_end|> (ChatML's end of turn). Base models such as Qwen2.5-Math-1.5B declare
+The turn ends with <|im_end|> (ChatML's end of turn). Base models (Qwen2.5-Math-1.5B, Qwen3-*-Base) declare
 <|endoftext|> as their eos, so the saved tokenizer_config.json sets eos_token to <|im_end|>, as
 Qwen's own -Instruct releases do; the sampler then stops where the SFT data stopped.
 
@@ -158,7 +160,7 @@ def sft_step(model: Qwen2, batch: list[Example], pad_id: int, micro_batch_size: 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="Hugging Face Qwen2 checkpoint directory (weights + tokenizer)")
+    ap.add_argument("--model", required=True, help="Hugging Face Qwen2.5 or Qwen3 checkpoint directory (weights + tokenizer)")
     ap.add_argument("--data", required=True, help="GSM8K-format JSONL: {question, answer: 'solution #### number'}")
     ap.add_argument("--out", required=True, help="directory for the fine-tuned checkpoint")
     ap.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
