@@ -1,10 +1,11 @@
-"""Download Qwen2.5 (or Qwen3 dense) weights and the GSM8K data into the repository.
+"""Download Qwen2.5 (or Qwen3 dense) weights and the GSM8K data (or a math set) into the repository.
 
     python download.py                          # Qwen2.5-3B-Instruct + GSM8K
     python download.py --dataset gsm8k_zh       # Chinese GSM8K instead
     python download.py --skip-model             # data only
     python download.py --model Qwen/Qwen2.5-0.5B-Instruct
     python download.py --model Qwen/Qwen3-1.7B  # any Qwen3 dense repo: the same files
+    python download.py --skip-model --dataset math500     # MATH-500 (also amc23, aime24, olympiadbench, math_train)
 
 Layout (under --dest, default: the repository root):
 
@@ -12,6 +13,11 @@ Layout (under --dest, default: the repository root):
     datasets/gsm8k/train.jsonl         7473 problems  (openai/grade-school-math, MIT)
     datasets/gsm8k/test.jsonl          1319 problems
     datasets/gsm8k_zh/{train,test}.jsonl   meta-math/GSM8K_zh, same JSONL format
+    datasets/math500/test.jsonl        500 MATH problems (HuggingFaceH4/MATH-500), LaTeX answers
+    datasets/amc23/test.jsonl          40 AMC 2023 problems (AI-MO/aimo-validation-amc, the 2023 rows)
+    datasets/aime24/test.jsonl         30 AIME 2024 problems (HuggingFaceH4/aime_2024)
+    datasets/olympiadbench/test.jsonl  675 OlympiadBench problems (Hothan/OlympiadBench, OE_TO_maths_en_COMP)
+    datasets/math_train/train.jsonl    MATH's 7500 training problems (DigitalLearningGmbH/MATH-lighteval)
 
 Where each piece comes from:
   * model: huggingface_hub.snapshot_download, only config, tokenizer and
@@ -19,6 +25,12 @@ Where each piece comes from:
   * GSM8K: the original JSONL from the openai/grade-school-math GitHub repo,
     fetched with urllib. (The Hub copy `openai/gsm8k` is parquet, which needs
     pyarrow; this project avoids that dependency.)
+  * the math sets (MATH_SETS): one file of a Hub dataset each, rewritten as JSONL rows
+    {"question", "answer" (the final answer as written, e.g. "\\frac{1}{2}"), "id", and "subject" /
+    "level" where the set has them}: what data/gsm8k.py's load_problems reads and scripts/eval.py
+    scores with the math checker (data/math_answer.py). MATH-500's copy is JSONL; the others are
+    parquet only, read with pyarrow (pip install pyarrow, the `parquet` extra; without it one line says
+    so). --source FILE reads a copy you fetched by hand (JSONL, JSON or parquet) instead.
   * GSM8K_zh: `GSM8K_zh.json` from the Hub dataset meta-math/GSM8K_zh (one JSON
     list of rows with question/answer, question_zh/answer_zh and split),
     rewritten into GSM8K's question/answer-with-#### JSONL. The gold number is
@@ -39,18 +51,21 @@ import os
 import sys
 import tempfile
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from huggingface_hub import hf_hub_download, snapshot_download
 
 from data.gsm8k import parse_line, split_solution
+from data.math_answer import extract_math_answer
 
 REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL = "Qwen/Qwen2.5-3B-Instruct"
 CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
 DATASETS_DIR = REPO_ROOT / "datasets"
 DEFAULT_DATA_DIR = DATASETS_DIR / "gsm8k"  # holds train.jsonl and test.jsonl
-DATASETS = ("gsm8k", "gsm8k_zh")
+DATASETS = ("gsm8k", "gsm8k_zh", "math500", "amc23", "aime24", "olympiadbench", "math_train")
 
 # Everything the from-scratch model and tokenizer need, nothing else.
 MODEL_FILES = [
@@ -229,6 +244,121 @@ def download_gsm8k_zh(out_dir: Path, source_json: Path | None = None) -> None:
         write_atomic(paths[split], "\n".join(lines) + "\n")
 
 
+# ---------------------------------------------------------------- math benchmarks and MATH's training set
+
+
+def _number(value) -> str:
+    """An answer stored as a number (AMC's 142.0) as it is written: '142'."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _level(value):
+    """MATH's 'Level 3' -> 3 (MATH-500 writes 3); anything else as it is."""
+    text = str(value).removeprefix("Level ").strip()
+    return int(text) if text.isdigit() else value
+
+
+def _math500(r: dict) -> dict:
+    return dict(question=r["problem"], answer=r["answer"], id=r["unique_id"], subject=r["subject"], level=r["level"])
+
+
+def _amc23(r: dict) -> dict | None:
+    if "2023" not in str(r.get("url", "")):
+        return None  # the copy holds AMC 12 2022 and 2023; AMC23 is the 2023 part
+    return dict(question=r["problem"], answer=_number(r["answer"]), id=f"amc23/{r['id']}", url=r["url"])
+
+
+def _aime24(r: dict) -> dict:
+    return dict(question=r["problem"], answer=_number(r["answer"]), id=f"aime24/{r['id']}", url=r.get("url"))
+
+
+def _olympiadbench(r: dict) -> dict:
+    answers = r["final_answer"] if isinstance(r["final_answer"], list) else [r["final_answer"]]
+    question = r["question"] if not r.get("context") else f"{r['context']}\n\n{r['question']}"
+    return dict(question=question, answer=", ".join(str(a).strip().strip("$").strip() for a in answers),
+                id=f"olympiadbench/{r['id']}", subject=r.get("subfield"))
+
+
+def _math_train(r: dict) -> dict | None:
+    answer = extract_math_answer(r["solution"])  # MATH's answer is the last \boxed{} of its solution
+    if answer is None:
+        return None
+    return dict(question=r["problem"], answer=answer.strip().strip("$").strip(), subject=r["type"],
+                level=_level(r["level"]))
+
+
+@dataclass(frozen=True)
+class HubSet:
+    """One math set: which file of which Hub dataset, what we write, and how a row is rewritten."""
+
+    repo: str
+    filename: str
+    split: str  # our file: test.jsonl or train.jsonl
+    rows: int  # rows the set has after convert (a different count is reported, not fatal)
+    convert: Callable[[dict], dict | None]  # a source row -> our row, or None to leave it out
+
+
+MATH_SETS = {
+    "math500": HubSet("HuggingFaceH4/MATH-500", "test.jsonl", "test", 500, _math500),
+    "amc23": HubSet("AI-MO/aimo-validation-amc", "data/train-00000-of-00001.parquet", "test", 40, _amc23),
+    "aime24": HubSet("HuggingFaceH4/aime_2024", "data/train-00000-of-00001.parquet", "test", 30, _aime24),
+    "olympiadbench": HubSet("Hothan/OlympiadBench", "OE_TO_maths_en_COMP/train/0000.parquet", "test", 675,
+                            _olympiadbench),
+    "math_train": HubSet("DigitalLearningGmbH/MATH-lighteval", "data/train-00000-of-00001.parquet", "train", 7500,
+                         _math_train),
+}
+
+
+def read_source_rows(path: Path, name: str) -> list[dict]:
+    """The rows of a downloaded file: parquet (with pyarrow), JSONL or a JSON list."""
+    if path.suffix == ".jsonl":
+        try:
+            return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except json.JSONDecodeError as err:
+            raise DownloadError(f"{path}: not JSONL ({err.msg}); pass the file from the Hub as it is") from None
+    if path.suffix != ".parquet":
+        return read_json_rows(path)
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DownloadError(f"{path.name} of {MATH_SETS[name].repo} is parquet, which needs pyarrow: pip install "
+                            "pyarrow (the parquet extra: pip install -e '.[parquet]'), then re-run") from None
+    return pq.read_table(path).to_pylist()
+
+
+def download_math_set(name: str, out_dir: Path, source: Path | None = None) -> None:
+    """Fetch the set's Hub file (or read `source`), rewrite its rows, check each loads, write atomically."""
+    spec = MATH_SETS[name]
+    path = out_dir / f"{spec.split}.jsonl"
+    if source is not None and not source.is_file():
+        raise DownloadError(f"--source {source} not found: pass the file you downloaded from {spec.repo}")
+    if source is None and rows_complete(path, None):
+        print(f"{name}: {path} already complete, skipping")
+        return
+    if source is None:
+        print(f"{name}: downloading {spec.filename} from the Hub dataset {spec.repo}")
+        source = Path(hf_hub_download(repo_id=spec.repo, filename=spec.filename, repo_type="dataset"))
+    rows = []
+    for index, record in enumerate(read_source_rows(source, name)):
+        try:
+            row = spec.convert(record) if isinstance(record, dict) else None
+        except KeyError as err:
+            raise DownloadError(f"{source.name} row {index}: no field {err} ({spec.repo}'s format changed?)") from None
+        if row is not None:
+            rows.append({k: v for k, v in row.items() if v is not None})
+    if not rows:
+        raise DownloadError(f"{source} holds no {name} rows: the file format changed, or it is the wrong file")
+    if len(rows) != spec.rows:
+        print(f"{name}: note: {len(rows)} rows ({spec.repo} had {spec.rows} when this was written)")
+    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
+    for number, line in enumerate(lines, start=1):
+        parse_line(line, f"{path.name}:{number}", gsm8k=False)  # every row loads: question and answer non-empty
+    write_atomic(path, "\n".join(lines) + "\n")
+    print(f"{name}: {len(rows)} rows -> {path}")
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -241,19 +371,25 @@ def manual_steps(step: str, model: str, target: Path) -> str:
     if step == "gsm8k":
         return (f"put train.jsonl and test.jsonl from https://github.com/openai/grade-school-math "
                 f"(grade_school_math/data/) into {target}/ by hand")
+    if step in MATH_SETS:
+        spec = MATH_SETS[step]
+        return (f"download {spec.filename} from https://huggingface.co/datasets/{spec.repo} by hand and run "
+                f"python download.py --skip-model --dataset {step} --source PATH (writes {target}/)")
     return (f"download {GSM8K_ZH_FILE} from https://huggingface.co/datasets/{GSM8K_ZH_REPO} by hand "
             f"and run python download.py --skip-model --dataset gsm8k_zh --zh-json PATH (writes {target}/)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Download Qwen2.5 or Qwen3 (dense) weights and GSM8K data.")
+    parser = argparse.ArgumentParser(description="Download Qwen2.5 or Qwen3 (dense) weights and GSM8K or math data.")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub model id (default {DEFAULT_MODEL})")
-    parser.add_argument("--dataset", default="gsm8k", choices=DATASETS, help="which GSM8K to fetch")
+    parser.add_argument("--dataset", default="gsm8k", choices=DATASETS,
+                        help="which data set to fetch: GSM8K (English, Chinese), or a math set (see above)")
     parser.add_argument("--dest", type=Path, default=REPO_ROOT,
                         help="root folder for checkpoints/ and datasets/ (default: the repository root)")
     parser.add_argument("--skip-model", action="store_true", help="do not download the model")
     parser.add_argument("--skip-data", action="store_true", help="do not download the dataset")
     parser.add_argument("--zh-json", type=Path, help=f"use a local {GSM8K_ZH_FILE} instead of fetching it")
+    parser.add_argument("--source", type=Path, help="a math set: use this local copy of its Hub file instead")
     parser.add_argument("--verbose", action="store_true", help="on a failed download, also print the library's message")
     args = parser.parse_args(argv)
 
@@ -269,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                 download_model(args.model, target)
             elif step == "gsm8k":
                 download_gsm8k(target)
+            elif step in MATH_SETS:
+                download_math_set(step, target, args.source)
             else:
                 download_gsm8k_zh(target, args.zh_json)
         except (DownloadError, ValueError) as err:  # got an answer, but not the expected content

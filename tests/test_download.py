@@ -244,3 +244,91 @@ def test_zh_from_a_local_json_writes_loadable_files_without_network(tmp_path, mo
 def test_zh_row_with_unknown_split_is_a_clear_error():
     with pytest.raises(download.DownloadError, match="row 0: expected an object with split"):
         download.normalise_gsm8k_zh([{"question": "q", "answer": "#### 1", "split": "dev"}])
+
+
+# ---------------------------------------------------------------- math sets
+
+MATH_FIXTURES = Path(__file__).parent / "fixtures" / "math_sets"
+
+
+def fetch_math_set(tmp_path, monkeypatch, name: str) -> list:
+    """`download.py --dataset NAME --source <fixture>` without the network, then the rows as loaded."""
+    from data.gsm8k import load_problems
+    for fn in ["fetch_url", "snapshot_download", "hf_hub_download"]:
+        monkeypatch.setattr(download, fn, no_network)
+    args = ["--dest", str(tmp_path), "--skip-model", "--dataset", name]
+    assert download.main([*args, "--source", str(MATH_FIXTURES / f"{name}.jsonl")]) == 0
+    out = download.data_dir(name, tmp_path) / f"{download.MATH_SETS[name].split}.jsonl"
+    assert download.main(args) == 0  # complete now: a plain re-run skips, still without the network
+    return load_problems(out)
+
+
+def test_math500_rows_keep_answer_subject_level_and_id(tmp_path, monkeypatch):
+    source = [json.loads(line) for line in (MATH_FIXTURES / "math500.jsonl").read_text().splitlines()]
+    problems = fetch_math_set(tmp_path, monkeypatch, "math500")
+    assert [p.answer for p in problems] == [r["answer"] for r in source]  # the final answer as written
+    assert [p.question for p in problems] == [r["problem"] for r in source]
+    assert problems[0].fields == {"id": source[0]["unique_id"], "subject": "Precalculus", "level": 2}
+
+
+def test_amc23_keeps_the_2023_rows_and_writes_integer_answers(tmp_path, monkeypatch):
+    problems = fetch_math_set(tmp_path, monkeypatch, "amc23")
+    assert [p.answer for p in problems] == ["55", "9", "2"]  # 55.0 -> 55; the 2022 row is left out
+    assert all("2023_AMC" in p.fields["url"] for p in problems)
+
+
+def test_aime24_answers_stay_as_written(tmp_path, monkeypatch):
+    problems = fetch_math_set(tmp_path, monkeypatch, "aime24")
+    assert [p.answer for p in problems] == ["142", "024", "120"] and problems[0].fields["id"] == "aime24/60"
+
+
+def test_olympiadbench_joins_answer_lists_and_prefixes_the_context(tmp_path, monkeypatch):
+    problems = fetch_math_set(tmp_path, monkeypatch, "olympiadbench")
+    assert [p.answer for p in problems] == ["9", "-2, 2", "6", "2"]  # "$...$" stripped, lists joined
+    assert problems[2].question.startswith("Let $T = 5$.\n\n") and problems[1].fields["subject"] == "Algebra"
+
+
+def test_math_train_answers_are_the_solutions_last_box(tmp_path, monkeypatch):
+    problems = fetch_math_set(tmp_path, monkeypatch, "math_train")
+    assert [p.answer for p in problems] == ["12", "\\frac{3}{4}", "\\frac72", "5\\sqrt{2}", "6"]  # no box: left out
+    assert problems[0].fields == {"subject": "Prealgebra", "level": 1}
+
+
+def test_a_math_set_is_fetched_from_its_hub_file(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_hub(repo_id, filename, repo_type):
+        calls.append((repo_id, filename, repo_type))
+        return str(MATH_FIXTURES / "math500.jsonl")
+
+    monkeypatch.setattr(download, "hf_hub_download", fake_hub)
+    assert download.main(["--dest", str(tmp_path), "--skip-model", "--dataset", "math500"]) == 0
+    assert calls == [("HuggingFaceH4/MATH-500", "test.jsonl", "dataset")]
+
+
+def test_a_parquet_copy_without_pyarrow_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
+    fake = tmp_path / "train-00000-of-00001.parquet"
+    fake.write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow raises ImportError, installed or not
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    monkeypatch.setattr(download, "hf_hub_download", lambda **kw: str(fake))
+    assert download.main(["--dest", str(tmp_path), "--skip-model", "--dataset", "aime24"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "needs pyarrow: pip install pyarrow" in err and "HuggingFaceH4/aime_2024" in err
+    assert not (tmp_path / "datasets" / "aime24" / "test.jsonl").exists()
+
+
+def test_a_math_set_offline_says_where_to_get_the_file(tmp_path, offline, capsys):
+    assert download.main(["--dest", str(tmp_path), "--skip-model", "--dataset", "olympiadbench"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Hothan/OlympiadBench" in err and "--source PATH" in err
+
+
+def test_a_math_set_with_rows_of_another_format_is_one_line(tmp_path, capsys):
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text(json.dumps({"question": "q", "answer": "1 #### 1"}) + "\n")
+    args = ["--dest", str(tmp_path), "--skip-model", "--dataset", "math500", "--source", str(wrong)]
+    assert download.main(args) == 1
+    assert "row 0: no field 'problem'" in capsys.readouterr().err
+    assert download.main([*args[:-1], str(tmp_path / "missing.jsonl")]) == 1
+    assert "--source" in capsys.readouterr().err
