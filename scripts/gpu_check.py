@@ -54,6 +54,11 @@ Part 2 (speed, and LoRA on 7B):
 Part 3:
   fit-7b        scripts/bench_step.py on the largest Qwen2.5 shape whose plan fits an 80 GB card
                 and this machine's RAM with offload. Information.
+  nf4           scripts/bench_nf4.py: Qwen2.5-0.5B shape, bf16, LoRA rank 16: an eager decode step
+                (64 rows) and an update step (4096 tokens, activation checkpointing) with the base in
+                4 bits (model.quantize nf4, qwen2/nf4.py) against the bf16 base; the load (quantised
+                as read), the weights' bytes, the logits' difference. Information: what the
+                dequantisation costs on a GPU.
 
 Everything runs from the repository with what a bare GPU machine has (torch, transformers,
 tokenizers, safetensors, pytest, pyyaml, jinja2): random checkpoints are built in a temporary
@@ -99,7 +104,7 @@ if importlib.util.find_spec("grpo") is None:
 # next step's whole limit fits what is left of its budget. Each part's limits fit one lease.
 PARTS = [["decode-smoke", "cuda-tests", "fit-24gb", "torchrun", "torchrun-lora"],
          ["lora-7b", "sampler", "optimizer"],
-         ["fit-7b"]]
+         ["fit-7b", "nf4"]]
 STEPS = [name for part in PARTS for name in part]
 SMOKE_ENV = "GPU_CHECK_SMOKE"  # tests/test_gpu.py runs its tests on the CPU when this is 1
 
@@ -117,7 +122,7 @@ PARENT_S = 5  # per step: this script's work between its children (reading resul
 # is the sum of its children's plus PARENT_S, and it is never cut once the step has started.
 LIMITS = {"decode-smoke": 65, "cuda-tests": 125, "fit-24gb-on": 120, "fit-24gb-off": 50,
           "torchrun-save": 50, "torchrun-resume": 40, "torchrun-lora-save": 40, "torchrun-lora-resume": 35,
-          "lora-7b": 150, "sampler": 240, "optimizer": 60, "fit-7b": 240}
+          "lora-7b": 150, "sampler": 240, "optimizer": 60, "fit-7b": 240, "nf4": 90}
 CHILDREN = {"fit-24gb": ["fit-24gb-on", "fit-24gb-off"], "torchrun": ["torchrun-save", "torchrun-resume"],
             "torchrun-lora": ["torchrun-lora-save", "torchrun-lora-resume"]}
 SMOKE_LIMIT = 240  # every child of a --smoke run (tiny shapes on a shared CPU)
@@ -127,9 +132,9 @@ SMOKE_LIMIT = 240  # every child of a --smoke run (tiny shapes on a shared CPU)
 # dynamic). Guesses until a GPU run measures them (summary.json's `seconds`); shown by --plan next to
 # the limits. A step whose estimate is far below its limit is what lets a run reach the next part.
 ESTIMATES = {"decode-smoke": 30, "cuda-tests": 80, "fit-24gb": 110, "torchrun": 55, "torchrun-lora": 45,
-             "lora-7b": 100, "sampler": 190, "optimizer": 30, "fit-7b": 170}
+             "lora-7b": 100, "sampler": 190, "optimizer": 30, "fit-7b": 170, "nf4": 45}
 SMOKE_ESTIMATES = {"decode-smoke": 20, "cuda-tests": 25, "fit-24gb": 25, "torchrun": 30, "torchrun-lora": 30,
-                   "lora-7b": 15, "sampler": 60, "optimizer": 10, "fit-7b": 15}
+                   "lora-7b": 15, "sampler": 60, "optimizer": 10, "fit-7b": 15, "nf4": 10}
 # The smoke runs' tiny GRPO batch: 2 questions x 4 samples, 8 new tokens.
 SMOKE_SETS = ["--set", "rollout.prompts_per_step=2", "--set", "rollout.group_size=4",
               "--set", "rollout.max_new_tokens=8", "--set", "grpo.micro_batch_size=4"]
@@ -679,10 +684,31 @@ def step_fit_7b(ctx: Context) -> list[Row]:
     return [Row(check, "INFO", figure, "information")]
 
 
+def step_nf4(ctx: Context) -> list[Row]:
+    args = ["scripts/bench_nf4.py", "--cache-dir", str(ctx.cache)]
+    args += (["--models", "tiny", "--repeats", "1", "--decode-steps", "2", "--update-tokens", "32"] if ctx.smoke else
+             ["--models", "Qwen2.5-0.5B", "--device", "cuda", "--dtype", "bfloat16", "--rows", "64",
+              "--update-tokens", "4096", "--decode-steps", "8"])
+    child = run_child(ctx, "nf4", args, ctx.timeout("nf4"))
+    r = child.result or {}
+    name = "tiny" if ctx.smoke else "Qwen2.5-0.5B"
+    check = f"nf4: 4-bit base vs {'fp32' if ctx.smoke else 'bf16'} weights, LoRA rank 16, {name} shape, eager decode"
+    if name not in r.get("models", {}):
+        return [Row(check, "FAIL", child.why(), "information")]
+    m = r["models"][name]
+    d, u, w = m["decode_ms"], m["update_ms"], m["weight_bytes"]
+    figure = (f"decode step ({r['rows']} rows) {d['plain']:.1f} -> {d['nf4']:.1f} ms ({m['decode_ratio']:.2f}x); "
+              f"update step ({r['update_tokens']} tokens, checkpointing) {u['plain']:.1f} -> {u['nf4']:.1f} ms "
+              f"({m['update_ratio']:.2f}x); weights {w['plain'] / 1e9:.2f} -> {w['nf4'] / 1e9:.2f} GB; load "
+              f"{m['load_s']['plain']:.1f} -> {m['load_s']['nf4']:.1f} s (quantised at load); logits differ by "
+              f"{m['logits_rel_diff']:.3f} (relative)")
+    return [Row(check, "INFO", figure, "information: the dequantisation's cost (docs/qlora.md)")]
+
+
 STEP_FUNCTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "decode-smoke": step_decode_smoke, "cuda-tests": step_cuda_tests, "fit-24gb": step_fit_24gb,
     "torchrun": step_torchrun, "torchrun-lora": step_torchrun_lora, "lora-7b": step_lora_7b, "sampler": step_sampler,
-    "optimizer": step_optimizer, "fit-7b": step_fit_7b,
+    "optimizer": step_optimizer, "fit-7b": step_fit_7b, "nf4": step_nf4,
 }
 
 

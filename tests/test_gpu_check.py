@@ -31,6 +31,9 @@ def test_smoke_runs_every_step_and_writes_the_summary(tmp_path):
     # The compiled decode's smoke: rows stopped as forced, no recompile in the second rollout.
     assert results["decode-smoke"]["lengths_ok"] and results["decode-smoke"]["compiles_second"] == 0
     assert results["sampler"]["speedup_wall"] > 0 and "hidden_share" in results["optimizer"]
+    # The 4-bit base's cost: both paths timed, the 4-bit weights smaller.
+    nf4 = results["nf4"]["models"]["tiny"]
+    assert nf4["decode_ratio"] > 0 and nf4["update_ratio"] > 0 and nf4["weight_bytes"]["nf4"] < nf4["weight_bytes"]["plain"]
     # The GPU run's sampler paths: the compiled decode against transformers, and the step against its bound.
     assert results["sampler"]["speedup_compiled_wall"] > 0 and set(results["sampler"]["step_over_bound"]) == {"4", "8"}
     table = (out / "summary.md").read_text()

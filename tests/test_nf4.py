@@ -250,3 +250,15 @@ def test_the_plan_counts_the_4bit_weights_the_model_holds(tmp_path, tiny_model, 
     assert weights < 0.5 * plan_memory(full, SMALL)[0].gpu  # 0.5B: 4.1 of 16 bits for 0.36B of 0.49B weights
     for trace, planned in against_plan(trace_memory(cfg, SMALL), plan_memory(cfg, SMALL)):
         assert 0.9 <= trace.peak / planned <= 1.1, (trace.phase, trace.peak / GB, planned / GB)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nearest_code_is_the_first_argmin_even_at_ties(dtype):
+    """quantize finds each code from its two neighbours: the same as torchao's argmin over all 16
+    distances, at the values themselves, at their midpoints (ties) and beyond [-1, 1]."""
+    book = nf4.code_book(dtype)
+    mids = (book[1:].float() + book[:-1].float()) / 2
+    near = torch.cat([mids + d for d in (-1e-3, -1e-7, 0.0, 1e-7, 1e-3)])
+    x = torch.cat([book.float(), near, torch.linspace(-1.2, 1.2, 5001)]).to(dtype)
+    brute = (x[:, None] - book).abs().min(dim=-1).indices
+    assert torch.equal(nf4.nearest_codes(x, book).long(), brute)
