@@ -95,3 +95,35 @@ def test_block_activation_estimate_at_real_qwen3_widths(name):
             y = block(x, cos, sin, layout)
         kept = memory.current - before - y.numel() * 2
     assert block_activation_bytes(mc, 8192, 2) == pytest.approx(kept, rel=0.06)
+
+
+# The README's Qwen3 settings (docs/memory.md, docs/lora.md): the card each is said to fit.
+FITS = [
+    ("Qwen3-4B", ["optim.offload=true", "rollout.compile=false", "rollout.prompts_per_step=8"], 24),
+    ("Qwen3-8B", ["model.lora.rank=16", "rollout.compile=false", "rollout.prompts_per_step=4",
+                  "grpo.micro_batch_tokens=4096"], 24),
+    ("Qwen3-14B", ["model.lora.rank=16"], 80),
+    ("Qwen3-8B", ["optim.offload=true"], 80),
+]
+
+
+@pytest.mark.parametrize("name,sets,card", FITS, ids=[f"{n}-{c}GB-{s[0]}" for n, s, c in FITS])
+def test_the_readme_qwen3_settings_fit_their_card_and_the_defaults_do_not(name, sets, card):
+    """Each planned peak, with the CUDA margin, fits its card; the default batch without the
+    rollout changes does not (Qwen3's 8 KV heads x 128: the rollout decides), and the eager
+    decode's compaction adds one layer's rows, not a second cache."""
+    from grpo.config import load_config
+    from grpo.plan.machine import plan_fits
+    from grpo.plan.memory import phase_totals, plan_memory
+
+    mc = Qwen2Config.from_name(name)
+    items = plan_memory(load_config(None, [f"model.path=checkpoints/{name}", *sets]), mc, device="cuda")
+    assert plan_fits(items, card_gb=card, ram_gb=1024)[0]
+    base = [s for s in sets if s.split("=")[0] in ("optim.offload", "model.lora.rank")]
+    if base != sets:
+        defaults = plan_memory(load_config(None, [f"model.path=checkpoints/{name}", *base]), mc, device="cuda")
+        assert not plan_fits(defaults, card_gb=card, ram_gb=1024)[0]
+    if "rollout.compile=false" in sets:
+        totals = phase_totals(items)
+        kv = next(i.gpu for i in items if i.name.startswith("rollout KV cache"))
+        assert totals["cache copy"] - totals["decode"] < kv / mc.num_hidden_layers
