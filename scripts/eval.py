@@ -17,7 +17,8 @@ What is scored, and how: a checkpoint of one of our runs is evaluated on that ru
 file, prompt, reward functions and answer check: data/task.py) unless --data, --reward or --template
 say otherwise. Otherwise --reward math scores LaTeX answers with data/math_answer.py (format 0.1 + math
 1.0, prompt template "math") and --reward gsm8k the GSM8K number (format 0.1 + correctness 1.0,
-template "think"); the default, auto, takes math as soon as one gold answer is not a plain number.
+template "think"); the default, auto, takes gsm8k for GSM8K-format rows (answers "... #### N") and math
+for any other set (MATH-500, AMC23, AIME, OlympiadBench as download.py writes them).
 
 With --samples K > 1 each question is sampled K times (seeded by --seed, with --temperature/--top-p/
 --top-k as in the rollout, or --sampling qwen3 for Qwen3's card: T 0.6, top-p 0.95, top-k 20): it
@@ -73,8 +74,9 @@ def choose_task(args: argparse.Namespace, data: Path, run: Config | None) -> tup
         task = run.task()
         return task, f"the run's task (reward {_weights(task.rewards.weights)}, correct = {task.rewards.correct})"
     reward = args.reward
-    if reward == "auto":  # a gold answer that is no plain number: LaTeX, a word, a tuple -> the math checker
-        reward = "math" if any(parse_number(p.answer) is None for p in load_problems(data)) else "gsm8k"
+    if reward == "auto":  # GSM8K's "... #### N" rows -> its number; anything else (LaTeX, AIME's 024) -> math
+        problems = load_problems(data)
+        reward = "gsm8k" if all(p.solution and parse_number(p.answer) is not None for p in problems) else "math"
     weights, template = REWARDS[reward]
     prompt = get_template(args.template or template)
     return Task(prompt, Rewards(weights)), f"reward {reward} ({_weights(weights)}), template {args.template or template}"
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="prompt template (default: the run's, else think for --reward gsm8k and math for math)")
     ap.add_argument("--reward", default="auto", choices=["auto", *REWARDS],
                     help="how answers are scored: gsm8k (the number), math (LaTeX answers, data/math_answer.py); "
-                         "auto: the run's task, else math when a gold answer is not a plain number")
+                         "auto: the run's task, else gsm8k for '#### N' answers and math for any other")
     ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=64, help="questions per batch")
     ap.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
