@@ -315,3 +315,33 @@ ROWS: list[Row] = [
     Row(box("x" * 3), "x^3", False, mv="math-verify reads xxx as x^3; ours reads three letters as a word (documented limit)",
         limit="a run of three letters is a word"),
 ]
+
+
+def report() -> str:
+    """The agreement with math-verify and every difference, as Markdown (docs/math.md)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from math_verify import parse, verify
+
+    from data.math_answer import extract_math_answer, math_reward
+    lines, differ = [], 0
+    for i, r in enumerate(ROWS):
+        ours = math_reward(r.completion, r.gold) == 1.0
+        theirs = bool(verify(parse("\\boxed{" + r.gold + "}"), parse(r.completion)))
+        if ours != theirs:
+            differ += 1
+            shown = extract_math_answer(r.completion)
+            shown = (r.completion if shown is None else shown).replace("\n", " ")
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            lines.append(f"| {i} | `{shown}` | `{r.gold[:30]}` | {'right' if ours else 'wrong'} | "
+                         f"{'right' if theirs else 'wrong'} | {r.mv} |")
+    head = (f"{len(ROWS)} rows ({sum(r.ours for r in ROWS)} right, {sum(not r.ours for r in ROWS)} wrong); "
+            f"math-verify gives our verdict on {len(ROWS) - differ} ({(len(ROWS) - differ) / len(ROWS):.1%}) "
+            f"and differs on {differ}:\n\n| row | answer (ours extracted) | gold | ours | math-verify | why |\n"
+            "|---|---|---|---|---|---|")
+    return "\n".join([head, *lines])
+
+
+if __name__ == "__main__":
+    print(report())
