@@ -380,3 +380,32 @@ def test_dynamic_sampling_samples_more_rounds_until_groups_have_spread(tmp_path,
         assert row["groups_kept"] <= 2 and row["questions_sampled"] == 2 * row["sampling_rounds"]
         assert row["trained_episodes"] == 4 * row["groups_kept"]  # whole groups of G = 4
         assert row["groups_kept"] == 2 or row["sampling_rounds"] == 6
+
+
+def test_sampled_evaluation_draws_per_question_whatever_the_batch(tiny_model):
+    from grpo.evaluate import evaluate
+
+    model, tok = load_model(tiny_model), Tokenizer.from_pretrained(tiny_model)
+    problems = make_problems(5, seed=2, split="test")
+    kw = dict(max_new_tokens=6, template="think", rewards=rewards.Rewards({"format": 0.1, "correctness": 1.0}),
+              sampling=SamplingParams(temperature=1.0), samples=3, seed=7)
+    whole, rows = evaluate(model, tok, problems, batch_size=5, **kw)
+    assert evaluate(model, tok, problems, batch_size=2, **kw)[1] == rows  # batches do not change the draws
+    # A rank's share (every other question, with its ids) draws what the whole set drew for those questions.
+    share = evaluate(model, tok, problems[1::2], batch_size=5, question_ids=range(1, 5, 2), **kw)[1]
+    assert share == [r for i in (1, 3) for r in rows[3 * i:3 * i + 3]]
+    solved = sum(any(r["correct"] for r in rows[i:i + 3]) for i in range(0, 15, 3))
+    assert whole["pass_at_k"] == solved / 5
+
+
+def test_in_training_evaluation_can_be_mean_at_k(tmp_path, tiny_model, capsys):
+    config = write_config(tmp_path, tiny_model, train={"steps": 1, "eval_every": 1, "eval_size": 3, "eval_samples": 2,
+                                                       "eval_temperature": 0.6, "eval_top_p": 0.95, "eval_top_k": 20})
+    assert train.main(["--config", str(config)]) == 0
+    evals = [r for r in metrics(tmp_path / "run") if "eval_accuracy" in r]
+    assert [r["step"] for r in evals] == [0, 1]
+    assert all(r["eval_n"] == 6 and r["eval_questions"] == 3 and "eval_pass_at_k" in r for r in evals)
+    assert all(r["eval_temperature"] == 0.6 for r in evals)
+    assert "eval step 0: mean@2 " in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="eval_samples > 1 needs train.eval_temperature > 0"):
+        load_config(config, ["train.eval_temperature=0"])
