@@ -136,15 +136,17 @@ def continuation(tokenizer: Tokenizer, messages: list[dict[str, Any]], answer: s
                  tools: list[dict[str, Any]] | None, **chat_kwargs: Any) -> str:
     """What the chat template puts after an assistant turn that called a tool (after its stop
     token): the rest of the turn's end, the tool's answer as a `tool` message, and the next
-    assistant header. Rendered by the checkpoint's own template, so the model sees its own format."""
+    assistant header. Rendered by the checkpoint's own template, so the model sees its own format.
+    Read from the whole rendered exchange, after the turn: templates may render a turn differently
+    when it is the last message (Qwen3 pre-fills an empty <think> block there), which the text after
+    it does not depend on."""
     marker = "\x00TURN\x00"  # stands for the turn's text, so that the template's text around it is found
     turn_end = tokenizer.decode([tokenizer.eos_token_id])
     assistant = {"role": "assistant", "content": marker}
-    head = tokenizer.apply_chat_template([*messages, assistant], add_generation_prompt=False, tools=tools, **chat_kwargs)
     full = tokenizer.apply_chat_template([*messages, assistant, {"role": "tool", "content": answer}],
                                          add_generation_prompt=True, tools=tools, **chat_kwargs)
-    at = head.index(marker) + len(marker)
-    if not full.startswith(head) or not head[at:].startswith(turn_end):
+    at = full.find(marker) + len(marker)
+    if at < len(marker) or not full[at:].startswith(turn_end) or answer not in full[at:]:
         raise InputError(f"{tokenizer.name}: its chat template does not render a tool message after an assistant "
-                         "turn; rollout.tools needs a template with tool calls (Qwen2.5-Instruct's)")
-    return head[at + len(turn_end):] + full[len(head):]
+                         "turn; rollout.tools needs a template with tool calls (Qwen2.5-Instruct's or Qwen3's)")
+    return full[at + len(turn_end):]

@@ -75,3 +75,14 @@ def test_a_run_with_thinking_off_trains_and_resumes_with_it(tmp_path, capsys):
     tok = Tokenizer.from_pretrained(model)
     assert prefill(tok, cfg.data.prompt) == EMPTY_THINK
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("thinking", [None, False])
+def test_a_tool_answer_continues_the_turn_in_qwen3s_own_format(qwen3_tok, thinking):
+    from grpo.tools import CALCULATOR, continuation
+
+    template = custom_template("think", enable_thinking=thinking)
+    messages = [{"role": "user", "content": "What is 6 * 7?"}]
+    text = continuation(qwen3_tok, messages, "42", [CALCULATOR], **template.chat_kwargs())
+    assert "<tool_response>\n42\n</tool_response>" in text
+    assert text.endswith("<|im_start|>assistant\n" + ("" if thinking is None else EMPTY_THINK))
