@@ -262,3 +262,23 @@ def test_nearest_code_is_the_first_argmin_even_at_ties(dtype):
     x = torch.cat([book.float(), near, torch.linspace(-1.2, 1.2, 5001)]).to(dtype)
     brute = (x[:, None] - book).abs().min(dim=-1).indices
     assert torch.equal(nf4.nearest_codes(x, book).long(), brute)
+
+
+QLORA_14B = ["model.path=checkpoints/Qwen2.5-14B-Instruct", "model.lora.rank=16"]
+
+
+def test_14b_with_a_4bit_base_plans_and_traces_under_24_gb(capsys):
+    """The acceptance line of docs/qlora.md: Qwen2.5-14B (real shapes by name, no download), rank 16,
+    4 x 8 rows, 4096-token micro-batches, compiled decode: plan + CUDA overhead within 24 GB, and the
+    trace (eager decode) within 10% of its plan; the bf16 base does not fit, and --dry-run's advice
+    then names the 4-bit base."""
+    sets = QLORA_14B + ["model.quantize=nf4", "rollout.prompts_per_step=4", "grpo.micro_batch_tokens=4096"]
+    assert train.main(["--dry-run", "--trace", "--card-gb", "24", "--ram-gb", "64",
+                       *[a for s in sets for a in ("--set", s)]]) == 0
+    out = capsys.readouterr().out
+    assert "GPU: fits a card of 24 GB" in out and "weights (4-bit NF4 block projections)" in out
+    traced = [line.split() for line in out.splitlines() if line.strip().startswith(("rollout ", "update "))]
+    assert len(traced) == 2 and all(0.9 <= float(t[3]) <= 1.1 and float(t[1]) < 24 for t in traced)
+    assert train.main(["--dry-run", "--card-gb", "24", "--ram-gb", "64", *[a for s in QLORA_14B for a in ("--set", s)]]) == 1
+    out = capsys.readouterr().out
+    assert "does NOT fit a card of 24 GB" in out and "--set model.quantize=nf4" in out.split("Try, in order")[1]

@@ -62,8 +62,9 @@ def value_text(value: Any) -> str:
 
 def knobs(cfg: Config, ranks: int = 1, device: str = "cuda") -> list[tuple[str, Any, str]]:
     """The changes that can lower a step's memory, (config key, new value, what it does), in the order
-    they are preferred: first those that leave the training math alone, then a smaller batch, then
-    shorter completions (which change the task)."""
+    they are preferred: first those that leave the training math alone, then a smaller batch, then,
+    with LoRA, a 4-bit base (the adapters then train on a quantised copy of it), then shorter
+    completions (which change the task)."""
     out: list[tuple[str, Any, str]] = []
     if device != "cpu" and not cfg.optim.offload:
         out.append(("optim.offload", True, "moves master weights and Adam moments to CPU memory"))
@@ -82,6 +83,9 @@ def knobs(cfg: Config, ranks: int = 1, device: str = "cuda") -> list[tuple[str, 
     if cfg.rollout.prompts_per_step // 2 >= ranks:
         out.append(("rollout.prompts_per_step", cfg.rollout.prompts_per_step // 2,
                     "fewer rows per rollout: a smaller batch"))
+    if cfg.model.lora.rank and cfg.model.quantize == "none" and ranks == 1 and device != "cpu":
+        out.append(("model.quantize", "nf4", "the frozen base in 4 bits (QLoRA): the adapters train on its "
+                    "4-bit copy; slower decode"))
     if cfg.rollout.max_new_tokens >= 2:
         out.append(("rollout.max_new_tokens", cfg.rollout.max_new_tokens // 2, "shorter completions: changes the task"))
     return out
