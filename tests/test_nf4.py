@@ -224,11 +224,24 @@ def test_settings_that_cannot_work_are_one_line(overrides, message):
         load_config(ROOT / "config.yaml", overrides)
 
 
-def test_torchrun_is_refused_in_one_line():
+def test_torchrun_is_refused_in_one_line(tmp_path, tiny_model):
+    """Under torchrun (2 gloo ranks): one line, said once, before any weight is read."""
+    import subprocess
+
+    from test_distributed import ENV, torchrun_cmd
+
     cfg = load_config(ROOT / "config.yaml", ["model.quantize=nf4", "model.lora.rank=8"])
     refuse_sharded_nf4(cfg, 1)
-    with pytest.raises(InputError, match="runs in one process: sharding 4-bit weights with FSDP2 is not supported"):
+    message = "model.quantize=nf4 runs in one process: sharding 4-bit weights with FSDP2 is not supported"
+    with pytest.raises(InputError, match=message):
         refuse_sharded_nf4(cfg, 2)
+    path = write_config(tmp_path, tiny_model, model={"quantize": "nf4", "lora": {"rank": 4}},
+                        reward={"weights": {"format": 0.1, "correctness": 1.0}})
+    res = subprocess.run(torchrun_cmd("train.py", "--config", str(path)), cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, env=ENV)
+    assert res.returncode != 0 and "<NO_OTHER_FAILURES>" in res.stderr  # torchrun's own report: one failure
+    assert sum(line.startswith(f"error: {message}") for line in res.stderr.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_plan_counts_the_4bit_weights_the_model_holds(tmp_path, tiny_model, quantized):
