@@ -13,12 +13,12 @@ The code book: the 16 quantiles of a standard normal, scaled to [-1, 1], with an
 paper's "NormalFloat"): neural-network weights are roughly normal, so each of the 16 values is used
 about equally often. Two codes share a byte (the first in the high nibble), so a weight costs 4 bits.
 
-Double quantisation: the scales themselves (one fp32 number per 64 weights, 0.5 bit a weight) are
-stored in 8 bits: their mean m is subtracted, then blocks of `scaler_block_size` (256) of them get
-an absmax factor of their own, f_j = 256 / (2 max |s_b - m|), and s_b ~ round((s_b - m) f_j) / f_j + m
-(the codes are int8; the largest scale of a block, at +128, is clamped to 127: torchao's rounding,
-kept). A weight then costs 4 + 8/64 + 32/(64 x 256) = 4.127 bits; 14B's 13.2B linear
-weights take 6.8 GB instead of 26.4 GB in bf16.
+Double quantisation: the scales themselves (one number per 64 weights: 0.5 bit a weight in fp32)
+are stored in 8 bits: their mean m is subtracted, then blocks of `scaler_block_size` (256) of them
+get an absmax factor of their own, f_j = 256 / (2 max |s_b - m|), and s_b ~ round((s_b - m) f_j) / f_j + m
+(the codes are int8: a centred scale of +max maps to 128 and is clamped to 127, torchao's rounding,
+kept). A weight then costs 4 + 8/64 bits and a factor per 16384 weights, 4.126 bits in bf16; 14B's
+13.2B projection weights take 6.8 GB instead of 26.4 GB in bf16.
 
 Bit for bit torchao's NF4Tensor (`to_nf4`, block_size 64, scaler_block_size 256; tests/test_nf4.py):
 the same 16 values (torchao's, rounded to 4 decimals, in the weight's dtype; bitsandbytes' carry more

@@ -24,7 +24,7 @@ from qwen2 import nf4
 from qwen2.errors import InputError
 from qwen2.lora import adapters_disabled, add_lora, load_adapted_model, merge_lora
 from qwen2.nf4 import NF4Linear, quantize, dequantize
-from tiny_run import metrics, without_times, write_config
+from tiny_run import build_tiny_model, metrics, without_times, write_config
 
 IDS = torch.randint(0, 300, (3, 11), generator=torch.Generator().manual_seed(0))
 
@@ -137,8 +137,12 @@ def test_loading_quantises_every_block_projection_and_nothing_else(tiny_model, q
         load_model(tiny_model, quantize="int4")
 
 
-def test_lora_on_the_4bit_base_equals_lora_on_its_dequantised_weights(tiny_model):
-    """Forward, the gradients of the adapters, and the adapters off (the KL reference)."""
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+def test_lora_on_the_4bit_base_equals_lora_on_its_dequantised_weights(tiny_model, tmp_path, kind):
+    """Forward, the gradients of the adapters, and the adapters off (the KL reference); Qwen3's
+    q/k norms stay as they are."""
+    if kind == "qwen3":
+        tiny_model = build_tiny_model(tmp_path / "qwen3", model_type="qwen3", attention_bias=False, head_dim=16)
     q = load_model(tiny_model, quantize="nf4")
     twin = load_model(tiny_model)
     with torch.no_grad():

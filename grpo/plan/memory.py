@@ -15,7 +15,9 @@ one of six moments that never overlap:
                 logits, and from the second micro-batch on the gradients accumulated so far
     backward    the same activations and masks, the gradients, one block recomputed (checkpointing)
     optimizer   the gradients and the optimizer's working buffers
-(the eager KV cache is freed after the rollout, the gradients after the optimizer step). The peak is
+(the eager KV cache is freed after the rollout, the gradients after the optimizer step). With a
+4-bit base (model.quantize nf4) the weights are its codes and scales, and one projection at a time
+is dequantised in every moment but the optimizer's (`nf4_items`). The peak is
 the largest total. `train.py --dry-run --trace` checks these moments against the real code
 (grpo/plan/trace.py). Not counted, but kept as margins (`GPU_OVERHEAD_GB`, `NCCL_OVERHEAD_GB`, in
 machine.py): the CUDA context, allocator fragmentation, and NCCL's own buffers (several ranks).

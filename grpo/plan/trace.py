@@ -20,7 +20,9 @@ that allows one call per module), and reports each phase's peak:
 
 The meta device stands for the GPU: the code takes its CUDA branches (qwen2/attention.py repeats
 the key/value heads for masked attention, as on CUDA). The optimizer state exists before the
-rollout is traced (from the second step on it does), and the reference model when beta > 0.
+rollout is traced (from the second step on it does), and the reference model when beta > 0. With
+model.quantize nf4 the meta model's block projections are NF4Linear layers (qwen2/nf4.py), whose
+dequantisation runs in every traced pass.
 
 Simplifications: one process (no FSDP); the rollout traces two decode steps, as the last two of a
 rollout (the cache is allocated whole up front; a late step's attention reads all of it); the
