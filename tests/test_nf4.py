@@ -16,7 +16,7 @@ import train
 from conftest import ROOT
 from grpo.config import ConfigError, load_config
 from grpo.machinery.checkpoint import latest_checkpoint
-from grpo.plan.memory import GB, phase_totals, plan_memory
+from grpo.plan.memory import GB, plan_memory
 from grpo.plan.trace import against_plan, trace_memory
 from grpo.policy import refuse_sharded_nf4
 from qwen2 import GREEDY, generate, load_model, save_model
@@ -133,6 +133,12 @@ def test_loading_quantises_every_block_projection_and_nothing_else(tiny_model, q
     with torch.no_grad():
         a, b = full(IDS), q(IDS)
     assert 0 < (a - b).norm() / a.norm() < 0.5
+    # In bf16 (model.dtype bfloat16): each weight is cast, then quantised in bf16 arithmetic.
+    half = load_model(tiny_model, dtype=torch.bfloat16, quantize="nf4")
+    for name in projections[:3]:
+        want = quantize(full.get_submodule(name).weight.to(torch.bfloat16))
+        got = half.get_submodule(name)
+        assert torch.equal(got.weight_codes, want["codes"]) and torch.equal(got.weight_scale_factor, want["scale_factor"])
     with pytest.raises(ValueError, match="quantize must be none or nf4"):
         load_model(tiny_model, quantize="int4")
 
