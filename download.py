@@ -51,14 +51,12 @@ import os
 import sys
 import tempfile
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from huggingface_hub import hf_hub_download, snapshot_download
 
 from data.gsm8k import parse_line, split_solution
-from data.math_answer import extract_math_answer
+from data.math_sets import MATH_SETS
 
 REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL = "Qwen/Qwen2.5-3B-Instruct"
@@ -245,70 +243,7 @@ def download_gsm8k_zh(out_dir: Path, source_json: Path | None = None) -> None:
 
 
 # ---------------------------------------------------------------- math benchmarks and MATH's training set
-
-
-def _number(value) -> str:
-    """An answer stored as a number (AMC's 142.0) as it is written: '142'."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
-
-
-def _level(value):
-    """MATH's 'Level 3' -> 3 (MATH-500 writes 3); anything else as it is."""
-    text = str(value).removeprefix("Level ").strip()
-    return int(text) if text.isdigit() else value
-
-
-def _math500(r: dict) -> dict:
-    return dict(question=r["problem"], answer=r["answer"], id=r["unique_id"], subject=r["subject"], level=r["level"])
-
-
-def _amc23(r: dict) -> dict | None:
-    if "2023" not in str(r.get("url", "")):
-        return None  # the copy holds AMC 12 2022 and 2023; AMC23 is the 2023 part
-    return dict(question=r["problem"], answer=_number(r["answer"]), id=f"amc23/{r['id']}", url=r["url"])
-
-
-def _aime24(r: dict) -> dict:
-    return dict(question=r["problem"], answer=_number(r["answer"]), id=f"aime24/{r['id']}", url=r.get("url"))
-
-
-def _olympiadbench(r: dict) -> dict:
-    answers = r["final_answer"] if isinstance(r["final_answer"], list) else [r["final_answer"]]
-    question = r["question"] if not r.get("context") else f"{r['context']}\n\n{r['question']}"
-    return dict(question=question, answer=", ".join(str(a).strip().strip("$").strip() for a in answers),
-                id=f"olympiadbench/{r['id']}", subject=r.get("subfield"))
-
-
-def _math_train(r: dict) -> dict | None:
-    answer = extract_math_answer(r["solution"])  # MATH's answer is the last \boxed{} of its solution
-    if answer is None:
-        return None
-    return dict(question=r["problem"], answer=answer.strip().strip("$").strip(), subject=r["type"],
-                level=_level(r["level"]))
-
-
-@dataclass(frozen=True)
-class HubSet:
-    """One math set: which file of which Hub dataset, what we write, and how a row is rewritten."""
-
-    repo: str
-    filename: str
-    split: str  # our file: test.jsonl or train.jsonl
-    rows: int  # rows the set has after convert (a different count is reported, not fatal)
-    convert: Callable[[dict], dict | None]  # a source row -> our row, or None to leave it out
-
-
-MATH_SETS = {
-    "math500": HubSet("HuggingFaceH4/MATH-500", "test.jsonl", "test", 500, _math500),
-    "amc23": HubSet("AI-MO/aimo-validation-amc", "data/train-00000-of-00001.parquet", "test", 40, _amc23),
-    "aime24": HubSet("HuggingFaceH4/aime_2024", "data/train-00000-of-00001.parquet", "test", 30, _aime24),
-    "olympiadbench": HubSet("Hothan/OlympiadBench", "OE_TO_maths_en_COMP/train/0000.parquet", "test", 675,
-                            _olympiadbench),
-    "math_train": HubSet("DigitalLearningGmbH/MATH-lighteval", "data/train-00000-of-00001.parquet", "train", 7500,
-                         _math_train),
-}
+# (which Hub file each set is, and how its rows become ours: data/math_sets.py)
 
 
 def read_source_rows(path: Path, name: str) -> list[dict]:

@@ -5,6 +5,7 @@
     rewards.py    rule-based rewards (format, tag_count, integer, correctness, math) -> Rewards -> Score
     reward_functions.py  your own reward functions (reward.functions), imported and checked
     task.py       Task: rows + prompt + rewards, what training, evaluation and resume share
+    math_sets.py  which Hub file each math set is, and how its rows become ours
     synthetic.py  tiny arithmetic word problems for the offline CPU recipe
     math_answer.py  math answers (\\boxed{}, LaTeX) and math_equal: the reward `math`; math_expr.py its evaluator
 
