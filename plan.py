@@ -16,7 +16,8 @@ import argparse
 import os
 import sys
 
-from grpo.config import Config, add_config_arguments, read_run_config
+from grpo.config import Config
+from grpo.run_config import add_config_arguments, read_run_config
 from qwen2.errors import InputError
 
 

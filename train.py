@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from grpo.config import Config, add_config_arguments, read_run_config
+from grpo.config import Config
+from grpo.run_config import add_config_arguments, read_run_config
 from grpo.machinery.run_lock import refuse_if_in_use
 from plan import add_plan_arguments, report
 from qwen2.errors import InputError

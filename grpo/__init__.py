@@ -15,6 +15,7 @@ one file, tested equal to this code):
     policy.py       the models a run trains and scores with, loaded as the config and checkpoint say
     tools.py        tool calls in the rollouts (the calculator)
     config.py       config.yaml -> typed dataclasses, --set overrides, each key's range
+    run_config.py   --config / --set / --resume -> the run's Config (a resume writes only into its run)
 
 Below the algorithm, knowing nothing of GRPO: machinery/ (checkpoints and exact resume, torchrun,
 Ctrl-C, the non-finite guard, run logs, devices, typed YAML). Above it, as its clients: plan/ (the
