@@ -125,6 +125,9 @@ def log(msg: str) -> None:
 # -- stages -------------------------------------------------------------------------------------
 
 
+CORPUS_TEMPLATES = ("think", "reasoning", "chinese")  # the prompts the tokenizer learns (the recipe's choices)
+
+
 def tokenizer_corpus(seed: int, gsm8k_file: Path) -> list[str]:
     """Texts the BPE is trained on: GSM8K, synthetic problems of every kind, the prompt texts."""
     texts = []
@@ -132,9 +135,10 @@ def tokenizer_corpus(seed: int, gsm8k_file: Path) -> list[str]:
         texts += [p.question, p.solution]
     for p in make_problems(2000, seed=seed, kinds=KINDS):
         texts += [p.question, format_completion(p)]
-    # The chat prompt repeats these on every question: seen often, they become whole-word tokens.
-    for t in TEMPLATES.values():
-        texts += [t.system] * 20
+    # The chat prompt repeats these on every question: seen often, they become whole-word tokens. A
+    # fixed list, so a template added later (math) does not change the tokenizer and the recipe's numbers.
+    for name in CORPUS_TEMPLATES:
+        texts += [TEMPLATES[name].system] * 20
     texts += ["system\nuser\nassistant\n"] * 20
     return texts
 

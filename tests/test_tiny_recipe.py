@@ -71,3 +71,14 @@ def test_recipe_refuses_to_mix_runs(tmp_path):
 def test_quick_and_full_recipes_default_to_separate_directories():
     assert tiny_recipe.default_out(quick=True) != tiny_recipe.default_out(quick=False) == "runs/tiny"
     assert "runs/tiny/sft" in (ROOT / "configs" / "tiny.yaml").read_text()  # what the full recipe writes
+
+
+def test_a_new_prompt_template_leaves_the_recipes_tokenizer_alone(monkeypatch):
+    """The recipe's published numbers hang on its tokenizer: adding a template (as `math` was) must
+    not change the texts the BPE learns from (it did once: every number of the recipe moved)."""
+    from data import prompts
+
+    gsm8k = Path(__file__).parent / "fixtures" / "gsm8k" / "train_sample.jsonl"
+    before = tiny_recipe.tokenizer_corpus(0, gsm8k)
+    monkeypatch.setitem(prompts.TEMPLATES, "another", prompts.PromptTemplate("A new system prompt.", ("a", "b")))
+    assert tiny_recipe.tokenizer_corpus(0, gsm8k) == before
