@@ -128,6 +128,18 @@ def test_offload_on_a_machine_with_too_little_ram_says_so():
     assert "a machine with at least 43 GB of RAM" in plan
 
 
+def test_ram_that_is_short_does_not_make_every_card_change_look_unfit():
+    """Qwen3-4B with offload on a 24 GB card and a 25 GB machine: the RAM is short whatever the batch,
+    which is its own line; the card's advice still finds the setting that fits the card (it said
+    "no change above fits 24 GB: a larger card" before)."""
+    cfg = load_config(None, ["model.path=checkpoints/Qwen3-4B", "optim.offload=true"])
+    plan = format_plan(plan_memory(cfg, Qwen2Config.from_name("Qwen3-4B")), cfg, card_gb=24, ram_gb=25)
+    assert "CPU RAM: does NOT fit" in plan and "a machine with at least 54 GB of RAM" in plan
+    first = plan.split("Try, in order (each change re-planned):\n")[1].splitlines()[0]
+    assert first.startswith("  --set rollout.compile=false --set rollout.prompts_per_step=8 (together)")
+    assert first.endswith(": fits") and "no change above fits" not in plan
+
+
 def test_several_ranks_shard_the_state_and_split_the_rows():
     cfg = load_config(None, ["optim.offload=true", "rollout.compile=false"])  # both plans with the eager cache
     shape = Qwen2Config.from_name("Qwen2.5-7B-Instruct")

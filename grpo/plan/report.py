@@ -76,8 +76,10 @@ def format_plan(items: list[Item], cfg: Config, card_gb: float | None = None, ra
                  f"+ ~{HOST_OVERHEAD_GB:.0f} GB for the process")
     if not (gpu_fits and ram_fits):
         lines.append("Try, in order (each change re-planned):")
-        advice = advise(cfg, mc, card_gb=card_gb, ram_gb=ram_gb, ranks=ranks, device=items[0].device) \
-            if not gpu_fits or cpu_run else []
+        # RAM that is short already is its own line below (no knob of the card's plan lowers it): the
+        # card's advice is then judged on the card alone, and not called unfit for the RAM.
+        advice = advise(cfg, mc, card_gb=card_gb, ram_gb=ram_gb if ram_fits or cpu_run else None, ranks=ranks,
+                        device=items[0].device) if not gpu_fits or cpu_run else []
         for n, a in enumerate(advice):
             if n == 1 and advice[0].why == "together":
                 lines.append("  one change alone does not fit:")
