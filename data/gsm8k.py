@@ -23,7 +23,9 @@ the `<<48/2=24>>` calculator annotations are kept in `solution`; call
 from __future__ import annotations
 
 import json
+import math
 import re
+from decimal import Decimal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,16 @@ def split_solution(answer_field: str) -> tuple[str, str]:
     return solution.strip(), gold
 
 
+def number_text(value: int | float) -> str:
+    """A JSON number as it would be written: 42 -> "42", 42.0 -> "42", 1e16 -> "10000000000000000",
+    0.5 -> "0.5" (no exponents: the rewards read plain decimals)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, int) or value.is_integer():
+        return str(int(value))
+    return format(Decimal(repr(value)), "f")
+
+
 def parse_line(line: str, where: str = "<string>", question_key: str = "question",
                answer_key: str = "answer", gsm8k: bool = True) -> Problem:
     """Parse one JSONL line; `where` (e.g. "train.jsonl:12") prefixes errors. The answer is split at
@@ -81,7 +93,7 @@ def parse_line(line: str, where: str = "<string>", question_key: str = "question
     for key, setting in ((question_key, "question_key"), (answer_key, "answer_key")):
         value = row.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key == answer_key and not gsm8k:
-            row[key] = value = json.dumps(value)  # {"answer": 42}: the number's text
+            row[key] = value = number_text(value)  # {"answer": 42}: the number's text
         if not isinstance(value, str) or not value.strip():
             has = f" (the row has: {', '.join(map(str, list(row)[:8]))})" if key not in row else ""
             raise InputError(f"{where}: missing or empty string field {key!r}{has}; name the row's field with "

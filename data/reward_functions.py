@@ -83,7 +83,7 @@ def _import_module(target: str, setting: str):
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as err:
-        if err.name and target.startswith(err.name):  # the module itself is missing, not one it imports
+        if err.name and (target == err.name or target.startswith(err.name + ".")):  # it, not one it imports
             raise InputError(f"{setting}: module {err.name!r} not found; install it, or give a file "
                              f"instead ({SPEC_HELP})") from None
         raise

@@ -160,29 +160,42 @@ def correctness_reward(completion: str, answer: str, tags: Sequence[str] = DEFAU
 RewardFn = Callable[..., float]
 
 
-def call_reward(fn: RewardFn, completion: str, available: dict[str, Any]) -> float:
-    """`fn(completion, **kwargs)` with the keyword arguments `fn` names out of `available` (all of them
-    when it takes **kwargs): a reward reads only what it asks for, so rows may carry any fields."""
-    names = _keywords(fn)
-    return fn(completion, **(available if names is None else {k: available[k] for k in names if k in available}))
+# What every reward function may ask for by name, given by us: a row's fields of these names are
+# refused at load time (data/task.py), since they could not reach the function.
+RESERVED_FIELDS = ("completion", "question", "answer", "tags")
 
 
-@lru_cache(maxsize=None)
-def _keywords(fn: RewardFn) -> tuple[str, ...] | None:
-    """The names `fn` takes after the completion; None when it takes **kwargs (or has no signature)."""
+def keyword_plan(fn: RewardFn) -> tuple[str | None, tuple[str, ...] | None]:
+    """(the name of `fn`'s first parameter, which receives the completion; the keyword names it takes
+    after it, or None when it takes **kwargs or has no signature to read)."""
     try:
         params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):  # a builtin without a signature
-        return None
+    except (TypeError, ValueError):  # a builtin without a signature: all keywords, none by name
+        return None, None
+    first = params[0].name if params and params[0].kind != params[0].VAR_POSITIONAL else None
     if any(p.kind == p.VAR_KEYWORD for p in params):
-        return None
-    return tuple(p.name for p in params[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        return first, None
+    return first, tuple(p.name for p in params[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def call_reward(fn: RewardFn, completion: str, available: dict[str, Any],
+                plan: tuple[str | None, tuple[str, ...] | None] | None = None) -> float:
+    """`fn(completion, **kwargs)` with the keyword arguments `fn` names out of `available` (all of them
+    when it takes **kwargs, but never a second value for its first parameter): a reward reads only
+    what it asks for, so rows may carry any fields. `plan`: keyword_plan(fn), when known."""
+    first, names = plan or keyword_plan(fn)
+    if names is None:
+        return fn(completion, **{k: v for k, v in available.items() if k != first})
+    return fn(completion, **{k: available[k] for k in names if k in available})
 
 
 def missing_arguments(fn: RewardFn, available: set[str]) -> list[str]:
     """The parameters `fn` requires (no default) that `available` keywords cannot fill, and
     "completion" when it cannot take the completion as its first positional argument."""
-    params = list(inspect.signature(fn).parameters.values())
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # no signature to check (a builtin): it is called and judged then
+        return []
     if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
         if not any(p.kind == p.VAR_POSITIONAL for p in params):
             return ["completion"]
@@ -241,31 +254,38 @@ class Rewards:
         if self.correct not in self.functions:
             raise ValueError(f"reward.correct = {self.correct!r} is no reward function: valid are "
                              f"{', '.join(self.functions)}")
+        self._plans = {name: keyword_plan(fn) for name, fn in self.functions.items()}  # read each signature once
+
+    def used(self, name: str) -> bool:
+        """Whether `name` is called: weighted (not 0) or the one that decides "correct"."""
+        return bool(self.weights.get(name)) or name == self.correct
 
     def score(self, completion: str, answer: str, tags: Sequence[str] = DEFAULT_TAGS, *, question: str = "",
               fields: dict[str, Any] | None = None, where: str = "") -> Score:
         """Each weighted part, their sum and the verdict for one completion; `fields` are the row's
         other fields and `where` names the row ("train.jsonl:12") in errors."""
         available = {**(fields or {}), "question": question, "answer": answer, "tags": tuple(tags)}
-        raw = {name: self._call(name, completion, available, where) for name in self.weights}
-        if self.correct not in raw:
-            raw[self.correct] = self._call(self.correct, completion, available, where)
-        parts = {name: weight * raw[name] for name, weight in self.weights.items()}
+        raw = {name: self._call(name, completion, available, where) for name in self.functions if self.used(name)}
+        parts = {name: weight * raw[name] if weight else 0.0 for name, weight in self.weights.items()}
         return Score(parts, sum(parts.values()), raw[self.correct] >= 1.0)
 
     def _call(self, name: str, completion: str, available: dict[str, Any], where: str) -> float:
         fn = self.functions[name]
         try:
-            value = call_reward(fn, completion, available)
+            value = call_reward(fn, completion, available, self._plans[name])
         except Exception as err:  # the function's own bug: its traceback stays, this says where it struck
             if fn is not REWARD_FUNCTIONS.get(name):
                 err.add_note(f"raised by reward function {name!r} on row {where or '?'} (completion: "
                              f"{completion[:60]!r}...)")
             raise
-        if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-            raise InputError(f"reward function {name!r} returned {str(value)[:40]!r} ({type(value).__name__}) "
+        returned = value
+        try:  # a number of any kind (int, float, bool, a numpy or one-element tensor scalar), not text
+            value = None if isinstance(returned, (str, bytes)) else float(returned)
+        except (TypeError, ValueError, RuntimeError):
+            value = None
+        if value is None:
+            raise InputError(f"reward function {name!r} returned {str(returned)[:40]!r} ({type(returned).__name__}) "
                              f"on row {where or '?'}: it must return a number (e.g. 1.0 for right, 0.0 for wrong)")
-        value = float(value)
         if not math.isfinite(value):
             raise InputError(f"reward function {name!r} returned {value} on row {where or '?'}: it must return "
                              "a finite number")
@@ -273,10 +293,10 @@ class Rewards:
 
 
 def correct_reward_name(weights: dict[str, float], own: list[str]) -> str:
-    """reward.correct: auto = correctness or math, whichever is weighted, else the first weighted
-    function of your own, else correctness."""
+    """reward.correct: auto = correctness or math, whichever is weighted (not 0), else the first
+    weighted function of your own, else correctness."""
     for name in ("correctness", "math", *own):
-        if name in weights:
+        if weights.get(name):
             return name
     return "correctness"
 

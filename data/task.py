@@ -29,7 +29,7 @@ from qwen2.errors import InputError
 from .gsm8k import Problem, load_problems
 from .prompts import PromptTemplate
 from .reward_functions import check_arguments
-from .rewards import REWARD_FUNCTIONS, Rewards, Score, parse_number
+from .rewards import RESERVED_FIELDS, REWARD_FUNCTIONS, Rewards, Score, parse_number
 
 
 @dataclass
@@ -42,25 +42,30 @@ class Task:
     def load(self, path: str | Path) -> list[Problem]:
         """The rows of `path` as problems, checked against the reward functions."""
         problems = load_problems(path, self.question_key, self.answer_key)
+        for p in problems:
+            clash = [k for k in RESERVED_FIELDS if k in p.fields]
+            if clash:
+                raise InputError(f"{p.where}: the row has a field {clash[0]!r}, a name the reward functions get from "
+                                 f"the trainer ({', '.join(RESERVED_FIELDS)}); rename it in the data (or make it "
+                                 f"the question or answer: data.question_key / data.answer_key)")
         common = set.intersection(*(set(p.fields) for p in problems))
         own = {k: fn for k, fn in self.rewards.functions.items() if REWARD_FUNCTIONS.get(k) is not fn}
-        check_arguments({k: fn for k, fn in own.items() if k in self.rewards.weights or k == self.rewards.correct},
-                        common, str(path))
+        check_arguments({k: fn for k, fn in own.items() if self.rewards.used(k)}, common, str(path))
         self._check_numeric_answers(problems)
         return problems
 
     def _check_numeric_answers(self, problems: list[Problem]) -> None:
-        uses = [n for n in ("correctness",) if n in self.rewards.weights or n == self.rewards.correct]
-        if not uses:
+        if not self.rewards.used("correctness"):
             return
         for p in problems:
             if parse_number(p.answer) is None:
-                role = "decides accuracy (reward.correct)" if "correctness" not in self.rewards.weights else "is weighted"
+                role = "is weighted" if self.rewards.weights.get("correctness") else "decides accuracy (reward.correct)"
                 raise InputError(f"{p.where}: gold answer {p.answer[:40]!r} is not a number, but reward 'correctness' "
                                  f"{role} and compares numbers: score this data with 'math' or a function of your own "
                                  "(reward.functions), and name it in reward.correct")
 
     def score(self, completion: str, problem: Problem) -> Score:
-        """The weighted reward parts of one completion of `problem`, their sum and the verdict."""
+        """The weighted reward parts of one completion of `problem` (the assistant's whole turn), their
+        sum and the verdict: what grpo/rollout.py's score_groups computes for each episode."""
         return self.rewards.score(completion, problem.answer, self.prompt.tags, question=problem.question,
                                   fields=problem.fields, where=problem.where)

@@ -79,7 +79,7 @@ class DataConfig:
     question_key: str = key("question", non_empty())
     answer_key: str = key("answer", non_empty())
     template: str = key("think", one_of(*TEMPLATES))  # prompt format: think | reasoning | chinese | ... (data/prompts.py)
-    # Your own prompt, over the template's: its system prompt ("" = no system message), the two tags
+    # Your own prompt, over the template's: its system prompt ("" = none of ours: the chat template's default), the two tags
     # it asks for (reasoning, answer: what the format rewards check), and the user's turn.
     system_prompt: str | None = None
     tags: list[str] | None = key(None, Check(lambda t: len(t) == 2 and all(re.fullmatch(TAG, x) for x in t),
@@ -151,6 +151,12 @@ class OverlongConfig:
             raise ConfigError("reward.overlong.buffer must be > 0 when max_tokens is set")
 
 
+# Keys of samples.jsonl and the evaluation's results, and the trainer's own reward part: a reward
+# function of these names would collide with them.
+RESERVED_NAMES = ("question", "answer", "completion", "correct", "reward", "length", "finished", "step",
+                  "overlong", "tool_calls", "tool_errors")
+
+
 @dataclass
 class RewardConfig:
     # Your own reward functions by name: path/to/file.py:function or package.module:function
@@ -178,6 +184,10 @@ class RewardConfig:
         if taken:
             raise ConfigError(f"reward.functions.{taken[0]}: {taken[0]!r} is a built-in reward's name; "
                               "give your function another name")
+        reserved = sorted(set(self.functions) & set(RESERVED_NAMES))
+        if reserved:
+            raise ConfigError(f"reward.functions.{reserved[0]}: {reserved[0]!r} names something the logs already "
+                              f"hold ({', '.join(RESERVED_NAMES)}); give your function another name")
 
     def rewards(self) -> Rewards:
         """The weighted functions, yours imported (data/reward_functions.py)."""
@@ -331,6 +341,11 @@ class Config:
         """The rules that tie several keys together (each key's own range is checked as it is read)."""
         self.grpo.check()
         self.reward.check()
+        if self.data.question_key == self.data.answer_key:
+            raise ConfigError(f"data.question_key and data.answer_key are both {self.data.answer_key!r}: the question "
+                              "would hold its own answer; name two different fields")
+        if self.data.tags is not None and self.data.tags[0] == self.data.tags[1]:
+            raise ConfigError(f"data.tags = {self.data.tags}: the reasoning and answer tags must differ")
         if self.train.eval_samples > 1 and self.train.eval_temperature == 0:
             raise ConfigError("train.eval_samples > 1 needs train.eval_temperature > 0: greedy decoding gives one "
                               "answer per question (Qwen3's cards advise 0.6, with eval_top_p 0.95, eval_top_k 20)")

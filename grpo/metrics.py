@@ -64,6 +64,9 @@ class UpdateResult:
     tis: dict[str, float] = field(default_factory=dict)  # sampler/trainer ratio (grpo.old_logprobs: sampler)
 
 
+SAMPLE_KEYS = ("step", "question", "answer", "completion", "reward", "finished")  # a line of samples.jsonl: ours
+
+
 @dataclass
 class StepResult:
     metrics: dict[str, float]  # one line of metrics.jsonl (without the step number)
@@ -72,9 +75,9 @@ class StepResult:
 
     def samples(self) -> list[dict]:
         """Each episode as a line of samples.jsonl."""
-        return [{**self.problems[e.group].fields,  # the row's other fields (your own task's), then ours
-                 "question": self.problems[e.group].question, "answer": e.answer, "completion": e.text,
-                 "reward": e.reward, "finished": e.finished} for e in self.episodes]
+        return [{**{k: v for k, v in self.problems[e.group].fields.items() if k not in SAMPLE_KEYS},  # the row's
+                 "question": self.problems[e.group].question, "answer": e.answer, "completion": e.text,  # own, then
+                 "reward": e.reward, "finished": e.finished} for e in self.episodes]  # ours (never the step's number)
 
 
 def step_metrics(cfg: Any, total: Callable[[list[float]], list[float]], episodes: list[Episode],

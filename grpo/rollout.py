@@ -148,7 +148,8 @@ def score_groups(tokenizer: Tokenizer, problems: list[Problem], rows: list[list[
         action = out.action_mask[i] if out.action_mask is not None else []
         text = tokenizer.decode(toks, skip_special_tokens=not action)  # a tool exchange keeps its markers
         final = tokenizer.decode(final_turn(toks, action), skip_special_tokens=True) if action else text
-        score = rewards.score(final if action else head + final, problem.answer, tags, question=problem.question,
+        # The template's pre-fill opens every assistant turn, the final one after a tool answer too.
+        score = rewards.score(head + final, problem.answer, tags, question=problem.question,
                               fields=problem.fields, where=problem.where)
         if overlong is not None:
             score = score.plus("overlong", overlong_penalty(sum(action) if action else len(toks), *overlong))

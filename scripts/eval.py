@@ -13,9 +13,10 @@ row's own fields such as subject and level) and prints accuracy. The results go 
 folder (`<folder>_eval_<data>.jsonl`), never inside it: a checkpoint's model/ folder stays a clean
 Hugging Face directory to share.
 
-What is scored, and how: a checkpoint of one of our runs is evaluated on that run's task (its test
-file, prompt, reward functions and answer check: data/task.py) unless --data, --reward or --template
-say otherwise. Otherwise --reward math scores LaTeX answers with data/math_answer.py (format 0.1 + math
+What is scored, and how: a checkpoint of one of our runs is evaluated on that run's task (its field
+names, prompt, reward functions and answer check: data/task.py; its test file unless --data names
+another; its rollout.max_new_tokens unless --max-new-tokens) unless --reward or --template choose
+another. Otherwise --reward math scores LaTeX answers with data/math_answer.py (format 0.1 + math
 1.0, prompt template "math") and --reward gsm8k the GSM8K number (format 0.1 + correctness 1.0,
 template "think"); the default, auto, takes gsm8k for GSM8K-format rows (answers "... #### N") and math
 for any other set (MATH-500, AMC23, AIME, OlympiadBench as download.py writes them).
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reward", default="auto", choices=["auto", *REWARDS],
                     help="how answers are scored: gsm8k (the number), math (LaTeX answers, data/math_answer.py); "
                          "auto: the run's task, else gsm8k for '#### N' answers and math for any other")
-    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--max-new-tokens", type=int, default=None,
+                    help="completion budget (default: the run's rollout.max_new_tokens for a checkpoint of our runs, else 512)")
     ap.add_argument("--batch-size", type=int, default=64, help="questions per batch")
     ap.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda | cuda:N")
     ap.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
@@ -160,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     print(f"{data}: {len(problems)} questions, {scoring}, {args.samples} sample(s) each at temperature "
           f"{sampling.temperature:g}, top-p {sampling.top_p:g}, top-k {sampling.top_k}")
-    summary, results = evaluate(model, tokenizer, problems, max_new_tokens=args.max_new_tokens, template=task.prompt,
+    budget = args.max_new_tokens or (run.rollout.max_new_tokens if run is not None else 512)
+    summary, results = evaluate(model, tokenizer, problems, max_new_tokens=budget, template=task.prompt,
                                 rewards=task.rewards, batch_size=args.batch_size, progress=True,
                                 sampling=sampling, samples=args.samples, seed=args.seed,
                                 compile=device.type == "cuda" if args.compile == "auto" else args.compile == "true",

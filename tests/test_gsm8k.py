@@ -111,3 +111,15 @@ def test_strip_calculator_annotations_keeps_the_prose():
     for result in re.findall(r">>([^\s.,]+)", problem.solution):
         assert result in cleaned
     assert strip_calculator_annotations("48/2 = <<48/2=24>>24 clips") == "48/2 = 24 clips"
+
+
+def test_json_number_answers_read_as_written():
+    from data.gsm8k import load_problems
+
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "n.jsonl"
+        answers = [42, 42.0, 1e16, 0.5, -3.25, 1.5e-7]
+        path.write_text("".join(json.dumps({"question": "q", "answer": a}) + "\n" for a in answers))
+        got = [p.answer for p in load_problems(path)]
+    assert got == ["42", "42", "10000000000000000", "0.5", "-3.25", "0.00000015"]

@@ -38,8 +38,9 @@ FAST = dict(rollout={"prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4
 def own_task(tmp_path: Path, tiny_model: Path, out: str = "run", reward_file: str = REWARD_FILE, rows=None,
              **sections) -> Path:
     """A config for the word task: rows {prompt_text, target, bonus}, rewards from tmp_path/my_rewards.py."""
-    rows = rows or [{"prompt_text": f"Say the word number {i}.", "target": f"word{i}", "bonus": i % 3}
-                    for i in range(8)]
+    # "step" also names samples.jsonl's own key, which resume trims by: the row's must not replace it.
+    rows = rows or [{"prompt_text": f"Say the word number {i}.", "target": f"word{i}", "bonus": i % 3,
+                     "step": "intro"} for i in range(8)]
     data = tmp_path / "words.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "my_rewards.py").write_text(reward_file)
@@ -134,6 +135,8 @@ def one_line(capsys, config: Path, *sets: str) -> str:
     (["reward.functions.format={file}:echo_word"], "'format' is a built-in reward's name"),
     (["reward.weights={unknown_fn: 1.0}"], "reward.weights names unknown_fn: valid are"),
     (["reward.correct=nope"], "reward.correct = 'nope'"),
+    (["reward.functions.length={file}:echo_word", "reward.weights.length=1"], "'length' names something the logs"),
+    (["data.question_key=target"], "data.question_key and data.answer_key are both 'target'"),
     (["data.answer_key=solution"], "missing or empty string field 'solution'"),
     (["reward.correct=correctness"], "is not a number, but reward 'correctness' decides accuracy"),
     (["reward.weights={correctness: 1.0}"], "is not a number, but reward 'correctness' is weighted"),
@@ -190,3 +193,38 @@ def test_the_prompt_of_your_own_reaches_the_model(tmp_path, tiny_model):
     assert task.prompt.tags == ("reason", "final")
     score = task.rewards.score("<reason>r</reason><final>w</final>", "w", task.prompt.tags, fields={"bonus": 2})
     assert score.parts == {"format": 0.1, "bonus": 2.0, "echo": 1.0} and score.correct
+
+
+@pytest.mark.parametrize("field", ["completion", "question", "tags"])
+def test_a_row_field_the_rewards_get_from_the_trainer_is_one_line(tmp_path, tiny_model, capsys, field):
+    rows = [{"prompt_text": f"Say {i}.", "target": f"w{i}", "bonus": 1, field: "x"} for i in range(4)]
+    message = one_line(capsys, own_task(tmp_path, tiny_model, rows=rows))
+    assert f"the row has a field {field!r}" in message and "words.jsonl:1" in message, message
+
+
+def test_a_zero_weight_switches_a_reward_off(tmp_path, tiny_model, capsys):
+    # correctness at weight 0 on word answers: not called, not refused, and not the accuracy's judge.
+    config = own_task(tmp_path, tiny_model, train={"steps": 1, "eval_every": 0})
+    code, err = run_train(capsys, "--config", str(config), "--set", "reward.weights.correctness=0",
+                          "--set", "reward.correct=auto")
+    assert code == 0, err
+    (step,) = [r for r in metrics(tmp_path / "run") if "reward" in r]
+    assert step["reward_correctness"] == 0.0 and "reward_bonus" in step
+
+
+def test_what_a_reward_function_may_be_and_return():
+    from dataclasses import dataclass
+
+    from data.rewards import Rewards, missing_arguments
+
+    @dataclass
+    class Scorer:  # a callable instance that cannot be hashed
+        bonus: float
+
+        def __call__(self, text, answer, **fields):  # its first parameter is not called "completion"
+            return answer in text and self.bonus  # a bool or a float
+
+    rewards = Rewards({"s": 1.0}, {"s": Scorer(0.5)}, correct="s")
+    assert rewards.score("w", "w", fields={"text": "a row field named like its first parameter"}).total == 0.5
+    assert rewards.score("v", "w").total == 0.0  # False counts as 0.0
+    assert missing_arguments(max, {"answer"}) == []  # no signature to read: judged when called

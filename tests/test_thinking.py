@@ -86,3 +86,13 @@ def test_a_tool_answer_continues_the_turn_in_qwen3s_own_format(qwen3_tok, thinki
     text = continuation(qwen3_tok, messages, "42", [CALCULATOR], **template.chat_kwargs())
     assert "<tool_response>\n42\n</tool_response>" in text
     assert text.endswith("<|im_start|>assistant\n" + ("" if thinking is None else EMPTY_THINK))
+
+
+def test_with_tools_the_final_turn_is_read_after_the_prefill_too(qwen3_tok):
+    template = custom_template("think", enable_thinking=False)
+    problem = Problem("What is 2 + 2?", "4", "")
+    tokens = qwen3_tok.encode("<answer>\n4\n</answer>") + [qwen3_tok.eos_token_id]
+    out = GenerationOutput(tokens=[tokens], finished=[True], action_mask=[[1] * len(tokens)])  # no call made
+    (episode,) = score_groups(qwen3_tok, [problem], [encode_prompt(qwen3_tok, problem.question, template)], out,
+                              template=template, rewards=Rewards(GSM8K_WEIGHTS))
+    assert episode.score.parts == {"format": 0.1, "correctness": 1.0}
