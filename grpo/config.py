@@ -377,7 +377,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
                               "GSM8K); write the settings you want into it (see config.yaml), or pass another --config")
     _migrate(raw)  # the file's (or the saved run's) renamed keys first, so that --set can override them
     for text in overrides:
-        keys, value = parse_override(text)
+        keys, value = parse_override(text, Config)
         if keys == ["grpo", "scale_by_std"]:
             keys, value = ["grpo", "scale_rewards"], _scale_rewards_from(value)
         node = raw

@@ -93,3 +93,12 @@ def test_the_command_line_prints_a_bad_setting_as_one_line():
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip() == "error: grpo.loss must be one of ppo_clip, cispo, got 'gspo'"
+
+
+def test_a_text_key_keeps_text_that_yaml_would_read_as_a_mapping():
+    """`--set data.user_prompt=Question: {question}` is a prompt, not YAML's {Question: {question: null}}."""
+    cfg = load_config(None, ["data.user_prompt=Question: {question}", "data.system_prompt=Reply: [one word]"])
+    assert cfg.data.user_prompt == "Question: {question}" and cfg.data.system_prompt == "Reply: [one word]"
+    assert load_config(None, ["data.tags=[a, b]"]).data.tags == ["a", "b"]  # lists stay lists where declared
+    with pytest.raises(ConfigError, match="optim.lr"):
+        load_config(None, ["optim.lr={a: 1}"])  # and mappings stay mappings for every other key

@@ -198,8 +198,10 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source} is not valid YAML: {e}") from None
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """'optim.lr=3e-6' -> (['optim', 'lr'], 3e-06); the value is parsed as YAML."""
+def parse_override(text: str, cls: type | None = None) -> tuple[list[str], Any]:
+    """'optim.lr=3e-6' -> (['optim', 'lr'], 3e-06); the value is parsed as YAML. With the config's
+    class `cls`, a text key given text that YAML reads as a mapping or list (a prompt such as
+    `Question: {question}`) keeps the text as typed."""
     if "=" not in text:
         raise ConfigError(f"--set expects section.key=value, got {text!r}")
     key, value = text.split("=", 1)
@@ -208,6 +210,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     # on a command line) reads as keys "format:0.1" with no values. Read it the way it was meant.
     if isinstance(parsed, dict) and any(isinstance(k, str) and ":" in k and v is None for k, v in parsed.items()):
         parsed = parse_yaml(re.sub(r":(?=\S)", ": ", value), "--set value")
-    return key.strip().split("."), parsed
+    keys = key.strip().split(".")
+    if cls is not None and isinstance(parsed, (dict, list)) and _declared(cls, keys) in (str, str | None):
+        return keys, value.strip()
+    return keys, parsed
+
+
+def _declared(cls: type, keys: list[str]) -> Any:
+    """The annotated type of the dotted key `keys` in the dataclass `cls` (None if there is none)."""
+    tp: Any = cls
+    for k in keys:
+        if not dataclasses.is_dataclass(tp):
+            return None
+        tp = typing.get_type_hints(tp).get(k)
+    return tp
 
 
