@@ -8,10 +8,13 @@ and Qwen2.5-Math / Qwen3 write theirs in \\boxed{}. Three steps:
                           (nested braces; also \\fbox{...} and \\boxed 5), else the answer content.
     normalise             one spelling per meaning: \\dfrac/\\tfrac -> \\frac, no $ or \\left/\\right,
                           \\text{} unwrapped (dropped when it is a unit after a number: 5\\text{ cm}),
-                          "5 cm" -> 5, ^\\circ and \\% dropped, 1,000 -> 1000, "1 and 2" -> 1,2.
+                          "5 cm" -> 5 (words of 2+ letters: "2 x" stays 2x), ^\\circ and \\% dropped,
+                          1,000 -> 1000, "1 and 2" -> 1,2, x² -> x^2, 10001_{2} -> 10001_2.
     math_equal            the normalised texts split into structures (tuple or interval (1,2],
                           set \\{1,2\\}, union, matrix, unbracketed list "1, 2"; sets and lists in
-                          any order), "x = 3" -> 3, then each scalar compared by value with
+                          any order; named items "a=1, b=2" matched by name; \\pm 3 is the set {3, -3}),
+                          "x = 3" / "f(x) = 3" / "(a,b) = (1,2)" -> the right side, a choice "(D) 7"
+                          equals D and 7, then each scalar compared by value with
                           data.math_expr: exact Fractions when both are rational (0.5 == \\frac12 ==
                           1/2), 1e-9 relative for closed forms (\\frac{\\sqrt3}{2} == \\sqrt{3}/2),
                           expressions in variables at two fixed points (x^2+2x+1 == (x+1)^2); what
@@ -19,21 +22,27 @@ and Qwen2.5-Math / Qwen3 write theirs in \\boxed{}. Three steps:
 
 `math_reward(completion, answer, tags)` is 1.0 or 0.0: the built-in reward `math` (data/rewards.py).
 
-Safety: completions come from a model and can be huge or adversarial. Tags and boxes are found
+Safety: completions come from a model and can be huge or adversarial; math_reward never raises on
+one (a bug of ours scores 0.0 with a RuntimeWarning, which the tests make an error). Tags and boxes are found
 with str.rfind / str.find (linear), a box's closing brace is looked for at most MAX_ANSWER_CHARS
 characters on, and an answer longer than MAX_ANSWER_CHARS is wrong without being read. Normalising
-is a fixed list of str.replace calls and single left-to-right scans; the one regex has no nested
-quantifiers; the evaluator caps nesting, exponents and number sizes (data/math_expr.py). A 1 MB
+is one regex pass over \\commands, a fixed list of str.replace calls and single left-to-right
+scans; no regex has nested quantifiers; the evaluator caps nesting, exponents and number sizes (data/math_expr.py). A 1 MB
 hostile completion scores in milliseconds (tests/test_math_answer.py).
 
 What it does not judge (each is wrong or right by these rules, not by meaning):
 - percent against fraction: 50\\% equals 50, not 0.5 (the sign is dropped); degrees against
   radians: 30^\\circ equals 30, not \\frac{\\pi}{6};
-- decimals are exact: 0.333 is not \\frac13, 3.14 is not \\pi (no rounding tolerance);
+- decimals are exact against rational golds: 0.333 is not \\frac13 (no rounding); against an
+  irrational gold the 1e-9 relative tolerance applies: 3.14159265358979 is \\pi, 3.14159 is not;
+  repeating decimals (0.\\overline{3}) are not read;
 - complex numbers and e: i and e are variables ((1+i)^2 is not 2i, e^{i\\pi} is not -1);
 - relations beyond a leading "x =": y = 2x + 1 and 2x - y = -1 differ (compared as text; same for
   \\le, \\ge); unit conversions (100 cm is not 1 m); plain-word units only after a number ("5 cm");
-- answers given in words ("three") and multiple-choice letters against the option's value;
+- answers given in words ("three"); a lone choice letter against the option's value (D is not 7);
+  a word after a number is a unit (12\\text{th} equals 12, as 5 cm does); a one-letter word is a
+  variable (5 m is 5m, not 5);
+- an expression in variables never equals one without them (\\sin^2 x + \\cos^2 x is not 1);
 - a number directly before an integer \\frac is a mixed number (2\\frac12 = 5/2), \\log is ln;
 - anything longer than MAX_ANSWER_CHARS, and text after the last </think> only.
 """
@@ -41,6 +50,7 @@ What it does not judge (each is wrong or right by these rules, not by meaning):
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Sequence
 
 from .math_expr import MAX_DEPTH, same_value
@@ -48,28 +58,33 @@ from .math_expr import MAX_DEPTH, same_value
 MAX_ANSWER_CHARS = 1000  # a final answer longer than this is not one (and is never read)
 MAX_ITEMS = 64  # elements of a tuple, set or list; more: compared as text
 
-# Spellings with one meaning, replaced in this order (longer first where one contains another).
+# Spellings with one meaning. Whole commands by one regex pass (a command is replaced only whole:
+# \big is not the start of \bigcup, \cdot of \cdots, \pm of \pmod), then symbols in order.
+_COMMANDS = {
+    "dfrac": "\\frac", "tfrac": "\\frac", "cfrac": "\\frac", "bigcup": "\\cup", "cdots": "\\dots", "ldots": "\\dots",
+    **dict.fromkeys("displaystyle left right bigl bigr Bigl Bigr big Big biggl biggr Biggl Biggr bigg Bigg".split(), ""),
+    "qquad": " ", "quad": " ", "circ": "", "degree": "", "cdot": "*", "times": "*", "ast": "*", "div": "/",
+    "infty": "∞", "infinity": "∞", "lbrace": "\\{", "rbrace": "\\}", "leqslant": "\\le", "geqslant": "\\ge",
+    "leq": "\\le", "geq": "\\ge", "neq": "\\ne", "emptyset": "∅", "varnothing": "∅", "pm": "±",
+}
+_COMMAND_RE = re.compile(r"\\([A-Za-z]+)")
+_BEFORE_COMMANDS = (("\\\\", "⏎"), ("^{\\circ}", ""), ("^\\circ", ""))  # a matrix row break, kept apart from "\\ "
 _REPLACEMENTS = (
-    ("\\\\", "⏎"),  # a matrix row break, kept apart from "\\ " (a space) below
-    ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"),
-    ("\\displaystyle", ""), ("\\left", ""), ("\\right", ""), ("\\bigl", ""), ("\\bigr", ""),
-    ("\\Bigl", ""), ("\\Bigr", ""), ("\\big", ""), ("\\Big", ""),
-    ("\\!", ""), ("\\,", " "), ("\\;", " "), ("\\:", " "), ("\\qquad", " "), ("\\quad", " "), ("\\ ", " "), ("~", " "),
-    ("^{\\circ}", ""), ("^\\circ", ""), ("\\circ", ""), ("°", ""), ("\\degree", ""),
+    ("\\!", ""), ("\\,", " "), ("\\;", " "), ("\\:", " "), ("\\ ", " "), ("~", " "), ("°", ""),
     ("\\%", ""), ("%", ""), ("\\$", ""), ("$", ""), ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""),
-    ("{,}", ","), ("\\cdot", "*"), ("\\times", "*"), ("\\ast", "*"), ("\\div", "/"), ("×", "*"), ("÷", "/"),
-    ("·", "*"), ("−", "-"), ("–", "-"), ("\\infty", "∞"), ("\\infinity", "∞"), ("\\lbrace", "\\{"),
-    ("\\rbrace", "\\}"), ("\\leqslant", "\\le"), ("\\geqslant", "\\ge"), ("\\leq", "\\le"), ("\\geq", "\\ge"),
-    ("≤", "\\le"), ("≥", "\\ge"), ("\\neq", "\\ne"), ("≠", "\\ne"), ("\\emptyset", "∅"), ("\\varnothing", "∅"),
-    ("\\{\\}", "∅"), ("π", "\\pi"), ("√", "\\sqrt"), ("\\sqrt ", "\\sqrt"), ("\\pm", "±"),
+    ("{,}", ","), ("×", "*"), ("÷", "/"), ("·", "*"), ("−", "-"), ("–", "-"), ("≤", "\\le"), ("≥", "\\ge"),
+    ("≠", "\\ne"), ("\\{\\}", "∅"), ("π", "\\pi"), ("√", "\\sqrt"), ("²", "^2"), ("³", "^3"),
 )
 # Commands whose braced argument is text: unwrapped, or dropped as a unit after a number.
 _TEXT_COMMANDS = frozenset({"text", "textbf", "textit", "textrm", "textnormal", "mathrm", "mathbf", "mathit",
                             "mbox", "operatorname", "textsf", "mathsf"})
 # 1,000 or -12,345.5: thousands separators (each ",ddd" group starts with its comma: one way to match).
-_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", re.ASCII)
 # The left side "x =" (x, a_1, y_{2}, \theta) dropped before comparing: x = 3 is 3.
-_LHS_RE = re.compile(r"[a-zA-Z](?:_[a-zA-Z0-9]|_\{[a-zA-Z0-9]{1,8}\})?|\\[a-z]{2,8}")
+# Also f(x) = and (a,b) = (a tuple of names).
+_LHS_RE = re.compile(r"[a-zA-Z](?:_[a-zA-Z0-9]|_\{[a-zA-Z0-9]{1,8}\})?(?:\([a-z]\))?|\\[a-z]{2,8}|\((?:[a-z],)+[a-z]\)")
+# A one-character subscript in braces, 10001_{2} -> 10001_2 (one spelling for base-n numbers).
+_SUBSCRIPT_RE = re.compile(r"_\{([A-Za-z0-9])\}")
 _UNORDERED = ("set", "list", "union")
 
 
@@ -173,13 +188,17 @@ def _unwrap_text(s: str, depth: int = 0) -> str:
 
 
 def _drop_plain_units(s: str) -> str:
-    """'5 cm' -> '5', '12 square units' -> '12': words after a space after a number-only head."""
+    """'5 cm' -> '5', '12 square units' -> '12': words after a space after a number-only head.
+
+    Each word must have two letters or more: '2 x' is 2x and '3 + 4 i' is 3+4i, not a number and a
+    unit; and the head must be one number, not a sum ('3 + 4 ab' keeps its ab)."""
     body = s.removesuffix("^2").removesuffix("^3").rstrip()
     k = len(body)
     while k > 0 and (body[k - 1].isalpha() or body[k - 1] == " "):
         k -= 1
     head, tail = body[:k].rstrip(), body[k:]
-    if not tail.strip() or not tail.startswith(" ") or not head or not (head[-1].isdigit() or head[-1] == "}"):
+    if not tail.strip() or not tail.startswith(" ") or not head or not (head[-1] in "0123456789}") \
+            or any(len(word) < 2 for word in tail.split()) or "+" in head[1:] or "-" in head[1:]:
         return s
     bare = head.replace("\\frac", "").replace("\\sqrt", "").replace("\\pi", "")
     return s if any(c.isalpha() for c in bare) else head
@@ -204,8 +223,12 @@ def normalise(text: str) -> str | None:
         return None
     if s.startswith(("\\boxed", "\\fbox")):  # a gold answer written boxed
         s = _last_box(s) or s
+    for old, new in _BEFORE_COMMANDS:
+        s = s.replace(old, new)
+    s = _COMMAND_RE.sub(lambda m: _COMMANDS.get(m.group(1), m.group(0)), s)
     for old, new in _REPLACEMENTS:
         s = s.replace(old, new)
+    s = _SUBSCRIPT_RE.sub(r"_\1", s)
     s = " ".join(_unwrap_text(s).split())
     s = s.replace(", and ", ",").replace(" and ", ",").replace(" or ", ",")
     s = _drop_plain_units(s)
@@ -266,6 +289,8 @@ def _structure(s: str) -> tuple[str, list[str]]:
         if len(items) >= 2:
             return s[0] + s[-1], items
     items = _split_top(s, ",")
+    if len(items) == 1 and s.count("±") == 1:  # \pm 3 is the set {3, -3}; \frac{1\pm\sqrt5}{2} two roots
+        return "set", [s.replace("±", "+"), s.replace("±", "-")]
     return ("list", items) if len(items) >= 2 else ("scalar", [s])
 
 
@@ -282,11 +307,30 @@ def _has_word(s: str) -> bool:
     return False
 
 
+def _name(s: str) -> str | None:
+    """The name of an item 'a = 1' (a), None for an item without one."""
+    lhs, eq, rhs = s.partition("=")
+    return lhs if eq and rhs and _LHS_RE.fullmatch(lhs) else None
+
+
+def _names_agree(x: str, y: str) -> bool:
+    """Two items may be equal: a=1 is not b=1 (a list 'a=1, b=2' is matched name by name)."""
+    nx, ny = _name(x), _name(y)
+    return nx is None or ny is None or nx == ny
+
+
+def _choice(s: str) -> tuple[str, str] | None:
+    """'(D)7' -> ('D', '7'): a multiple-choice letter in parentheses before the option's value."""
+    if len(s) > 3 and s[0] == "(" and s[2] == ")" and "A" <= s[1] <= "Z":
+        return s[1], s[3:]
+    return None
+
+
 def _scalar(s: str) -> str:
-    """x = 3 -> 3, x\\in[1,2] -> [1,2], (C) -> C."""
+    """x = 3 -> 3, x\\in[1,2] -> [1,2], (C) -> C; not a=1,b=2 (a list of named items, matched by name)."""
     lhs, eq, rhs = s.partition("=")
     variable = _LHS_RE.match(s)
-    if eq and _LHS_RE.fullmatch(lhs) and rhs:
+    if eq and _LHS_RE.fullmatch(lhs) and rhs and "=" not in rhs:
         s = rhs
     elif variable and s.startswith("\\in", variable.end()) and len(s) > variable.end() + 3:
         s = s[variable.end() + 3:]
@@ -301,6 +345,12 @@ def _equal(a: str, b: str, depth: int = 0) -> bool:
         return True
     if depth > 4:
         return False
+    ca, cb = _choice(a), _choice(b)
+    if ca and cb:
+        return ca[0] == cb[0]
+    if ca or cb:  # '(D) 7' against 'D' (the letter) or against '7' (the option's value)
+        (letter, value), other = (ca, b) if ca else (cb, a)
+        return other == letter or _equal(value, other, depth + 1)
     (ka, ia), (kb, ib) = _structure(a), _structure(b)
     if len(ia) > MAX_ITEMS or len(ib) > MAX_ITEMS:
         return False
@@ -310,7 +360,7 @@ def _equal(a: str, b: str, depth: int = 0) -> bool:
             return False
         unused = list(ib)
         for x in ia:
-            match = next((k for k, y in enumerate(unused) if _equal(x, y, depth + 1)), None)
+            match = next((k for k, y in enumerate(unused) if _names_agree(x, y) and _equal(x, y, depth + 1)), None)
             if match is None:
                 return False
             unused.pop(match)
@@ -318,7 +368,7 @@ def _equal(a: str, b: str, depth: int = 0) -> bool:
     if ka != kb or len(ia) != len(ib):
         return False
     if ka != "scalar":
-        return all(_equal(x, y, depth + 1) for x, y in zip(ia, ib))
+        return all(_names_agree(x, y) and _equal(x, y, depth + 1) for x, y in zip(ia, ib))
     if not (_has_word(a) or _has_word(b)):
         same = same_value(a, b)
         if same is not None:
@@ -335,6 +385,16 @@ def math_equal(predicted: str, gold: str) -> bool:
 
 
 def math_reward(completion: str, answer: str, tags: Sequence[str] = ("think", "answer")) -> float:
-    """1.0 when the completion's final answer (extract_math_answer) equals the gold `answer`, else 0.0."""
-    predicted = extract_math_answer(completion, tags)
-    return 1.0 if predicted is not None and math_equal(predicted, answer) else 0.0
+    """1.0 when the completion's final answer (extract_math_answer) equals the gold `answer`, else 0.0.
+
+    Never raises on a completion: an exception would stop training. Our own bug on some text scores
+    0.0 with a RuntimeWarning naming it (tests turn warnings into errors: tests/test_math_answer.py).
+    Bad `tags` still raise (they are the caller's input, not the model's)."""
+    _check_tags(tags)
+    try:
+        predicted = extract_math_answer(completion, tags)
+        return 1.0 if predicted is not None and math_equal(predicted, answer) else 0.0
+    except Exception as err:  # noqa: BLE001 - the backstop: a model's text must never stop a run
+        warnings.warn(f"math_reward: {type(err).__name__}: {err} (a bug of data/math_answer.py; scored 0.0) "
+                      f"on {completion[-200:]!r}", RuntimeWarning, stacklevel=2)
+        return 0.0

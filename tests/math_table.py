@@ -43,7 +43,8 @@ MV_AFTER_ANSWER = "math-verify takes the last box anywhere; ours the one inside 
 MV_PERCENT = "math-verify reads 50\\% as 0.5; ours drops the % sign (documented limit)"
 MV_RELATION = "math-verify compares relations symbolically; ours compares them as text (documented limit)"
 MV_ROUNDING = "math-verify rounds to 6 decimals; ours compares decimals exactly (documented limit)"
-MV_UNICODE = "math-verify does not read the Unicode symbol (√, °); ours maps it to LaTeX"
+MV_UNICODE = "math-verify does not read the Unicode symbol (√, °, ²); ours maps it to LaTeX"
+MV_CHOICE = "math-verify reads \\textbf{(D) } 7 as d*7; ours as choice D with the option's value 7"
 
 ROWS: list[Row] = [
     # ---- fractions
@@ -263,6 +264,54 @@ ROWS: list[Row] = [
     Row(box("-\\infty"), "\\infty", False),
     Row(box("\\frac{2x}{4}"), "\\frac{x}{2}", True),
     Row(box("x(x+1)"), "x^2+x", True),
+    # ---- review findings: text that raised, distinct variables, units, named lists, exponents
+    Row(qwen("x²+1"), "x^2+1", True, mv=MV_UNICODE),
+    Row(box("5²"), "25", True, mv=MV_UNICODE),
+    Row(box("2("), "2", False),
+    Row(box("10^{400}"), "\\frac{\\sqrt{3}}{2}", False),
+    Row(box("x1" * 495), "1", False),
+    Row(box("2x" * 499), "1", False),
+    Row(box("3" + "!" * 900), "6", False),
+    Row(box("x-n"), "n-x", False),
+    Row(box("2a+p"), "a+2p", False),
+    Row(box("x^2n"), "xn^2", False),
+    Row(box("m+2r"), "2m+r", False),
+    Row(box("nx^2"), "x^2n", True),
+    Row(box("3 + 4 i"), "7", False),
+    Row(box("2 x"), "2", False),
+    Row(box("3 + 4 i"), "4i+3", True, mv="math-verify parses both as 4i + 3, yet its verify says no (i as the imaginary unit?)"),
+    Row(box("a=1,b=2"), "a=2, b=1", False),
+    Row(box("b=2, a=1"), "a=1,b=2", True),
+    Row(box("x=1, x=2"), "2, 1", True),
+    Row(box("2^10"), "0", False),
+    Row(box("2^10"), "1024", True),
+    Row(box("2^31-1"), "2^{31}-1", True),
+    Row(box("10001_{2}"), "10001_2", True),
+    Row(box("10001_2"), "10011_2", False),
+    Row(box("\\pm 3"), "3, -3", True),
+    Row(box("\\{-1,1\\}"), "\\pm 1", True),
+    Row(box("\\pm 3"), "3", False),
+    Row(box("x = \\frac{1 \\pm \\sqrt{5}}{2}"), "\\frac{1-\\sqrt5}{2}, \\frac{1+\\sqrt5}{2}", True,
+        mv="math-verify does not expand \\pm inside an expression into its two values"),
+    Row(box("\\textbf{(D) } 7"), "D", True, mv=MV_CHOICE),
+    Row(box("\\textbf{(D) } 7"), "7", True, mv=MV_CHOICE),
+    Row(box("\\textbf{(D) } 7"), "\\text{(C)}", False),
+    Row(box("\\{1\\} \\bigcup \\{2\\}"), "\\{1\\}\\cup\\{2\\}", True, mv="math-verify does not read \\bigcup"),
+    Row(box("\\binom{10000}{5000}"), "1", False),
+    Row(box("\\binom{10}{5}"), "252", True),
+    Row(box("\\log_2 8"), "3", True),
+    Row(box("(a,b)=(1,2)"), "(1,2)", True),
+    Row(box("(a,b)=(2,1)"), "(1,2)", False),
+    Row(box("f(x)=2x"), "2x", True),
+    Row(box("\\sin^2 x"), "(\\sin x)^2", True),
+    Row(box("\\sin^2 x+\\cos^2 x"), "1", False, limit="an expression in variables never equals a constant",
+        mv="math-verify simplifies sin^2 + cos^2 to 1; ours never equates an expression in variables with a constant (documented limit)"),
+    Row(box("0.\\overline{3}"), "\\frac13", False, limit="repeating decimals are not read"),
+    Row(box("12\\text{th}"), "12", True, limit="a word after a number is a unit"),
+    Row(box("3.14159265358979"), "\\pi", True),
+    Row(box("3.14159"), "\\pi", False),
+    Row(box("5 m"), "5", False, limit="one-letter units are variables",
+        mv="math-verify drops the one-letter unit m; ours reads it as a variable, like 2 x (documented limit)"),
     # ---- where the answer is taken from
     Row(f"{THINK}<answer>\\boxed{{5}}</answer>", "5", True),
     Row(tagged("5"), "5", True, mv=MV_NO_TAG),

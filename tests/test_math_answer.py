@@ -3,15 +3,22 @@ table, extraction rules, and hostile completions up to 1 MB scored in millisecon
 
 from __future__ import annotations
 
+import random
 import time
+import warnings
+from fractions import Fraction
 
 import pytest
 
+import data.math_answer as math_answer
 from data.math_answer import MAX_ANSWER_CHARS, extract_math_answer, math_equal, math_reward, normalise
-from data.math_expr import MAX_DEPTH
+from data.math_expr import MAX_DEPTH, close, values
 from math_table import ROWS, THINK, box
 
-MIN_AGREEMENT = 0.9  # share of the table where math-verify's verdict equals ours (measured: docs/math.md)
+# Share of the table where math-verify's verdict equals ours (measured: docs/math.md, 89.9%). The
+# rows added for the review's findings sit where the two differ by design, so the floor is 0.88;
+# the exact set of differing rows is pinned below, which is the stronger check.
+MIN_AGREEMENT = 0.88
 
 
 def our_verdict(row) -> bool:
@@ -45,7 +52,8 @@ def test_every_documented_limit_is_in_the_module_docstring():
     import data.math_answer as m
     doc = " ".join(m.__doc__.split())
     for phrase in ("50\\% equals 50", "30^\\circ equals 30", "decimals are exact", "i and e are variables",
-                   "relations beyond a leading", "MAX_ANSWER_CHARS", "words"):
+                   "relations beyond a leading", "MAX_ANSWER_CHARS", "words", "1e-9 relative tolerance",
+                   "repeating decimals", "12\\text{th} equals 12", "5 m is 5m", "never equals one without them"):
         assert phrase in doc, phrase
 
 
@@ -161,3 +169,139 @@ def test_box_layout_helper_is_the_prompt_layout():
     assert template.tags == ("think", "answer")
     assert "\\boxed" in template.system and "<think>" in template.system and "<answer>" in template.system
     assert math_reward(box("7"), "7", tags=template.tags) == 1.0
+
+
+# ---------------------------------------------------------------- review findings
+
+
+@pytest.mark.parametrize("completion, gold", [
+    ("So $\\boxed{x²+1}$.", "x^2+1"),  # "²".isdigit() is True, Fraction("²") raised ValueError
+    ("\\boxed{5²}", "25"),
+    ("\\boxed{2(}", "2"),  # "" in "({[" is True: KeyError '' at the end of the text
+    ("\\boxed{10^{400}}", "\\frac{\\sqrt{3}}{2}"),  # float(10^400): OverflowError in close()
+    ("\\boxed{" + "x1" * 495 + "}", "1"),  # 990 juxtaposed factors: RecursionError in evaluate
+    ("\\boxed{" + "2x" * 499 + "}", "1"),
+    ("\\boxed{" + "1+" * 499 + "1}", "500"),
+    ("\\boxed{3" + "!" * 900 + "}", "6"),
+    ("\\boxed{\\binom{10000}{5000}}", "1"),
+    ("\\boxed{٣}", "3"),  # an Arabic-Indic digit: not a digit here
+])
+def test_text_that_raised_scores_without_an_exception_or_warning(completion, gold):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the backstop's warning would be an error: no bug is hidden
+        assert math_reward(completion, gold) in (0.0, 1.0)
+        math_equal(extract_math_answer(completion), gold)
+
+
+def test_the_old_crashes_give_the_right_verdicts():
+    assert math_reward("So $\\boxed{x²+1}$.", "x^2+1") == 1.0 and math_equal("5²", "25")
+    assert math_equal("x³", "x^3") and not math_equal("x²", "x^3")
+    assert math_equal("\\sin^2x", "(\\sin x)^2") and math_equal("\\log_2 8", "3")
+    assert math_equal("1+" * 499 + "1", "500") and math_equal("x" + "*1" * 400, "x")
+    assert math_equal("3!!", "720") and not math_equal("\\sin^{-1}x", "\\frac{1}{\\sin x}")
+    assert not close(Fraction(10 ** 400), 0.5) and close(Fraction(10 ** 400), Fraction(10 ** 400))
+
+
+def test_the_binomial_is_capped_by_its_size_not_its_arguments():
+    start = time.perf_counter()
+    assert values("\\binom{10000}{5000}") is None  # ~10^4 bits: not evaluated
+    assert time.perf_counter() - start < 0.005
+    assert math_equal("\\binom{100000}{2}", "4999950000") and math_equal("\\binom{3}{5}", "0")
+
+
+def test_distinct_variables_get_distinct_values():
+    for a, b in [("x-n", "n-x"), ("2a+p", "a+2p"), ("x^2n", "xn^2"), ("m+2r", "2m+r"), ("a_1+2a_2", "2a_1+a_2"),
+                 ("\\alpha-\\beta", "\\beta-\\alpha"), ("x+z", "2y")]:
+        assert not math_equal(a, b), (a, b)
+    for a, b in [("x-n", "-(n-x)"), ("2a+p", "p+a+a"), ("x^2n", "nx^2"), ("\\sqrt{4x}", "2\\sqrt x")]:
+        assert math_equal(a, b), (a, b)
+    names = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    assert len({values(name)[1] for name in names}) == 1  # alone, every name is the first name ...
+    sums = values("+".join(f"{k}{n}" for k, n in enumerate(names, 1)))[1]
+    assert sums != values("+".join(f"{k}{n}" for k, n in enumerate(reversed(names), 1)))[1]  # ... together, not
+
+
+def test_a_one_letter_word_after_a_number_is_a_variable_not_a_unit():
+    assert not math_equal("3 + 4 i", "7") and not math_equal("2 x", "2") and not math_equal("5 m", "5")
+    assert math_equal("3 + 4 i", "3+4i") and math_equal("2 x", "2x")
+    assert math_equal("5 cm", "5") and math_equal("12 square units", "12") and not math_equal("3 + 4 ab", "7")
+
+
+def test_named_items_are_matched_by_name():
+    assert not math_equal("a=1,b=2", "a=2, b=1") and math_equal("b=2, a=1", "a=1,b=2")
+    assert math_equal("x=1, x=2", "2, 1") and math_equal("a=1, b=2", "1, 2")
+    assert not math_equal("(x=1, y=2)", "(y=1, x=2)")
+    assert math_equal("x = 3", "3") and math_equal("f(x) = 2x", "2x") and math_equal("(a,b)=(1,2)", "(1,2)")
+
+
+def test_an_exponent_of_several_digits_without_braces():
+    assert not math_equal("2^10", "0") and math_equal("2^10", "1024") and math_equal("2^31-1", "2^{31}-1")
+    assert math_equal("x^-12", "\\frac{1}{x^{12}}") and math_equal("\\frac12", "0.5")  # \frac12 stays 1/2
+
+
+def test_base_subscripts_plus_minus_and_choice_letters():
+    assert math_equal("10001_{2}", "10001_2") and not math_equal("10001_2", "10011_2")
+    assert math_equal("\\pm 3", "3, -3") and math_equal("\\{-1,1\\}", "\\pm 1") and not math_equal("\\pm 3", "3")
+    assert math_equal("x = 2 \\pm \\sqrt{3}", "2+\\sqrt3, 2-\\sqrt3")
+    assert math_equal("\\textbf{(D) } 7", "D") and math_equal("\\textbf{(D) } 7", "7")
+    assert not math_equal("\\textbf{(D) } 7", "C") and not math_equal("(D) 7", "(C) 7") and not math_equal("D", "7")
+
+
+def test_commands_are_replaced_only_whole():
+    assert normalise("A\\bigcup B") == "A\\cup B" and normalise("\\big(1\\big)") == "(1)"
+    assert normalise("1,\\cdots,n") == "1,\\dots,n" and normalise("2\\cdot3") == "2*3"
+    assert normalise("7 \\pmod{9}") == "7\\pmod{9}" and normalise("\\pm1") == "±1"
+    assert normalise("x\\leftarrow y") == "x\\leftarrow y" and normalise("\\left(1\\right)") == "(1)"
+
+
+def test_tolerance_applies_against_irrational_golds_only():
+    assert math_equal("3.14159265358979", "\\pi") and not math_equal("3.14159", "\\pi")
+    assert not math_equal("0.3333333333", "\\frac13")
+
+
+def test_the_backstop_scores_our_bug_zero_with_a_warning(monkeypatch):
+    def broken(predicted, gold):
+        raise KeyError("a bug")
+    monkeypatch.setattr(math_answer, "math_equal", broken)
+    with pytest.warns(RuntimeWarning, match="KeyError"):
+        assert math_answer.math_reward("\\boxed{5}", "5") == 0.0
+    with pytest.raises(ValueError, match="two bare tag names"):  # the caller's input still raises
+        math_answer.math_reward("\\boxed{5}", "5", tags=("a",))
+
+
+FRAGMENTS = ["\\frac", "\\sqrt", "\\binom", "\\pi", "\\sin", "\\log_", "\\text{", "\\left(", "\\right)", "\\{",
+             "\\}", "{", "}", "(", ")", "[", "]", "^", "_", "!", "+", "-", "*", "/", "=", ",", ".", " ", "x", "n",
+             "i", "e", "0", "1", "2", "9", "10^{400}", "²", "³", "٣", "\\pm", "\\infty", "\\cup", "\\circ", "\\%",
+             "\\", "&", "\\begin{pmatrix}", "\\end{pmatrix}", "(C)", "\\textbf{(D) }", "cm", "and", "<answer>",
+             "</answer>", "</think>", "\\boxed{", "\\fbox", "\\overline{", "\\cdots", "\\bigcup", "$", "~", "\\,"]
+
+# Short units, no run of three letters (a word, compared as text): "x1x1..." of 990 characters was
+# a 990-deep tree (RecursionError).
+TWO_CHARS = ["x1", "n2", "y3", "x2", "y9", "n1"]  # letter then digit: 990 characters, 990 atoms
+ATOMS = TWO_CHARS + ["9", "1", "a_1", "(x)", "3!", "\\sqrt2", "x^2", "2^10"]
+OPS = ["", "", "+", "-", "*", "/"]
+
+
+def test_fuzz_hostile_answers_never_raise():
+    """A seeded generator of answers from LaTeX fragments (and long chains of one fragment): each
+    is scored against a few golds; any exception, or the backstop's warning, fails the test."""
+    rng = random.Random(20261206)
+    golds = ["5", "\\frac{\\sqrt{3}}{2}", "x^2+1", "(1,2)", "\\{1,2\\}", "\\text{(C)}", "a=1,b=2", "\\pm 1", "10^{400}"]
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for k in range(3000):
+            if k % 10 == 0:  # a long chain: 600 to 1000 characters of one to three fragments repeated
+                answer = ("".join(rng.choices(FRAGMENTS, k=rng.randint(1, 3))) * 1000)[:rng.randint(600, 1000)]
+            elif k % 10 == 5:  # a long expression that parses, one operator: x12n..., 2n+x1+... (900-1000 chars)
+                op, parts, limit, atoms = rng.choice(OPS), [], rng.randint(900, 1000), rng.choice([TWO_CHARS, ATOMS])
+                while sum(map(len, parts)) + len(op) * len(parts) < limit - 8:
+                    parts.append(rng.choice(atoms))
+                answer = op.join(parts)
+            else:
+                answer = "".join(rng.choices(FRAGMENTS, k=rng.randint(1, 25)))
+            gold = golds[k % len(golds)]
+            math_equal(answer, gold), math_equal(gold, answer)  # our bug: a traceback here
+            assert math_reward(f"{THINK}<answer>\\boxed{{{answer}}}</answer>", gold) in (0.0, 1.0)
+            assert math_reward(answer, answer) in (0.0, 1.0)
+    assert time.perf_counter() - start < 6  # about 2-3 s on a 2-vCPU VM
