@@ -41,11 +41,11 @@ from torch import Tensor, nn
 
 from .errors import InputError
 
-from .model import Qwen2
+from .model import BLOCK_LINEARS, Qwen2
 from .nf4 import NF4Linear
 from .weights import check_weight_files, load_model
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TARGETS = BLOCK_LINEARS  # every projection of a block may carry an adapter (model.lora.targets)
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # PEFT's name for the wrapped Qwen2ForCausalLM
 

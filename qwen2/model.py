@@ -139,6 +139,11 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+# The linear layers of a block, by their Hugging Face names (Attention's four, MLP's three): what LoRA
+# may adapt (qwen2/lora.py) and what a 4-bit base stores quantised (qwen2/nf4.py).
+BLOCK_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 class Block(nn.Module):
     """Pre-norm transformer block with residual connections."""
 

@@ -47,13 +47,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .model import BLOCK_LINEARS
+
 # torchao's NF4 code book (nf4tensor.py): the QLoRA values rounded to 4 decimals.
 CODE_BOOK = (-1.0, -0.6962, -0.5251, -0.3949, -0.2844, -0.1848, -0.0911, 0.0,
              0.0796, 0.1609, 0.2461, 0.3379, 0.4407, 0.5626, 0.7230, 1.0)
 BLOCK_SIZE = 64  # weights per absmax scale
 SCALER_BLOCK_SIZE = 256  # scales per int8 factor of the double quantisation
 CHUNK = 2**22  # weights given their nearest code at once
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # every block linear
 
 
 def code_book(dtype: torch.dtype, device: torch.device | str | None = None) -> Tensor:
@@ -220,7 +221,7 @@ def is_quantized(model: nn.Module) -> bool:
 def quantizable(name: str, module: nn.Module) -> bool:
     """The frozen base linears NF4 stores: the seven projections of every block (not the LM head,
     which scores every token's log-prob; nor the embedding, a lookup, not a matmul)."""
-    return isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in TARGETS and ".layers." in f".{name}"
+    return isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in BLOCK_LINEARS and ".layers." in f".{name}"
 
 
 def quantize_model(model: nn.Module) -> nn.Module:

@@ -119,7 +119,7 @@ def quantized(tiny_model):
 def test_loading_quantises_every_block_projection_and_nothing_else(tiny_model, quantized):
     full, q = quantized
     kinds = {name: type(m).__name__ for name, m in q.named_modules()}
-    projections = [n for n in kinds if n.rsplit(".", 1)[-1] in nf4.TARGETS]
+    projections = [n for n in kinds if n.rsplit(".", 1)[-1] in nf4.BLOCK_LINEARS]
     assert len(projections) == 7 * full.config.num_hidden_layers
     assert all(kinds[n] == "NF4Linear" for n in projections)
     assert kinds["lm_head"] == "Linear" and kinds["model.embed_tokens"] == "Embedding"
