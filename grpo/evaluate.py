@@ -22,6 +22,7 @@ from qwen2 import GREEDY, Qwen2, SamplingParams, Tokenizer
 from qwen2.errors import InputError
 from qwen2.streams import Streams, stream_key
 
+from .eval_stats import by_question, pass_at_k
 from .machinery.distributed import Dist, full_weights
 from .rollout import sample_groups, score_groups
 
@@ -85,9 +86,9 @@ def evaluate(model: Qwen2, tokenizer: Tokenizer, problems: list[Problem], *, max
     )
     if tools:
         summary["tool_calls"] = sum(r["tool_calls"] for r in results) / n
-    if samples > 1:  # results are in question order, `samples` each
-        solved = sum(any(r["correct"] for r in results[i:i + samples]) for i in range(0, len(results), samples))
-        summary["pass_at_k"] = solved / max(len(problems), 1)
+    if samples > 1:  # pass@k at k = samples: a question with any right sample (grpo/eval_stats.py)
+        per_question = [sum(r["correct"] for r in g) for g in by_question(results, samples)]
+        summary["pass_at_k"] = sum(pass_at_k(samples, c, samples) for c in per_question) / max(len(per_question), 1)
     return summary, results
 
 

@@ -94,8 +94,8 @@ def print_statistics(results: list[dict], samples: int) -> None:
     stats = report(per_question)
     q = len(groups)
     print(format_report(stats) + f"  (95% intervals: normal over {q} questions)")
-    if samples > 1:
-        solved = sum(any(s) for s in per_question)
+    if samples > 1:  # the report's pass@k at k = samples, as a count of questions
+        solved = round(stats[f"pass@{samples}"].value * q)
         print(f"pass@{samples} {solved / q:.4f} ({solved}/{q} questions) | mean@{samples} is the accuracy below")
     for line in format_breakdown(breakdown(per_question, [g[0] for g in groups], BREAKDOWN_KEYS)):
         print(line)
