@@ -90,10 +90,11 @@ def parse_line(line: str, where: str = "<string>", question_key: str = "question
         raise InputError(f"{where}:{err.colno}: not valid JSON ({reason}); fix or delete the line") from None
     if not isinstance(row, dict):
         raise InputError(f"{where}: expected a JSON object with {question_key!r} and {answer_key!r}")
+    number = row.get(answer_key)
+    if not gsm8k and isinstance(number, (int, float)) and not isinstance(number, bool):
+        row[answer_key] = number_text(number)  # {"answer": 42}: the number's text
     for key, setting in ((question_key, "question_key"), (answer_key, "answer_key")):
         value = row.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key == answer_key and not gsm8k:
-            row[key] = value = number_text(value)  # {"answer": 42}: the number's text
         if not isinstance(value, str) or not value.strip():
             has = f" (the row has: {', '.join(map(str, list(row)[:8]))})" if key not in row else ""
             raise InputError(f"{where}: missing or empty string field {key!r}{has}; name the row's field with "
