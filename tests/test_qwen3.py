@@ -17,7 +17,7 @@ from qwen2.errors import InputError
 from qwen2.lora import TARGETS, add_lora, load_adapter, merge_lora, save_adapter
 from qwen2.shared_prefix import shared_prefix_layout
 from test_model import TOL, assert_parity, hf_logits, ragged_batch
-from test_sampler import STOP, hf_greedy, ragged_prompts
+from test_sampler import STOP, assert_greedy_equals_transformers, hf_greedy, ragged_prompts
 
 # Qwen3-0.6B's widths (hidden 1024, 16 query heads of 128 = 2048 wide, 8 KV heads, MLP 3072, its
 # rope_theta and context), with 2 layers and a small vocabulary.
@@ -138,16 +138,7 @@ def test_shared_prefix_rows_equal_separate_rows(small):
 
 @pytest.mark.parametrize("cuda_path", [False, True])
 def test_greedy_equals_transformers_on_a_ragged_batch(small, cuda_path, monkeypatch):
-    if cuda_path:  # qwen2/attention.py's CUDA branches on the CPU: repeated heads, grouped decode queries
-        import qwen2.attention
-
-        monkeypatch.setattr(qwen2.attention, "REPEAT_HEADS_ON", ("cpu",))
-    hf, ours = small
-    prompts = ragged_prompts(ours.config.vocab_size, [3, 11, 7, 1, 15, 9], seed=1)
-    ref = hf_greedy(hf, prompts, 24, STOP)
-    got = generate(ours, prompts, 24, GREEDY, stop_token_ids=[STOP], compact_every=2)
-    assert got.tokens == ref
-    assert len({len(r) for r in ref}) > 1 and any(got.finished) and not all(got.finished)
+    assert_greedy_equals_transformers(*small, cuda_path, monkeypatch)  # the Qwen2 test, on a Qwen3
 
 
 def test_compiled_decode_equals_eager_and_transformers(small):

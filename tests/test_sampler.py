@@ -39,13 +39,13 @@ def models(tmp_path_factory):
     return hf, load_model(path)
 
 
-@pytest.mark.parametrize("cuda_path", [False, True])
-def test_greedy_equals_transformers_on_ragged_batch_with_stop(models, cuda_path, monkeypatch):
-    if cuda_path:  # qwen2/attention.py's CUDA branches on the CPU: repeated heads, grouped decode queries
+def assert_greedy_equals_transformers(hf, ours, cuda_path: bool, monkeypatch) -> None:
+    """Our greedy generate = transformers' on a ragged batch whose rows stop at different steps, with
+    compaction every 2 steps; `cuda_path` runs qwen2/attention.py's CUDA branches on the CPU."""
+    if cuda_path:  # repeated heads, grouped decode queries
         import qwen2.attention
 
         monkeypatch.setattr(qwen2.attention, "REPEAT_HEADS_ON", ("cpu",))
-    hf, ours = models
     prompts = ragged_prompts(ours.config.vocab_size, [3, 11, 7, 1, 15, 9], seed=1)
     ref = hf_greedy(hf, prompts, 24, STOP)
     got = generate(ours, prompts, 24, GREEDY, stop_token_ids=[STOP], compact_every=2)
@@ -53,6 +53,11 @@ def test_greedy_equals_transformers_on_ragged_batch_with_stop(models, cuda_path,
     assert got.finished == [STOP in r for r in ref]
     lengths = {len(r) for r in ref}
     assert len(lengths) > 1 and any(got.finished) and not all(got.finished), "test needs rows ending at different steps"
+
+
+@pytest.mark.parametrize("cuda_path", [False, True])
+def test_greedy_equals_transformers_on_ragged_batch_with_stop(models, cuda_path, monkeypatch):
+    assert_greedy_equals_transformers(*models, cuda_path, monkeypatch)
 
 
 def test_shared_prompts_and_compaction_do_not_change_greedy_output(models):
